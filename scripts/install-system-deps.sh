@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that ocikit's tests and benchmarks drive as real peers:
+# skopeo (a registry client nobody here wrote), docker-registry (CNCF distribution), umoci, runc.
+# Only what is missing, and only as root; elsewhere the tests that need them skip with a reason.
+set -euo pipefail
+packages=(skopeo docker-registry umoci runc)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "install-system-deps: not root or no apt-get; not installing: ${missing[*]}" >&2
+  exit 0
+fi
+# Packages such as docker-registry start a system service on install; the tests start their own
+# instances on free ports, so keep the packaged services from starting (policy-rc.d, exit 101).
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+fi
+trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

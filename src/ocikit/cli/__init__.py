@@ -1,0 +1,1 @@
+"""The ``ocikit`` command line."""

@@ -1,0 +1,84 @@
+"""Blob endpoints: ``GET``/``HEAD``/``DELETE /v2/<name>/blobs/<digest>``, with Range support."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import RegistryError
+from .hooks import Event
+from .http import Request, Response
+
+if TYPE_CHECKING:
+    from .app import Registry
+
+__all__ = ["delete", "get", "parse_range"]
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range a ``Range`` header asks for (RFC 9110 section 14).
+
+    None means "ignore the header and send everything" (not bytes, several ranges, bad syntax);
+    an unsatisfiable range raises ValueError.
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return None
+    if not first:  # a suffix: the last N bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise ValueError("empty suffix range")
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    if last and not last.isdigit():
+        return None
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise ValueError("range not satisfiable")
+    return start, end
+
+
+async def get(reg: Registry, request: Request, name: str, reference: str) -> Response:
+    await reg.authorize(request, name, "pull")
+    digest = reg.parse_digest(reference)
+    size = await reg.metadata.linked_blob_size(name, digest)
+    if size is None or await reg.blobs.size(digest) is None:
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+    headers = [
+        ("content-type", "application/octet-stream"),
+        ("docker-content-digest", digest),
+        ("etag", f'"{digest}"'),
+        ("accept-ranges", "bytes"),
+        ("cache-control", "max-age=31536000, immutable"),
+    ]
+    wanted = request.headers.get("range")
+    if wanted and request.method == "GET":
+        try:
+            span = parse_range(wanted, size)
+        except ValueError:
+            return Response(
+                status=416, headers=[*headers, ("content-range", f"bytes */{size}"), ("content-length", "0")]
+            )
+        if span is not None:
+            start, end = span
+            length = end - start + 1
+            headers += [("content-range", f"bytes {start}-{end}/{size}"), ("content-length", str(length))]
+            return Response(status=206, headers=headers, chunks=reg.blobs.read(digest, start, length))
+    headers.append(("content-length", str(size)))
+    path = reg.blobs.local_path(digest)
+    if path is not None:
+        return Response(headers=headers, path=path)
+    return Response(headers=headers, chunks=reg.blobs.read(digest))
+
+
+async def delete(reg: Registry, request: Request, name: str, reference: str) -> Response:
+    await reg.authorize(request, name, "delete")
+    if not reg.settings.delete_blobs:
+        raise RegistryError("UNSUPPORTED", "blob deletion is disabled on this registry")
+    digest = reg.parse_digest(reference)
+    if not await reg.metadata.unlink_blob(name, digest):
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+    await reg.emit(Event("delete", name, "blob", digest=digest))
+    return Response(status=202)

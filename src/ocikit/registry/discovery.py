@@ -1,0 +1,116 @@
+"""Content discovery: tag lists, the repository catalog and the referrers API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from ..spec import mediatype as mt
+from ..spec.digest import Digest
+from ..spec.validate import ValidationFailed, parse_json
+from .errors import RegistryError
+from .http import Request, Response
+from .storage.base import Referrer
+
+if TYPE_CHECKING:
+    from .app import Registry
+
+__all__ = ["catalog", "referrers", "referrers_tag", "tags"]
+
+
+def _page_size(reg: Registry, request: Request) -> int:
+    text = request.param("n")
+    if text is None or text == "":
+        return reg.settings.page_size
+    if not text.isdigit():
+        raise RegistryError("UNSUPPORTED", f"n must be a non-negative integer, got {text!r}", status=400)
+    return min(int(text), reg.settings.page_size)
+
+
+def _next_link(path: str, params: dict[str, str]) -> tuple[str, str]:
+    return ("link", f'<{path}?{urlencode(params)}>; rel="next"')
+
+
+async def tags(reg: Registry, request: Request, name: str, _: str) -> Response:
+    await reg.authorize(request, name, "pull")
+    limit, last = _page_size(reg, request), request.param("last")
+    if limit:
+        found = await reg.metadata.tags(name, limit + 1, last)
+    else:  # n=0: an empty list and no Link, but an unknown repository is still unknown
+        found = [] if await reg.metadata.repository_exists(name) else None
+    if found is None:
+        raise RegistryError("NAME_UNKNOWN", f"repository {name} is not known", detail={"name": name})
+    headers = []
+    if len(found) > limit:
+        found = found[:limit]
+        headers.append(_next_link(f"/v2/{name}/tags/list", {"n": str(limit), "last": found[-1]}))
+    return Response.json({"name": name, "tags": found}, headers=headers)
+
+
+async def catalog(reg: Registry, request: Request, _name: str, _arg: str) -> Response:
+    await reg.authorize(request, None, "catalog")
+    limit, last = _page_size(reg, request), request.param("last")
+    found = await reg.metadata.repositories(limit + 1, last) if limit else []
+    headers = []
+    if len(found) > limit:
+        found = found[:limit]
+        headers.append(_next_link("/v2/_catalog", {"n": str(limit), "last": found[-1]}))
+    return Response.json({"repositories": found}, headers=headers)
+
+
+def referrers_tag(digest: Digest) -> str:
+    """The tag under which clients without the referrers API keep a subject's referrers."""
+    return f"{digest.algorithm[:32]}-{digest.encoded[:64]}"
+
+
+def _descriptor(referrer: Referrer) -> dict[str, Any]:
+    descriptor: dict[str, Any] = {
+        "mediaType": referrer.media_type,
+        "digest": referrer.digest,
+        "size": referrer.size,
+    }
+    if referrer.artifact_type:
+        descriptor["artifactType"] = referrer.artifact_type
+    if referrer.annotations:
+        descriptor["annotations"] = referrer.annotations
+    return descriptor
+
+
+async def _tag_schema_entries(reg: Registry, name: str, subject: Digest) -> list[dict[str, Any]]:
+    """Descriptors from an index pushed under the referrers tag schema, for referrers that
+    clients recorded that way before this registry offered the API."""
+    target = await reg.metadata.tag_target(name, referrers_tag(subject))
+    record = await reg.metadata.manifest(name, target) if target else None
+    if record is None or record.media_type != mt.OCI_INDEX:
+        return []
+    try:
+        node = parse_json(record.content)
+    except ValidationFailed:
+        return []
+    entries = node.get("manifests") if isinstance(node, dict) else None
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)] if entries else []
+
+
+async def referrers(reg: Registry, request: Request, name: str, reference: str) -> Response:
+    await reg.authorize(request, name, "pull")
+    subject = reg.parse_digest(reference)
+    artifact_type = request.param("artifactType") or None
+    limit, last = _page_size(reg, request), request.param("last")
+    found = await reg.metadata.referrers(name, subject, artifact_type, limit + 1, last) if limit else []
+    headers = [("content-type", mt.OCI_INDEX)]
+    manifests = [_descriptor(r) for r in found[:limit]]
+    if len(found) > limit:
+        params = {"n": str(limit), "last": found[limit - 1].digest}
+        if artifact_type:
+            params["artifactType"] = artifact_type
+        headers.append(_next_link(f"/v2/{name}/referrers/{subject}", params))
+    elif last is None:
+        known = {m["digest"] for m in manifests}
+        for entry in await _tag_schema_entries(reg, name, subject):
+            if entry["digest"] not in known and (artifact_type is None or entry.get("artifactType") == artifact_type):
+                manifests.append(entry)
+                known.add(entry["digest"])
+    if artifact_type:
+        headers.append(("oci-filters-applied", "artifactType"))
+    body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
+    return Response.json(body, headers=headers[1:], content_type=mt.OCI_INDEX)

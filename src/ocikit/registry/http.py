@@ -1,0 +1,158 @@
+"""A thin request/response layer over raw ASGI.
+
+The registry speaks a small, fixed protocol, so a framework would add per-request cost and
+no capability: these helpers read headers and stream bodies, and send responses with a
+zero-copy file body when the server offers ASGI's ``http.response.pathsend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Awaitable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+
+__all__ = ["Receive", "Request", "Response", "Scope", "Send"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+class BodyTooLarge(Exception):
+    """A body was longer than the caller allows."""
+
+
+class Request:
+    __slots__ = ("_body_consumed", "_headers", "_query", "method", "path", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self._headers: dict[str, str] | None = None
+        self._query: dict[str, list[str]] | None = None
+        self._body_consumed = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names; repeated headers joined with ', ' as HTTP allows."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for raw_name, raw_value in self.scope["headers"]:
+                name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            self._headers = headers
+        return self._headers
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            self._query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        return self._query
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        if value is None or not value.strip().isdigit():
+            return None
+        return int(value)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The request body, chunk by chunk, in constant memory."""
+        if self._body_consumed:
+            return
+        self._body_consumed = True
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, refusing (without reading on) one longer than ``limit``."""
+        parts = bytearray()
+        async for chunk in self.stream():
+            parts += chunk
+            if len(parts) > limit:
+                raise BodyTooLarge()
+        return bytes(parts)
+
+    async def drain(self) -> None:
+        """Read and drop whatever body remains, so the connection can be reused."""
+        async for _ in self.stream():
+            pass
+
+
+@dataclass
+class Response:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    #: Send this file whole instead of ``body`` (zero-copy where the server allows).
+    path: str | None = None
+    #: Or stream these chunks (Content-Length must then be set by the handler).
+    chunks: AsyncIterator[bytes] | None = None
+    #: The Content-Length to announce for HEAD (no body is sent).
+    head_length: int | None = None
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200, headers: list[tuple[str, str]] | None = None,
+             content_type: str = "application/json") -> Response:
+        body = msgspec.json.encode(value)
+        return cls(status=status, headers=[("content-type", content_type), *(headers or [])], body=body)
+
+    def header(self, name: str, value: str) -> Response:
+        self.headers.append((name, value))
+        return self
+
+    async def send(self, send: Send, *, head: bool, pathsend: bool) -> int:
+        """Send the response; returns the number of body bytes sent."""
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
+        names = {n.lower() for n, _ in self.headers}
+        if "content-length" not in names:
+            length = self.head_length if head and self.head_length is not None else len(self.body)
+            if self.path is None and self.chunks is None:
+                headers.append((b"content-length", str(length).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        if head:
+            await send({"type": "http.response.body", "body": b""})
+            return 0
+        if self.path is not None and pathsend:
+            await send({"type": "http.response.pathsend", "path": self.path})
+            return -1
+        if self.path is not None:
+            self.chunks = _file_chunks(self.path)
+        if self.chunks is not None:
+            sent = 0
+            async for chunk in self.chunks:
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return sent
+        await send({"type": "http.response.body", "body": self.body})
+        return len(self.body)
+
+
+async def _file_chunks(path: str) -> AsyncIterator[bytes]:
+    import asyncio
+
+    with open(path, "rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, 1 << 20):
+            yield chunk

@@ -1,0 +1,1 @@
+"""Content stores: OCI image layouts on disk, their validation and metadata."""
