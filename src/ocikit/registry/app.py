@@ -231,7 +231,7 @@ class Registry:
         if sent < 0:  # sent by the server from a file: its length is in the headers
             sent = next((int(v) for n, v in response.headers if n.lower() == "content-length"), 0)
         if self.settings.log_format == "json":
-            access_log.info(msgspec.json.encode({
+            access_log.info(msgspec.json.encode({  # plain values only
                 "time": time.time(), "method": request.method, "path": request.path,
                 "status": response.status, "bytes": sent, "duration_ms": round(duration * 1000, 3),
             }).decode())

@@ -6,6 +6,10 @@ from typing import Any
 
 import msgspec
 
+from ..spec.models import enc_hook
+
+_json = msgspec.json.Encoder(enc_hook=enc_hook)
+
 __all__ = ["RegistryError"]
 
 # code -> (HTTP status, default message)
@@ -51,4 +55,4 @@ class RegistryError(Exception):
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.detail is not None:
             error["detail"] = self.detail
-        return msgspec.json.encode({"errors": [error]})
+        return _json.encode({"errors": [error]})

@@ -14,6 +14,10 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from ..spec.models import enc_hook
+
+_json = msgspec.json.Encoder(enc_hook=enc_hook)
+
 __all__ = ["Receive", "Request", "Response", "Scope", "Send"]
 
 Scope = MutableMapping[str, Any]
@@ -115,7 +119,7 @@ class Response:
     @classmethod
     def json(cls, value: Any, status: int = 200, headers: list[tuple[str, str]] | None = None,
              content_type: str = "application/json") -> Response:
-        body = msgspec.json.encode(value)
+        body = _json.encode(value)
         return cls(status=status, headers=[("content-type", content_type), *(headers or [])], body=body)
 
     def header(self, name: str, value: str) -> Response:

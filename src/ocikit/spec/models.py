@@ -149,7 +149,16 @@ EMPTY_DESCRIPTOR: Final = Descriptor(
 )
 
 T = TypeVar("T")
-_encoder: Final = msgspec.json.Encoder()
+
+
+def enc_hook(value: object) -> object:
+    """Lets msgspec encode ``str`` subclasses such as :class:`Digest` as the strings they are."""
+    if isinstance(value, str):
+        return str(value)
+    raise TypeError(f"cannot encode objects of type {type(value).__name__} as JSON")
+
+
+_encoder: Final = msgspec.json.Encoder(enc_hook=enc_hook)
 
 
 def decode(data: bytes | str, kind: type[T]) -> T:
