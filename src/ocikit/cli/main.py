@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import serve, validate
+from . import gc, serve, validate
 
-_COMMANDS = (validate, serve)
+_COMMANDS = (validate, serve, gc)
 
 
 def build_parser() -> argparse.ArgumentParser:
