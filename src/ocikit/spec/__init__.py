@@ -6,7 +6,7 @@ This is the lowest layer of ocikit: it does no I/O and imports nothing else from
 
 from . import mediatype
 from .chain import chain_id, chain_ids
-from .digest import Digest, DigestError, Digester, VerificationError, digest_of, is_valid_digest
+from .digest import Digest, Digester, DigestError, VerificationError, digest_of, is_valid_digest
 from .models import (
     EMPTY_DESCRIPTOR,
     EMPTY_JSON,

@@ -21,8 +21,8 @@ from .platform import Platform
 __all__ = [
     "EMPTY_DESCRIPTOR",
     "EMPTY_JSON",
-    "Content",
     "ContainerConfig",
+    "Content",
     "Descriptor",
     "History",
     "ImageConfig",

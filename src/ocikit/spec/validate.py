@@ -143,7 +143,9 @@ class _Walk:
             if not isinstance(item, str):
                 self.fail(f"{where}[{name!r}]", f"value must be a string, got {_json_type(item)}")
 
-    def object_map(self, node: dict[str, Any], key: str, path: str, key_rule: Callable[[str], str | None]) -> None:
+    def object_map(
+        self, node: dict[str, Any], key: str, path: str, key_rule: Callable[[str], str | None]
+    ) -> None:
         if key not in node or node[key] is None:
             return
         value, where = node[key], _join(path, key)
@@ -292,7 +294,9 @@ def _descriptor(w: _Walk, node: Any, path: str) -> dict[str, Any] | None:
             w.fail(f"{path}.urls", f"must be an array of URIs, got {_json_type(urls)}")
         else:
             for i, url in enumerate(urls):
-                problem = _uri_error(url) if isinstance(url, str) else f"must be a string, got {_json_type(url)}"
+                problem = (
+                    _uri_error(url) if isinstance(url, str) else f"must be a string, got {_json_type(url)}"
+                )
                 if problem:
                     w.fail(f"{path}.urls[{i}]", problem)
     w.string_map(descriptor, "annotations", path)
@@ -456,11 +460,15 @@ def _layout_header(w: _Walk, node: Any) -> None:
         w.fail("$.imageLayoutVersion", f"must be '1.0.0', got {version!r}")
 
 
+def _standalone_descriptor(w: _Walk, node: Any) -> None:
+    _descriptor(w, node, "$")
+
+
 _WALKERS: Final[dict[str, Callable[[_Walk, Any], None]]] = {
     "manifest": _manifest,
     "index": _index,
     "config": _config,
-    "descriptor": lambda w, node: None if _descriptor(w, node, "$") is None else None,
+    "descriptor": _standalone_descriptor,
     "layout": _layout_header,
 }
 #: The document kinds :func:`validate` knows, as ``ocikit validate --type`` names them.
@@ -559,7 +567,7 @@ def infer_type(node: Any) -> str | None:
         return "layout"
     if "manifests" in node:
         return "index"
-    if "layers" in node or "config" in node and "schemaVersion" in node:
+    if "layers" in node or ("config" in node and "schemaVersion" in node):
         return "manifest"
     if "rootfs" in node or ("architecture" in node and "os" in node):
         return "config"
