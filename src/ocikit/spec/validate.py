@@ -476,11 +476,17 @@ DOCUMENT_TYPES: Final = tuple(_WALKERS)
 
 
 def parse_json(raw: bytes) -> Any:
-    """Decode JSON, refusing duplicate-free-but-invalid input with a clear message."""
+    """Decode JSON, turning every way untrusted bytes can fail to decode into a violation.
+
+    Nesting deep enough to exhaust the decoder's recursion limit is refused the same way:
+    no image-spec document nests more than a few levels.
+    """
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ValidationFailed([Violation("$", f"not valid JSON: {exc}")]) from None
+    except RecursionError:
+        raise ValidationFailed([Violation("$", "JSON nested too deeply to be a document")]) from None
 
 
 def validate(node: Any, kind: str, *, allow_empty_layers: bool = False) -> list[Violation]:
