@@ -47,6 +47,12 @@ class Descriptor(msgspec.Struct, kw_only=True, omit_defaults=True):
     platform: Platform | None = None
     artifact_type: str | None = msgspec.field(default=None, name="artifactType")
 
+    def __post_init__(self) -> None:
+        # msgspec encodes exact ``str`` only: a Digest kept here would make the descriptor (and
+        # every document holding it) fail to encode with any encoder in the code base.
+        if type(self.digest) is not str:
+            self.digest = str(self.digest)
+
     @classmethod
     def of(cls, media_type: str, content: bytes, **extra: Any) -> Descriptor:
         """A descriptor of ``content`` (sha256)."""
@@ -149,7 +155,16 @@ EMPTY_DESCRIPTOR: Final = Descriptor(
 )
 
 T = TypeVar("T")
-_encoder: Final = msgspec.json.Encoder()
+
+
+def _encode_str_subclass(value: Any) -> Any:
+    """Encode :class:`Digest` (and any other ``str`` subclass) as the string it is."""
+    if isinstance(value, str):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_encoder: Final = msgspec.json.Encoder(enc_hook=_encode_str_subclass)
 
 
 def decode(data: bytes | str, kind: type[T]) -> T:
