@@ -100,26 +100,26 @@ def test_a_full_config_decodes_into_the_models() -> None:
     assert config.oci_version == "1.0.2-dev"
     assert config.process is not None
     assert config.process.user == User(uid=0, gid=0, umask=18, additional_gids=[5, 6], username="root")
-    assert config.process.console_size is not None and config.process.console_size.width == 80
-    assert config.process.capabilities is not None and config.process.capabilities.ambient == [
-        "CAP_NET_BIND_SERVICE"
-    ]
-    assert config.process.rlimits is not None and config.process.rlimits[0].soft == 1024
+    assert config.process.console_size is not None
+    assert config.process.console_size.width == 80
+    assert config.process.capabilities is not None
+    assert config.process.capabilities.ambient == ["CAP_NET_BIND_SERVICE"]
+    assert config.process.rlimits is not None
+    assert config.process.rlimits[0].soft == 1024
     assert config.process.no_new_privileges is True
     assert config.process.oom_score_adj == 100
     assert config.root == Root(path="rootfs", readonly=True)
-    assert config.mounts is not None and config.mounts[1].uid_mappings == [
-        LinuxIDMapping(container_id=0, host_id=1000, size=1)
-    ]
-    assert config.hooks is not None and config.hooks.poststop == [
-        Hook(path="/usr/sbin/cleanup.sh", args=["cleanup.sh", "-f"], timeout=5)
-    ]
+    assert config.mounts is not None
+    assert config.mounts[1].uid_mappings == [LinuxIDMapping(container_id=0, host_id=1000, size=1)]
+    assert config.hooks is not None
+    assert config.hooks.poststop == [Hook(path="/usr/sbin/cleanup.sh", args=["cleanup.sh", "-f"], timeout=5)]
     assert config.linux is not None
     assert config.linux.namespaces == [
         LinuxNamespace(type="pid"),
         LinuxNamespace(type="network", path="/proc/1234/ns/net"),
     ]
-    assert config.linux.devices is not None and config.linux.devices[0].file_mode == 438
+    assert config.linux.devices is not None
+    assert config.linux.devices[0].file_mode == 438
     assert config.linux.resources == RUNC_STYLE_CONFIG["linux"]["resources"]
     assert config.linux.intel_rdt == {"closID": "guaranteed_group", "l3CacheSchema": "L3:0=7f0;1=1f"}
 
@@ -127,10 +127,10 @@ def test_a_full_config_decodes_into_the_models() -> None:
 def test_unknown_keys_are_captured_where_they_were() -> None:
     config = load_runtime_config(json.dumps(RUNC_STYLE_CONFIG))
     assert set(config.extensions) == {"windows", "vm"}
-    assert config.process is not None and config.process.extensions == {
-        "ioPriority": {"class": "IOPRIO_CLASS_IDLE", "priority": 4}
-    }
-    assert config.linux is not None and set(config.linux.extensions) == {"timeOffsets", "personality"}
+    assert config.process is not None
+    assert config.process.extensions == {"ioPriority": {"class": "IOPRIO_CLASS_IDLE", "priority": 4}}
+    assert config.linux is not None
+    assert set(config.linux.extensions) == {"timeOffsets", "personality"}
 
 
 def test_round_trip_keeps_every_key() -> None:
