@@ -51,7 +51,9 @@ class _LayoutCheck:
         finally:
             os.close(blobs)
         try:
-            fd = os.open(encoded, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=algorithm_dir)
+            # O_NONBLOCK: opening a FIFO planted in blobs/ would otherwise wait forever for a
+            # writer; it changes nothing for the regular files that are accepted below.
+            fd = os.open(encoded, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=algorithm_dir)
         except OSError:
             return None
         finally:
