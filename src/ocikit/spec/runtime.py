@@ -248,8 +248,10 @@ def load_runtime_config(raw: bytes | str) -> RuntimeConfig:
     """Decode a ``config.json``, keeping the keys the models do not name in ``extensions``."""
     try:
         node = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise RuntimeConfigError(f"config.json is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RuntimeConfigError("config.json is nested too deeply") from None
     if not isinstance(node, dict):
         raise RuntimeConfigError("config.json must hold a JSON object")
     try:

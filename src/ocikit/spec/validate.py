@@ -485,6 +485,9 @@ def parse_json(raw: bytes) -> Any:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ValidationFailed([Violation("$", f"not valid JSON: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        # msgspec checks UTF-8 inside strings lazily and raises this rather than a DecodeError.
+        raise ValidationFailed([Violation("$", f"not valid JSON: not UTF-8 ({exc.reason})")]) from None
     except RecursionError:
         raise ValidationFailed([Violation("$", "JSON nested too deeply to be a document")]) from None
 
