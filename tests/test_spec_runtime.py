@@ -199,6 +199,8 @@ def test_building_a_config_in_python() -> None:
     ("raw", "message"),
     [
         (b"{", "not valid JSON"),
+        (b'{"ociVersion": "\xff"}', "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b"[]", "JSON object"),
         (b"{}", "ociVersion"),
         (b'{"ociVersion": "1.2.0", "process": {"args": []}}', "cwd"),

@@ -371,6 +371,15 @@ def test_invalid_json_is_a_violation_not_an_exception() -> None:
     assert paths(validate_config(b'{"architecture": "amd64",')) == ["$"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"architecture": "\xff"}', b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b"", b"{} {}"],
+    ids=["invalid UTF-8 in a string", "invalid UTF-8", "deep nesting", "empty", "trailing data"],
+)
+def test_undecodable_input_is_one_violation_at_the_root(raw: bytes) -> None:
+    assert paths(validate_config(raw)) == ["$"]
+
+
 def test_env_violation_names_the_entry() -> None:
     assert paths(validate(with_container_config(Env=["A=1", "B"]), "config")) == ["$.config.Env[1]"]
 
