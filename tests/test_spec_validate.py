@@ -141,6 +141,10 @@ DESCRIPTOR_SUCCESSES = {
     "unregistered algorithm sha256.foo-bar": descriptor(digest=f"sha256.foo-bar:{HEX}"),
     "multihash base58": descriptor(digest="multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8"),
     "sha256+b64u": descriptor(digest="sha256+b64u:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564"),
+    "unregistered algorithm with padding in the encoded part": descriptor(
+        digest="sha256+b64u.unknownlength:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564="
+    ),
+    "artifactType naming a registered type": descriptor(artifactType=mt.OCI_MANIFEST),
     "blake3": descriptor(digest=f"blake3:{HEX}"),
     "sha512": descriptor(digest="sha512:" + "ab" * 64),
     "artifactType": descriptor(artifactType="application/vnd.example+type"),
