@@ -23,7 +23,9 @@ def register(commands: Any) -> None:
         ),
     )
     parser.add_argument("--type", choices=DOCUMENT_TYPES, help="what PATH holds")
-    parser.add_argument("path", metavar="PATH", help="a JSON file, or an image-layout directory for --type layout")
+    parser.add_argument(
+        "path", metavar="PATH", help="a JSON file, or an image-layout directory for --type layout"
+    )
     parser.set_defaults(run=run)
 
 

@@ -6,7 +6,7 @@ This is the lowest layer of ocikit: it does no I/O and imports nothing else from
 
 from . import mediatype
 from .chain import chain_id, chain_ids
-from .digest import Digest, DigestError, Digester, VerificationError, digest_of, is_valid_digest
+from .digest import Digest, Digester, DigestError, VerificationError, digest_of, is_valid_digest
 from .models import (
     EMPTY_DESCRIPTOR,
     EMPTY_JSON,
@@ -22,11 +22,30 @@ from .models import (
 )
 from .platform import Platform, host_platform, parse_platform
 from .reference import Reference, ReferenceError, parse_reference
+from .runtime import (
+    Capabilities,
+    Hook,
+    Hooks,
+    Linux,
+    LinuxDevice,
+    LinuxIDMapping,
+    LinuxNamespace,
+    Mount,
+    POSIXRlimit,
+    Process,
+    Root,
+    RuntimeConfig,
+    RuntimeConfigError,
+    User,
+    dump_runtime_config,
+    load_runtime_config,
+)
 from .validate import ValidationFailed, Violation, validate, validate_document
 
 __all__ = [
     "EMPTY_DESCRIPTOR",
     "EMPTY_JSON",
+    "Capabilities",
     "ContainerConfig",
     "Content",
     "Descriptor",
@@ -34,22 +53,37 @@ __all__ = [
     "DigestError",
     "Digester",
     "History",
+    "Hook",
+    "Hooks",
     "ImageConfig",
     "ImageIndex",
     "ImageLayout",
     "ImageManifest",
+    "Linux",
+    "LinuxDevice",
+    "LinuxIDMapping",
+    "LinuxNamespace",
+    "Mount",
+    "POSIXRlimit",
     "Platform",
+    "Process",
     "Reference",
     "ReferenceError",
+    "Root",
     "RootFS",
+    "RuntimeConfig",
+    "RuntimeConfigError",
+    "User",
     "ValidationFailed",
     "VerificationError",
     "Violation",
     "chain_id",
     "chain_ids",
     "digest_of",
+    "dump_runtime_config",
     "host_platform",
     "is_valid_digest",
+    "load_runtime_config",
     "mediatype",
     "parse_platform",
     "parse_reference",

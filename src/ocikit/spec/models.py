@@ -21,8 +21,8 @@ from .platform import Platform
 __all__ = [
     "EMPTY_DESCRIPTOR",
     "EMPTY_JSON",
-    "Content",
     "ContainerConfig",
+    "Content",
     "Descriptor",
     "History",
     "ImageConfig",
@@ -46,6 +46,12 @@ class Descriptor(msgspec.Struct, kw_only=True, omit_defaults=True):
     data: str | None = None
     platform: Platform | None = None
     artifact_type: str | None = msgspec.field(default=None, name="artifactType")
+
+    def __post_init__(self) -> None:
+        # msgspec encodes exact ``str`` only: a Digest kept here would make the descriptor (and
+        # every document holding it) fail to encode with any encoder in the code base.
+        if type(self.digest) is not str:
+            self.digest = str(self.digest)
 
     @classmethod
     def of(cls, media_type: str, content: bytes, **extra: Any) -> Descriptor:

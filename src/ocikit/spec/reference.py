@@ -111,7 +111,9 @@ def parse_reference(text: str, *, default_registry: str = DEFAULT_REGISTRY) -> R
     if colon > last_slash:
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
         if not is_valid_tag(tag):
-            raise ReferenceError(f"{text!r}: invalid tag {tag!r} (allowed: [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})")
+            raise ReferenceError(
+                f"{text!r}: invalid tag {tag!r} (allowed: [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})"
+            )
     registry, repository = _split_registry(remainder, default_registry)
     if registry in _LEGACY_REGISTRIES:
         registry = DEFAULT_REGISTRY

@@ -143,7 +143,9 @@ class _Walk:
             if not isinstance(item, str):
                 self.fail(f"{where}[{name!r}]", f"value must be a string, got {_json_type(item)}")
 
-    def object_map(self, node: dict[str, Any], key: str, path: str, key_rule: Callable[[str], str | None]) -> None:
+    def object_map(
+        self, node: dict[str, Any], key: str, path: str, key_rule: Callable[[str], str | None]
+    ) -> None:
         if key not in node or node[key] is None:
             return
         value, where = node[key], _join(path, key)
@@ -292,7 +294,9 @@ def _descriptor(w: _Walk, node: Any, path: str) -> dict[str, Any] | None:
             w.fail(f"{path}.urls", f"must be an array of URIs, got {_json_type(urls)}")
         else:
             for i, url in enumerate(urls):
-                problem = _uri_error(url) if isinstance(url, str) else f"must be a string, got {_json_type(url)}"
+                problem = (
+                    _uri_error(url) if isinstance(url, str) else f"must be a string, got {_json_type(url)}"
+                )
                 if problem:
                     w.fail(f"{path}.urls[{i}]", problem)
     w.string_map(descriptor, "annotations", path)
@@ -456,11 +460,15 @@ def _layout_header(w: _Walk, node: Any) -> None:
         w.fail("$.imageLayoutVersion", f"must be '1.0.0', got {version!r}")
 
 
+def _standalone_descriptor(w: _Walk, node: Any) -> None:
+    _descriptor(w, node, "$")
+
+
 _WALKERS: Final[dict[str, Callable[[_Walk, Any], None]]] = {
     "manifest": _manifest,
     "index": _index,
     "config": _config,
-    "descriptor": lambda w, node: None if _descriptor(w, node, "$") is None else None,
+    "descriptor": _standalone_descriptor,
     "layout": _layout_header,
 }
 #: The document kinds :func:`validate` knows, as ``ocikit validate --type`` names them.
@@ -468,11 +476,20 @@ DOCUMENT_TYPES: Final = tuple(_WALKERS)
 
 
 def parse_json(raw: bytes) -> Any:
-    """Decode JSON, refusing duplicate-free-but-invalid input with a clear message."""
+    """Decode JSON, turning every way untrusted bytes can fail to decode into a violation.
+
+    Nesting deep enough to exhaust the decoder's recursion limit is refused the same way:
+    no image-spec document nests more than a few levels.
+    """
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ValidationFailed([Violation("$", f"not valid JSON: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        # msgspec checks UTF-8 inside strings lazily and raises this rather than a DecodeError.
+        raise ValidationFailed([Violation("$", f"not valid JSON: not UTF-8 ({exc.reason})")]) from None
+    except RecursionError:
+        raise ValidationFailed([Violation("$", "JSON nested too deeply to be a document")]) from None
 
 
 def validate(node: Any, kind: str, *, allow_empty_layers: bool = False) -> list[Violation]:
@@ -559,7 +576,7 @@ def infer_type(node: Any) -> str | None:
         return "layout"
     if "manifests" in node:
         return "index"
-    if "layers" in node or "config" in node and "schemaVersion" in node:
+    if "layers" in node or ("config" in node and "schemaVersion" in node):
         return "manifest"
     if "rootfs" in node or ("architecture" in node and "os" in node):
         return "config"
