@@ -221,8 +221,20 @@ def start_ocikit(workdir: Path) -> Server:
     src = Path(__file__).resolve().parent.parent / "src"
     if (src / "ocikit").is_dir():  # run the checkout this script belongs to
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
-    server.start(argv, env)
-    return server
+    for attempt in range(1, 4):
+        try:
+            server.start(argv, env)
+            return server
+        except RuntimeError as exc:
+            # Workers racing to create metadata.db on a fresh root can fail with "database is
+            # locked" (see docs/benchmarks.md); record it and retry on a fresh root.
+            server.stop()
+            if attempt == 3 or "database is locked" not in str(exc):
+                raise
+            server.notes.append(f"start attempt {attempt} failed: database is locked; retried")
+            shutil.rmtree(server.root, ignore_errors=True)
+            server.log.write_text("")
+    raise AssertionError("unreachable")
 
 
 def start_distribution(workdir: Path, binary: str) -> Server:
@@ -426,14 +438,28 @@ def time_blob_put(server: Server, data: bytes, digest: str) -> float:
     return elapsed
 
 
-def throughput_summary(size: int, times: list[float]) -> dict[str, Any]:
+def throughput_summary(size: int, times: list[float], cpu_seconds: float) -> dict[str, Any]:
     rates = [size / t / 1e6 for t in times]
     return {
         "mb_per_s": statistics.median(rates),
         "runs_mb_per_s": [round(r, 1) for r in rates],
         "min_mb_per_s": min(rates),
         "max_mb_per_s": max(rates),
+        # CPU (user + system) the server's processes spent per GB moved: steadier than MB/s.
+        "server_cpu_s_per_gb": cpu_seconds / (len(times) * size / 1e9),
     }
+
+
+def tree_cpu_seconds(server: Server) -> float:
+    ticks = 0
+    for pid in server.tree():
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def blob_get(servers: list[Server], plan: Plan) -> dict[str, dict[str, Any]]:
@@ -441,23 +467,31 @@ def blob_get(servers: list[Server], plan: Plan) -> dict[str, dict[str, Any]]:
     digests = {s.name: push_blob(s, REPOSITORY, data) for s in servers}
     del data
     times: dict[str, list[float]] = {s.name: [] for s in servers}
+    cpu: dict[str, float] = {s.name: 0.0 for s in servers}
     for server in servers:  # warm-up: page cache, connection paths
         time_blob_get(server, digests[server.name], plan.blob_get_size)
     for _ in range(plan.runs):  # alternate the servers so drift hits both alike
         for server in servers:
+            before = tree_cpu_seconds(server)
             times[server.name].append(time_blob_get(server, digests[server.name], plan.blob_get_size))
-    return {name: throughput_summary(plan.blob_get_size, t) for name, t in times.items()}
+            cpu[server.name] += tree_cpu_seconds(server) - before
+    return {name: throughput_summary(plan.blob_get_size, t, cpu[name]) for name, t in times.items()}
 
 
 def blob_put(servers: list[Server], plan: Plan) -> dict[str, dict[str, Any]]:
     times: dict[str, list[float]] = {s.name: [] for s in servers}
+    cpu: dict[str, float] = {s.name: 0.0 for s in servers}
     for _ in range(plan.runs):
         for server in servers:
             data = os.urandom(plan.blob_put_size)  # fresh content each run, made before timing
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            # Write back the previous runs' dirty pages first, so that no run pays for another's.
+            os.sync()
+            before = tree_cpu_seconds(server)
             times[server.name].append(time_blob_put(server, data, digest))
+            cpu[server.name] += tree_cpu_seconds(server) - before
             del data
-    return {name: throughput_summary(plan.blob_put_size, t) for name, t in times.items()}
+    return {name: throughput_summary(plan.blob_put_size, t, cpu[name]) for name, t in times.items()}
 
 
 def tree_rss_kib(pids: list[int]) -> int:
@@ -665,7 +699,12 @@ def print_report(report: dict[str, Any]) -> None:
             )
     for key in ("blob_get", "blob_put"):
         for name, r in details.get(key, {}).items():
-            print(f"  {key} {name}: runs {r['runs_mb_per_s']} MB/s")
+            print(
+                f"  {key} {name}: runs {r['runs_mb_per_s']} MB/s, "
+                f"server CPU {r['server_cpu_s_per_gb']:.2f} s/GB"
+            )
+    for note in report["notes"]:
+        print(f"  note: {note}")
     for name, r in details.get("upload_rss", {}).items():
         print(
             f"  streamed upload {name}: peak RSS {r['peak_rss_mb']:.1f} MB "
@@ -746,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": plan.__dict__,
         "results": results,
         "summary": summarise(results),
+        "notes": [f"{server.name}: {note}" for server in servers for note in server.notes],
     }
     if args.json:
         print(json.dumps(report, indent=2))
