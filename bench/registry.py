@@ -666,6 +666,10 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(f"versions: {report['versions']}")
     print(
+        f"load average (1, 5, 15 min): before {report['load_average_before']}, "
+        f"after {report['load_average_after']}"
+    )
+    print(
         f"ocikit serve --workers {OCIKIT_WORKERS} (the machine has {m['nproc']} cores); "
         f"distribution with Debian's default settings (inmemory blob descriptor cache)"
     )
@@ -746,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
 
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="ocikit-bench-", dir=args.tmpdir))
     servers: list[Server] = []
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -786,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "summary": summarise(results),
         "notes": [f"{server.name}: {note}" for server in servers for note in server.notes],
+        # Other work on the machine skews every figure: compare these with nproc.
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     if args.json:
         print(json.dumps(report, indent=2))
