@@ -803,4 +803,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:  # the servers were stopped and the roots removed by then
+        print(f"bench/registry.py: interrupted ({exc or 'Ctrl-C'})", file=sys.stderr)
+        sys.exit(130)
