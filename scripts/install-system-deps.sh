@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that ocikit's tests and benchmarks drive as real peers:
-# skopeo (a registry client nobody here wrote), docker-registry (CNCF distribution), umoci, runc.
+# skopeo (a registry client nobody here wrote), docker-registry (CNCF distribution), umoci, runc,
+# and wrk (the HTTP load generator bench/registry.py drives).
 # Only what is missing, and only as root; elsewhere the tests that need them skip with a reason.
 set -euo pipefail
-packages=(skopeo docker-registry umoci runc)
+packages=(skopeo docker-registry umoci runc wrk)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
