@@ -70,3 +70,46 @@ def test_manifest_naming_an_absent_blob_is_400_manifest_blob_unknown(registry: S
     assert response.status_code == 400
     assert _error_code(response) == "MANIFEST_BLOB_UNKNOWN"
     assert response.json()["errors"][0]["detail"] == [{"digest": ABSENT}]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GET /v2/<name>/referrers/<digest> is a 500 as soon as one referrer exists: "
+    "Response.json cannot encode the Digest in each descriptor's `digest`",
+)
+def test_referrers_of_a_subject_with_a_referrer_is_200(registry: ServerProcess) -> None:
+    """What oras and every other referrers client does once an artifact has a subject."""
+    repo = "interop/bugs/referrers"
+    empty = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+    pushed = httpx.post(
+        f"{registry.url}/v2/{repo}/blobs/uploads/",
+        params={"digest": empty},
+        content=b"{}",
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert pushed.status_code == 201
+    referrer = (
+        '{"schemaVersion":2,"mediaType":"' + OCI_MANIFEST + '","artifactType":"application/vnd.example+json",'
+        '"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"' + empty + '","size":2},'
+        '"layers":[{"mediaType":"application/vnd.oci.empty.v1+json","digest":"' + empty + '","size":2}],'
+        '"subject":{"mediaType":"' + OCI_MANIFEST + '","digest":"' + ABSENT + '","size":100}}'
+    ).encode()
+    pushed = httpx.put(
+        f"{registry.url}/v2/{repo}/manifests/sha256:{hashlib.sha256(referrer).hexdigest()}",
+        content=referrer,
+        headers={"content-type": OCI_MANIFEST},
+    )
+    assert pushed.status_code == 201
+    assert pushed.headers["oci-subject"] == ABSENT
+
+    response = httpx.get(f"{registry.url}/v2/{repo}/referrers/{ABSENT}")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    assert response.json()["manifests"] == [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": pushed.headers["docker-content-digest"],
+            "size": len(referrer),
+            "artifactType": "application/vnd.example+json",
+        }
+    ]
