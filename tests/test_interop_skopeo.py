@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ServerProcess, require_tool
+from conftest import ServerProcess, require_tool, start_registry
 
 # Every test here pushes with skopeo, whose first request for each blob is a HEAD that the
 # registry must answer 404; it answers 500 instead (see test_interop_bugs.py), and skopeo
@@ -35,6 +36,8 @@ pytestmark = [
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 PLATFORMS = ("amd64", "arm64")
 
 
@@ -164,6 +167,20 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     return Images(layout, files)
 
 
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start a registry of the test's own with extra ``ocikit serve`` flags."""
+    servers: list[ServerProcess] = []
+
+    def starter(root: Path, *flags: str) -> ServerProcess:
+        servers.append(start_registry(root, extra=list(flags)))
+        return servers[-1]
+
+    yield starter
+    for server in servers:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def skopeo() -> str:
     return require_tool("skopeo")
@@ -175,14 +192,14 @@ def repo(request: pytest.FixtureRequest) -> str:
     return "interop/skopeo/" + request.node.name.removeprefix("test_").replace("_", "-")
 
 
-def copy(skopeo: str, source: str, destination: str, *extra: str) -> None:
+def copy(skopeo: str, source: str, destination: str, *extra: str, preserve: bool = True) -> None:
     run(
         skopeo,
         "copy",
         "--quiet",
         "--src-tls-verify=false",
         "--dest-tls-verify=false",
-        "--preserve-digests",
+        *(["--preserve-digests"] if preserve else []),
         *extra,
         source,
         destination,
@@ -319,3 +336,52 @@ def test_multi_platform_index_with_all(
 
     copy(skopeo, remote, f"oci:{tmp_path / 'out'}:v1", "--all")
     assert_identical(images.layout, "multi", Layout(tmp_path / "out"), "v1")
+
+    # Each platform's manifest is also there by its digest, in the bytes pushed.
+    for platform in PLATFORMS:
+        digest = images.layout.tagged(platform)["digest"]
+        by_digest = run(
+            skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{registry.host}/{repo}@{digest}"
+        )
+        assert by_digest.stdout.encode() == images.layout.blob(digest)
+
+
+def test_list_tags_follows_pagination(
+    start: Callable[..., ServerProcess], images: Images, skopeo: str, tmp_path: Path
+) -> None:
+    """With two tags a page, skopeo must follow the registry's Link headers to see all five."""
+    server = start(tmp_path / "data", "--page-size", "2")
+    tags = ["a", "b", "c", "d", "e"]
+    for tag in tags:
+        copy(skopeo, f"oci:{images.path}:amd64", f"docker://{server.host}/paged:{tag}")
+    page = httpx.get(f"{server.url}/v2/paged/tags/list")
+    assert page.json()["tags"] == ["a", "b"]
+    assert page.headers["link"] == '</v2/paged/tags/list?n=2&last=b>; rel="next"'
+    listed = json.loads(
+        run(skopeo, "list-tags", "--tls-verify=false", f"docker://{server.host}/paged").stdout
+    )
+    assert sorted(listed["Tags"]) == tags
+
+
+def test_docker_schema2_conversion_keeps_layers(
+    registry: ServerProcess, images: Images, skopeo: str, repo: str, tmp_path: Path
+) -> None:
+    """skopeo rewrites the OCI manifest as Docker schema 2 (new manifest, same layer bytes)."""
+    remote = f"docker://{registry.host}/{repo}:v2s2"
+    copy(skopeo, f"oci:{images.path}:amd64", remote, "--format", "v2s2", preserve=False)
+    raw = run(skopeo, "inspect", "--tls-verify=false", "--raw", remote).stdout.encode()
+    docker = json.loads(raw)
+    assert docker["mediaType"] == DOCKER_MANIFEST
+    oci = images.layout.json(images.layout.tagged("amd64")["digest"])
+    assert [layer["digest"] for layer in docker["layers"]] == [layer["digest"] for layer in oci["layers"]]
+    assert {layer["mediaType"] for layer in docker["layers"]} == {DOCKER_LAYER}
+
+    response = httpx.get(f"{registry.url}/v2/{repo}/manifests/v2s2", headers={"accept": DOCKER_MANIFEST})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == DOCKER_MANIFEST
+    assert response.content == raw
+
+    copy(skopeo, remote, f"oci:{tmp_path / 'out'}:v1", "--format", "oci", preserve=False)
+    pulled = Layout(tmp_path / "out")
+    for layer in oci["layers"]:
+        assert pulled.blob(layer["digest"]) == images.layout.blob(layer["digest"])
