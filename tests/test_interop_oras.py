@@ -35,16 +35,7 @@ SIGNATURE_CONFIG = "application/vnd.example.signature.config.v1+json"
 SIGNATURE_LAYER = "application/vnd.example.signature.v1"
 ATTESTATION = "application/vnd.example.attestation.v1+json"
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.xfail(
-        strict=True,
-        reason="registry bugs: HEAD /v2/<name>/blobs/<absent digest> is a 500, not 404 "
-        "(errors.RegistryError.body cannot encode a Digest in `detail`), and oras sends that HEAD "
-        "before every upload; GET /v2/<name>/referrers/<digest> is a 500 once a referrer exists "
-        "(http.Response.json cannot encode a Digest); see test_interop_bugs.py",
-    ),
-]
+pytestmark = [pytest.mark.timeout(120)]
 
 
 def _import_oras() -> ModuleType:

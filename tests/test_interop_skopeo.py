@@ -25,14 +25,7 @@ from conftest import ServerProcess, require_tool, start_registry
 # Every test here pushes with skopeo, whose first request for each blob is a HEAD that the
 # registry must answer 404; it answers 500 instead (see test_interop_bugs.py), and skopeo
 # gives up. With that bug fixed (checked with a patched copy of the registry) all four pass.
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.xfail(
-        strict=True,
-        reason="registry bug: HEAD /v2/<name>/blobs/<absent digest> is a 500, not 404 BLOB_UNKNOWN "
-        "(errors.RegistryError.body cannot encode a Digest in `detail`), so skopeo's push fails",
-    ),
-]
+pytestmark = [pytest.mark.timeout(120)]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

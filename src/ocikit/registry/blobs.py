@@ -67,10 +67,9 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
             headers += [("content-range", f"bytes {start}-{end}/{size}"), ("content-length", str(length))]
             return Response(status=206, headers=headers, chunks=reg.blobs.read(digest, start, length))
     headers.append(("content-length", str(size)))
-    path = reg.blobs.local_path(digest)
-    if path is not None:
-        return Response(headers=headers, path=path)
-    return Response(headers=headers, chunks=reg.blobs.read(digest))
+    # Streamed from the event loop in 1 MiB reads: measured ~35% faster than handing the path
+    # to Granian 2.8 (http.response.pathsend), which reads in 128 KiB pieces (docs/benchmarks.md).
+    return Response(headers=headers, chunks=reg.blobs.read(digest), head_length=size)
 
 
 async def delete(reg: Registry, request: Request, name: str, reference: str) -> Response:
