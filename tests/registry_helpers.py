@@ -41,7 +41,9 @@ def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": digest(data), "size": len(data), **extra}
 
 
-def image(client: httpx.Client, repo: str, layers: int = 2, **manifest_extra: Any) -> tuple[bytes, dict[str, Any]]:
+def image(
+    client: httpx.Client, repo: str, layers: int = 2, **manifest_extra: Any
+) -> tuple[bytes, dict[str, Any]]:
     """Push a config and ``layers`` random layers; return the manifest bytes (not pushed)."""
     layer_blobs = [os.urandom(1024 + i) for i in range(layers)]
     config = json.dumps(

@@ -228,7 +228,10 @@ def test_chunked_upload_in_order(client: httpx.Client, repo: str) -> None:
         response = client.patch(
             location,
             content=chunk,
-            headers={"content-range": f"{start}-{start + len(chunk) - 1}", "content-type": "application/octet-stream"},
+            headers={
+                "content-range": f"{start}-{start + len(chunk) - 1}",
+                "content-type": "application/octet-stream",
+            },
         )
         assert response.status_code == 202
         assert response.headers["range"] == f"0-{start + len(chunk) - 1}"
@@ -398,7 +401,9 @@ def test_concurrent_pushes_of_the_same_blob(registry: ServerProcess, repo: str) 
 
     def push(_: int) -> int:
         with registry.client() as c:
-            return c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest(data)}, content=data).status_code
+            return c.post(
+                f"/v2/{repo}/blobs/uploads/", params={"digest": digest(data)}, content=data
+            ).status_code
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(push, range(8))) == {201}
@@ -484,7 +489,12 @@ def test_index_of_pushed_manifests(client: httpx.Client, repo: str) -> None:
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
         "manifests": [
-            {"mediaType": OCI_MANIFEST, "digest": d, "size": len(b), "platform": {"os": "linux", "architecture": a}}
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": d,
+                "size": len(b),
+                "platform": {"os": "linux", "architecture": a},
+            }
             for (d, b), a in zip(children, ["amd64", "arm64"], strict=True)
         ],
     }
@@ -563,7 +573,9 @@ def test_large_manifest_up_to_4_mib_is_accepted_and_larger_is_413(client: httpx.
     assert response.status_code == 413
 
 
-def test_subject_is_accepted_when_missing_and_answered_with_oci_subject(client: httpx.Client, repo: str) -> None:
+def test_subject_is_accepted_when_missing_and_answered_with_oci_subject(
+    client: httpx.Client, repo: str
+) -> None:
     missing = {"mediaType": OCI_MANIFEST, "digest": digest(b"missing content"), "size": 123}
     body, _ = image(client, repo, subject=missing)
     response = put_manifest(client, repo, digest(body), body)
@@ -575,7 +587,7 @@ def test_subject_is_accepted_when_missing_and_answered_with_oci_subject(client: 
 
 
 def test_tags_list_is_sorted_and_paginated(client: httpx.Client, repo: str) -> None:
-    d, body = push_image(client, repo)
+    _, body = push_image(client, repo)
     tags = ["b", "A", "a", "c1", "C0", "_x", "1.0"]
     for tag in tags:
         assert put_manifest(client, repo, tag, body).status_code == 201
@@ -624,7 +636,9 @@ def test_catalog_is_sorted_and_paginated(client: httpx.Client) -> None:
     assert 'rel="next"' in page.headers["link"]
 
 
-def _referrer(client: httpx.Client, repo: str, subject: tuple[str, bytes], **extra: object) -> tuple[str, bytes]:
+def _referrer(
+    client: httpx.Client, repo: str, subject: tuple[str, bytes], **extra: object
+) -> tuple[str, bytes]:
     subject_descriptor = {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": len(subject[1])}
     return push_image(client, repo, subject=subject_descriptor, layers=1, **extra)
 
@@ -638,8 +652,13 @@ def test_referrers_of_unknown_subject_is_an_empty_index(client: httpx.Client) ->
 
 def test_referrers_list_and_filter(client: httpx.Client, repo: str) -> None:
     subject = push_image(client, repo, tag="subject")
-    sbom = _referrer(client, repo, subject, artifactType="application/vnd.example.sbom",
-                     annotations={"org.example.kind": "sbom"})
+    sbom = _referrer(
+        client,
+        repo,
+        subject,
+        artifactType="application/vnd.example.sbom",
+        annotations={"org.example.kind": "sbom"},
+    )
     sig = _referrer(client, repo, subject, artifactType="application/vnd.example.sig")
     plain = _referrer(client, repo, subject)  # no artifactType: the config's mediaType stands in
     response = client.get(f"/v2/{repo}/referrers/{subject[0]}")
@@ -652,7 +671,9 @@ def test_referrers_list_and_filter(client: httpx.Client, repo: str) -> None:
     assert found[sbom[0]]["size"] == len(sbom[1])
     assert found[sbom[0]]["mediaType"] == OCI_MANIFEST
     assert found[plain[0]]["artifactType"] == OCI_CONFIG
-    filtered = client.get(f"/v2/{repo}/referrers/{subject[0]}", params={"artifactType": "application/vnd.example.sig"})
+    filtered = client.get(
+        f"/v2/{repo}/referrers/{subject[0]}", params={"artifactType": "application/vnd.example.sig"}
+    )
     assert filtered.headers["oci-filters-applied"] == "artifactType"
     assert [m["digest"] for m in filtered.json()["manifests"]] == [sig[0]]
 
@@ -684,8 +705,12 @@ def test_index_referrer_without_artifact_type_omits_it(client: httpx.Client, rep
 def test_referrers_from_the_tag_schema_are_included(client: httpx.Client, repo: str) -> None:
     subject = push_image(client, repo)
     artifact = push_image(client, repo)  # recorded by a client through the fallback, not `subject`
-    entry = {"mediaType": OCI_MANIFEST, "digest": artifact[0], "size": len(artifact[1]),
-             "artifactType": "application/vnd.example.old"}
+    entry = {
+        "mediaType": OCI_MANIFEST,
+        "digest": artifact[0],
+        "size": len(artifact[1]),
+        "artifactType": "application/vnd.example.old",
+    }
     fallback = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).encode()
     tag = subject[0].replace(":", "-")
     assert put_manifest(client, repo, tag, fallback, OCI_INDEX).status_code == 201
@@ -753,7 +778,7 @@ def test_deletes_can_be_switched_off(tmp_path: Path) -> None:
             repo = repo_name()
             d, _ = push_image(c, repo, tag="kept")
             blob = push_blob(c, repo, b"blob")
-            for path in (f"manifests/kept", f"manifests/{d}", f"blobs/{blob}"):
+            for path in ("manifests/kept", f"manifests/{d}", f"blobs/{blob}"):
                 response = c.delete(f"/v2/{repo}/{path}")
                 assert response.status_code == 405
                 assert error_codes(response) == ["UNSUPPORTED"]
@@ -782,7 +807,8 @@ def test_method_not_allowed_is_405(client: httpx.Client, repo: str) -> None:
 
 def test_operator_warnings_and_chunk_min_length(tmp_path: Path) -> None:
     server = start_registry(
-        tmp_path / "data", ["--warnings", 'this registry moves on "Friday",second', "--chunk-min-length", "4096"]
+        tmp_path / "data",
+        ["--warnings", 'this registry moves on "Friday",second', "--chunk-min-length", "4096"],
     )
     try:
         with server.client() as c:
@@ -809,11 +835,13 @@ def test_several_workers_share_uploads_and_metadata(tmp_path: Path) -> None:
                 if location is None:
                     location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
                 chunk = data[start : start + 8192]
-                response = c.patch(location, content=chunk, headers={"content-range": f"{start}-{start + 8191}"})
+                response = c.patch(
+                    location, content=chunk, headers={"content-range": f"{start}-{start + 8191}"}
+                )
                 assert response.status_code == 202, response.text
         with server.client() as c:
             assert c.put(location, params={"digest": digest(data)}).status_code == 201
-            d, body = push_image(c, repo, tag="shared")
+            _, body = push_image(c, repo, tag="shared")
         for _ in range(6):
             with server.client() as c:
                 assert c.get(f"/v2/{repo}/manifests/shared").content == body

@@ -21,8 +21,7 @@ def register(commands: Any) -> None:
             "Run the OCI Distribution Spec registry on Granian.\n\n"
             "Each setting comes from its flag, else its environment variable, else the TOML file\n"
             "(--config or $OCIKIT_CONFIG; keys are the flag names with underscores, optionally under\n"
-            "[registry]), else its default. Environment variables:\n"
-            + "\n".join(lines)
+            "[registry]), else its default. Environment variables:\n" + "\n".join(lines)
         ),
     )
     parser.add_argument("--config", metavar="FILE", help="TOML settings file")

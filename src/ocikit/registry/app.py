@@ -84,16 +84,13 @@ class Registry:
     ) -> None:
         self.settings = settings or Settings()
         root = Path(self.settings.root)
-        if blobs is None:
-            from .storage.filesystem import FilesystemBlobStore
+        from .storage.filesystem import FilesystemBlobStore
+        from .storage.sqlite import SQLiteMetadataStore
 
-            blobs = FilesystemBlobStore(root)
-        if metadata is None:
-            from .storage.sqlite import SQLiteMetadataStore
-
-            metadata = SQLiteMetadataStore(root / "metadata.db")
-        self.blobs: BlobStore = blobs
-        self.metadata: MetadataStore = metadata
+        self.blobs: BlobStore = blobs if blobs is not None else FilesystemBlobStore(root)
+        self.metadata: MetadataStore = (
+            metadata if metadata is not None else SQLiteMetadataStore(root / "metadata.db")
+        )
         self.authorize_hook = authorize
         self.event_hooks = list(event_hooks)
         self._handlers = _handlers()
@@ -174,14 +171,19 @@ class Registry:
         try:
             return await self._dispatch(request)
         except RegistryError as error:
-            response = Response(status=error.status, headers=[("content-type", "application/json"),
-                                                             *error.headers], body=error.body())
+            response = Response(
+                status=error.status,
+                headers=[("content-type", "application/json"), *error.headers],
+                body=error.body(),
+            )
         except ClientDisconnected:
             return Response(status=400)
         except Exception:
             log.exception("unhandled error for %s %s", request.method, request.path)
             internal = RegistryError("UNSUPPORTED", "internal error", status=500)
-            response = Response(status=500, headers=[("content-type", "application/json")], body=internal.body())
+            response = Response(
+                status=500, headers=[("content-type", "application/json")], body=internal.body()
+            )
         with contextlib.suppress(ClientDisconnected):
             await request.drain()
         return response
@@ -231,10 +233,18 @@ class Registry:
         if sent < 0:  # sent by the server from a file: its length is in the headers
             sent = next((int(v) for n, v in response.headers if n.lower() == "content-length"), 0)
         if self.settings.log_format == "json":
-            access_log.info(msgspec.json.encode({  # plain values only
-                "time": time.time(), "method": request.method, "path": request.path,
-                "status": response.status, "bytes": sent, "duration_ms": round(duration * 1000, 3),
-            }).decode())
+            access_log.info(
+                msgspec.json.encode(
+                    {  # plain values only
+                        "time": time.time(),
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status,
+                        "bytes": sent,
+                        "duration_ms": round(duration * 1000, 3),
+                    }
+                ).decode()
+            )
         else:
             access_log.info(
                 "%s %s %d %d %.1fms", request.method, request.path, response.status, sent, duration * 1000

@@ -107,7 +107,9 @@ async def referrers(reg: Registry, request: Request, name: str, reference: str) 
     elif last is None:
         known = {m["digest"] for m in manifests}
         for entry in await _tag_schema_entries(reg, name, subject):
-            if entry["digest"] not in known and (artifact_type is None or entry.get("artifactType") == artifact_type):
+            if entry["digest"] not in known and (
+                artifact_type is None or entry.get("artifactType") == artifact_type
+            ):
                 manifests.append(entry)
                 known.add(entry["digest"])
     if artifact_type:

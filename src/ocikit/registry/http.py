@@ -7,7 +7,7 @@ zero-copy file body when the server offers ASGI's ``http.response.pathsend``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Awaitable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -60,7 +60,9 @@ class Request:
     @property
     def query(self) -> dict[str, list[str]]:
         if self._query is None:
-            self._query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            self._query = parse_qs(
+                self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+            )
         return self._query
 
     def param(self, name: str) -> str | None:
@@ -117,8 +119,13 @@ class Response:
     head_length: int | None = None
 
     @classmethod
-    def json(cls, value: Any, status: int = 200, headers: list[tuple[str, str]] | None = None,
-             content_type: str = "application/json") -> Response:
+    def json(
+        cls,
+        value: Any,
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Response:
         body = _json.encode(value)
         return cls(status=status, headers=[("content-type", content_type), *(headers or [])], body=body)
 

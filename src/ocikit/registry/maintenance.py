@@ -114,7 +114,9 @@ async def _housekeeping(reg: Registry) -> None:
                     report = await collect_garbage(reg)
                     log.info(
                         "gc removed %d manifests, %d blobs (%d bytes)",
-                        len(report.manifests), len(report.blobs), report.freed_bytes,
+                        len(report.manifests),
+                        len(report.blobs),
+                        report.freed_bytes,
                     )
                 except Exception:
                     log.exception("online garbage collection failed")

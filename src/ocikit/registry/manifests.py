@@ -91,7 +91,8 @@ def _media_type(request: Request, node: Any) -> str:
     if media_type not in mt.IMAGE_DOCUMENT_TYPES:
         raise RegistryError(
             "MANIFEST_INVALID",
-            f"unsupported manifest media type {media_type!r}; accepted: {', '.join(sorted(mt.IMAGE_DOCUMENT_TYPES))}",
+            f"unsupported manifest media type {media_type!r}; "
+            f"accepted: {', '.join(sorted(mt.IMAGE_DOCUMENT_TYPES))}",
         )
     return media_type
 
@@ -135,7 +136,9 @@ def _requested_tags(request: Request, reference: str) -> list[str]:
         raise RegistryError("MANIFEST_INVALID", f"at most {_MAX_TAGS_PER_PUT} tags per request", status=414)
     for tag in tags:
         if not is_valid_tag(tag):
-            raise RegistryError("MANIFEST_INVALID", f"invalid tag {tag!r}: [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}")
+            raise RegistryError(
+                "MANIFEST_INVALID", f"invalid tag {tag!r}: [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}"
+            )
     return list(dict.fromkeys(tags))
 
 

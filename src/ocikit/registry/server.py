@@ -46,7 +46,10 @@ def serve(settings: Settings) -> None:
     _configure_logging(settings)
     logging.getLogger("ocikit.registry").info(
         "ocikit registry on http://%s:%d, data in %s, %d worker(s)",
-        settings.host, settings.port, settings.root, settings.workers,
+        settings.host,
+        settings.port,
+        settings.root,
+        settings.workers,
     )
     server = Granian(
         "ocikit.registry.server:app_from_environment",

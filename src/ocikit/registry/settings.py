@@ -117,10 +117,10 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
                 raise ValueError("must not be negative")
             return number
         if kind == "float":
-            number = float(value)
-            if number < 0:
+            seconds = float(value)
+            if seconds < 0:
                 raise ValueError("must not be negative")
-            return number
+            return seconds
         if kind == "tuple[str, ...]":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(item).strip() for item in items if str(item).strip())

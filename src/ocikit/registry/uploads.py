@@ -81,7 +81,8 @@ async def _append(reg: Registry, request: Request, name: str, upload_id: str, si
         await reg.blobs.upload_truncate(upload_id, size)
         raise RegistryError(
             "BLOB_UPLOAD_INVALID",
-            f"the chunk has {new_size - size} bytes but Content-Range {declared!r} says {span[1] - span[0] + 1}",
+            f"the chunk has {new_size - size} bytes but Content-Range {declared!r} "
+            f"says {span[1] - span[0] + 1}",
         )
     length = request.content_length
     if span is None and length is not None and new_size - size != length:

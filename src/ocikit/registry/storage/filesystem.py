@@ -13,11 +13,12 @@ worker processes, the commit re-reads the staged file instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Final
 
@@ -88,10 +89,8 @@ class FilesystemBlobStore:
             os.close(fd)
 
     async def delete(self, digest: Digest) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._blob_path(digest))
-        except FileNotFoundError:
-            pass
 
     async def digests(self) -> AsyncIterator[Digest]:
         for algorithm_dir in sorted(self.blobs.iterdir()):
@@ -204,10 +203,8 @@ class FilesystemBlobStore:
 
     async def upload_abort(self, upload_id: str) -> None:
         self._hashes.pop(upload_id, None)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._upload_path(upload_id))
-        except FileNotFoundError:
-            pass
 
     async def upload_ids(self) -> AsyncIterator[str]:
         for path in self.uploads.iterdir():
@@ -224,11 +221,11 @@ class FilesystemBlobStore:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def publishing(self) -> AsyncIterator[None]:  # type: ignore[override]
-        return self._flock(fcntl.LOCK_SH)  # type: ignore[return-value]
+    def publishing(self) -> AbstractAsyncContextManager[None]:
+        return self._flock(fcntl.LOCK_SH)
 
-    def sweeping(self) -> AsyncIterator[None]:  # type: ignore[override]
-        return self._flock(fcntl.LOCK_EX)  # type: ignore[return-value]
+    def sweeping(self) -> AbstractAsyncContextManager[None]:
+        return self._flock(fcntl.LOCK_EX)
 
 
 def is_disk_full(exc: OSError) -> bool:

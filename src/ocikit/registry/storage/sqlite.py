@@ -258,7 +258,8 @@ class SQLiteMetadataStore:
     async def manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
         row = self._read.execute(
             "SELECT m.media_type, m.content, m.artifact_type, m.subject, m.annotations, m.config_media_type "
-            "FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?",
+            "FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+            "WHERE r.name = ? AND m.digest = ?",
             (repository, digest),
         ).fetchone()
         if row is None:
@@ -315,7 +316,9 @@ class SQLiteMetadataStore:
                     now,
                 ),
             )
-            self._insert_pairs(c, "manifest_blobs", "manifest_digest, blob_digest", repository_id, record, blobs)
+            self._insert_pairs(
+                c, "manifest_blobs", "manifest_digest, blob_digest", repository_id, record, blobs
+            )
             self._insert_pairs(
                 c, "manifest_children", "parent_digest, child_digest", repository_id, record, children
             )
@@ -361,7 +364,7 @@ class SQLiteMetadataStore:
             if repository_id is None:
                 return False
             self._delete_manifests(c, [(repository_id, digest)])
-            return c.execute("SELECT changes()").fetchone()[0] > 0
+            return bool(c.execute("SELECT changes()").fetchone()[0] > 0)
 
         return await self._write(delete)
 
@@ -413,7 +416,9 @@ class SQLiteMetadataStore:
                 artifact_type=artifact or config_type,
                 annotations=json.loads(annotations) if annotations else None,
             )
-            for digest, media_type, size, artifact, config_type, annotations in self._read.execute(sql, params)
+            for digest, media_type, size, artifact, config_type, annotations in self._read.execute(
+                sql, params
+            )
         ]
 
     # ----------------------------------------------------------------- uploads
@@ -435,7 +440,9 @@ class SQLiteMetadataStore:
 
     async def upload_touch(self, upload_id: str) -> None:
         now = time.time()
-        await self._write(lambda c: c.execute("UPDATE uploads SET updated_at = ? WHERE id = ?", (now, upload_id)))
+        await self._write(
+            lambda c: c.execute("UPDATE uploads SET updated_at = ? WHERE id = ?", (now, upload_id))
+        )
 
     async def upload_delete(self, upload_id: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)))
