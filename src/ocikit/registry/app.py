@@ -162,8 +162,7 @@ class Registry:
         response = await self._respond(request)
         response.headers.append(_API_VERSION)
         response.headers.extend(self._static_warnings)
-        pathsend = "http.response.pathsend" in scope.get("extensions", {})
-        sent = await response.send(send, head=request.method == "HEAD", pathsend=pathsend)
+        sent = await response.send(send, head=request.method == "HEAD")
         if self.settings.access_log:
             self._log(request, response, sent, time.perf_counter() - started)
 
@@ -230,8 +229,6 @@ class Registry:
                 return
 
     def _log(self, request: Request, response: Response, sent: int, duration: float) -> None:
-        if sent < 0:  # sent by the server from a file: its length is in the headers
-            sent = next((int(v) for n, v in response.headers if n.lower() == "content-length"), 0)
         if self.settings.log_format == "json":
             access_log.info(
                 msgspec.json.encode(

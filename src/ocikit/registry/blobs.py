@@ -69,7 +69,7 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     headers.append(("content-length", str(size)))
     # Streamed from the event loop in 1 MiB reads: measured ~35% faster than handing the path
     # to Granian 2.8 (http.response.pathsend), which reads in 128 KiB pieces (docs/benchmarks.md).
-    return Response(headers=headers, chunks=reg.blobs.read(digest), head_length=size)
+    return Response(headers=headers, chunks=reg.blobs.read(digest))
 
 
 async def delete(reg: Registry, request: Request, name: str, reference: str) -> Response:

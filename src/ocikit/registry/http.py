@@ -1,8 +1,7 @@
 """A thin request/response layer over raw ASGI.
 
 The registry speaks a small, fixed protocol, so a framework would add per-request cost and
-no capability: these helpers read headers and stream bodies, and send responses with a
-zero-copy file body when the server offers ASGI's ``http.response.pathsend``.
+no capability: these helpers read headers and stream bodies in and out.
 """
 
 from __future__ import annotations
@@ -111,9 +110,7 @@ class Response:
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
-    #: Send this file whole instead of ``body`` (zero-copy where the server allows).
-    path: str | None = None
-    #: Or stream these chunks (Content-Length must then be set by the handler).
+    #: Stream these chunks instead of ``body`` (Content-Length must then be set by the handler).
     chunks: AsyncIterator[bytes] | None = None
     #: The Content-Length to announce for HEAD (no body is sent).
     head_length: int | None = None
@@ -133,23 +130,18 @@ class Response:
         self.headers.append((name, value))
         return self
 
-    async def send(self, send: Send, *, head: bool, pathsend: bool) -> int:
+    async def send(self, send: Send, *, head: bool) -> int:
         """Send the response; returns the number of body bytes sent."""
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
         names = {n.lower() for n, _ in self.headers}
         if "content-length" not in names:
             length = self.head_length if head and self.head_length is not None else len(self.body)
-            if self.path is None and self.chunks is None:
+            if self.chunks is None:
                 headers.append((b"content-length", str(length).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         if head:
             await send({"type": "http.response.body", "body": b""})
             return 0
-        if self.path is not None and pathsend:
-            await send({"type": "http.response.pathsend", "path": self.path})
-            return -1
-        if self.path is not None:
-            self.chunks = _file_chunks(self.path)
         if self.chunks is not None:
             sent = 0
             async for chunk in self.chunks:
@@ -159,11 +151,3 @@ class Response:
             return sent
         await send({"type": "http.response.body", "body": self.body})
         return len(self.body)
-
-
-async def _file_chunks(path: str) -> AsyncIterator[bytes]:
-    import asyncio
-
-    with open(path, "rb") as handle:
-        while chunk := await asyncio.to_thread(handle.read, 1 << 20):
-            yield chunk
