@@ -1,0 +1,86 @@
+"""The two narrow interfaces every image transport implements: a source and a destination.
+
+``ocikit copy`` moves an image between any pair of them without knowing what is behind either:
+a remote registry (``docker://``, in ``ocikit.client``), an OCI image layout (``oci:``), an
+``oci-archive:`` tarball or the local image store. A new transport is one new module that
+implements these two protocols; the copy engine and the command line stay as they are.
+
+Contract shared by all implementations:
+
+- Manifests and indexes travel as their exact bytes. Nobody re-serialises a received document,
+  because a digest names bytes, not the JSON value they encode.
+- Every byte is verified against the descriptor it was asked for (size and digest) before it
+  becomes visible at a destination. A destination that receives a wrong blob raises
+  ``ocikit.spec.VerificationError`` and keeps nothing of it.
+- Blob bodies are async iterators of chunks, so a copy runs in constant memory whatever the
+  blob's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from ..spec import Descriptor
+
+
+class TransportError(Exception):
+    """A transport could not do what was asked; the message is meant for the user."""
+
+
+class NotFound(TransportError):
+    """The reference, manifest or blob does not exist at this transport."""
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """Somewhere images are read from."""
+
+    async def resolve(self, reference: str | None) -> Descriptor:
+        """The descriptor (media type, digest, size) of the manifest or index that ``reference``
+        names: a tag, a digest, or None for the transport's default (``latest``, or a layout's
+        only image)."""
+        ...
+
+    async def fetch_manifest(self, descriptor: Descriptor) -> bytes:
+        """The exact bytes of a manifest or index, verified against ``descriptor``."""
+        ...
+
+    def open_blob(self, descriptor: Descriptor, offset: int = 0) -> AsyncIterator[bytes]:
+        """The blob's bytes from ``offset`` on, in chunks. The caller verifies the digest; an
+        implementation that can resume (HTTP Range) honours ``offset``."""
+        ...
+
+    async def referrers(self, descriptor: Descriptor, artifact_type: str | None = None) -> list[Descriptor]:
+        """Manifests whose ``subject`` is ``descriptor``: an empty list where there are none
+        or the transport cannot know."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ImageDestination(Protocol):
+    """Somewhere images are written to."""
+
+    async def has_blob(self, descriptor: Descriptor) -> bool:
+        """Whether the blob (or manifest) is already there, so that a copy can skip it."""
+        ...
+
+    async def put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> None:
+        """Store a blob, verifying it against ``descriptor`` before it becomes visible."""
+        ...
+
+    async def put_manifest(self, descriptor: Descriptor, raw: bytes, tags: list[str]) -> None:
+        """Store a manifest or index under its digest and, if given, under each of ``tags``.
+        Called only after every blob and child manifest it refers to is in place."""
+        ...
+
+    async def commit(self) -> None:
+        """Make what was written durable and visible (an archive is finished here)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = ["ImageDestination", "ImageSource", "NotFound", "TransportError"]
