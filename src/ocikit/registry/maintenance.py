@@ -40,18 +40,13 @@ async def purge_expired_uploads(reg: Registry, now: float | None = None) -> list
         purged.append(upload.id)
     # Staged data whose session was never recorded (a crash between the two steps).
     async for upload_id in reg.blobs.upload_ids():
-        if await reg.metadata.upload(upload_id) is None and _idle_since(reg, upload_id) < cutoff:
+        if await reg.metadata.upload(upload_id) is not None:
+            continue
+        idle_since = await reg.blobs.upload_modified(upload_id)
+        if idle_since is not None and idle_since < cutoff:
             await reg.blobs.upload_abort(upload_id)
             purged.append(upload_id)
     return purged
-
-
-def _idle_since(reg: Registry, upload_id: str) -> float:
-    path = Path(reg.settings.root) / "uploads" / upload_id
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return time.time()
 
 
 async def collect_garbage(reg: Registry, *, dry_run: bool = False, grace: float | None = None) -> GCReport:
@@ -66,8 +61,8 @@ async def collect_garbage(reg: Registry, *, dry_run: bool = False, grace: float 
         async for digest in reg.blobs.digests():
             if digest in report.blobs or await reg.metadata.blob_is_recorded(digest):
                 continue
-            path = reg.blobs.local_path(digest)
-            if path is not None and os.stat(path).st_mtime >= cutoff:
+            stored = await reg.blobs.modified(digest)
+            if stored is None or stored >= cutoff:
                 continue
             size = await reg.blobs.size(digest) or 0
             report.blobs.append(digest)

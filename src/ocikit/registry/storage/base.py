@@ -38,6 +38,11 @@ class BlobStore(Protocol):
         """The stored size, or None when the blob is not stored."""
         ...
 
+    async def modified(self, digest: Digest) -> float | None:
+        """When the blob was stored (seconds since the epoch), or None when it is not: garbage
+        collection spares blobs younger than its grace period."""
+        ...
+
     def local_path(self, digest: Digest) -> str | None:
         """A filesystem path for zero-copy sending, when the backend is local."""
         ...
@@ -64,6 +69,10 @@ class BlobStore(Protocol):
         When the body ends early the partial data stays (a resumable upload). Raises
         :class:`UploadOffsetError` when ``offset`` is not the current size.
         """
+        ...
+
+    async def upload_modified(self, upload_id: str) -> float | None:
+        """When the staged upload last received bytes, or None when no such upload is staged."""
         ...
 
     async def upload_truncate(self, upload_id: str, size: int) -> None:
