@@ -22,7 +22,7 @@ from .base import (
     Usage,
 )
 from .dir import DirSnapshotter
-from .mount import is_mountpoint, mount, unmount
+from .mounting import is_mountpoint, mount, unmount
 from .overlay import OverlaySnapshotter
 
 __all__ = [

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ._fsutil import disk_usage, fsync_dir, remove_tree
 from .base import (
     AlreadyExistsError,
     HasChildrenError,
@@ -49,8 +50,7 @@ from .base import (
     SnapshotError,
     Usage,
 )
-from ._fsutil import disk_usage, fsync_dir, remove_tree
-from .mount import mounted_sources
+from .mounting import mounted_sources
 
 __all__ = ["Record", "SnapshotterBase"]
 
@@ -90,7 +90,9 @@ def _now() -> str:
 
 def _check_key(key: object, what: str = "key") -> str:
     if not isinstance(key, str) or not key or len(key) > _MAX_KEY or "\0" in key:
-        raise SnapshotError(f"invalid snapshot {what} {key!r}: a non-empty string without NUL, at most {_MAX_KEY}")
+        raise SnapshotError(
+            f"invalid snapshot {what} {key!r}: a non-empty string without NUL, at most {_MAX_KEY}"
+        )
     return key
 
 
@@ -184,7 +186,14 @@ class SnapshotterBase:
     def _record(self, row: tuple[int, str, str, int | None, str, str, str]) -> Record:
         id_, key, kind, parent, labels, created, updated = row
         return Record(
-            id_, key, Kind(kind), parent, json.loads(labels), created, updated, self.root / "snapshots" / str(id_)
+            id_,
+            key,
+            Kind(kind),
+            parent,
+            json.loads(labels),
+            created,
+            updated,
+            self.root / "snapshots" / str(id_),
         )
 
     _COLUMNS = "id, key, kind, parent, labels, created, updated"
@@ -232,14 +241,20 @@ class SnapshotterBase:
             return None
         record = self._get(_check_key(parent, "parent"))
         if record.kind is not Kind.COMMITTED:
-            raise InvalidStateError(f"parent {parent!r} is {record.kind.value}; only committed snapshots can be parents")
+            raise InvalidStateError(
+                f"parent {parent!r} is {record.kind.value}; only committed snapshots can be parents"
+            )
         return record
 
-    def _create(self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None) -> list[Mount]:
+    def _create(
+        self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None
+    ) -> list[Mount]:
         _check_key(key)
         label_map = _check_labels(labels)
-        with self._locked(fcntl.LOCK_SH):
+        with self._locked(fcntl.LOCK_SH), contextlib.ExitStack() as stack:
             chain = self._chain(self._parent_for(key, parent))
+            if chain:
+                stack.enter_context(self._pinned(chain[0]))
             tmp = self.root / "tmp" / uuid.uuid4().hex
             tmp.mkdir(mode=0o700)
             try:
@@ -249,8 +264,16 @@ class SnapshotterBase:
                     # Checked again: another process may have raced us while we populated.
                     parent_record = self._parent_for(key, parent)
                     cursor = db.execute(
-                        "INSERT INTO snapshots (key, kind, parent, labels, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
-                        (key, kind.value, parent_record.id if parent_record else None, json.dumps(label_map), now, now),
+                        "INSERT INTO snapshots (key, kind, parent, labels, created, updated)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            key,
+                            kind.value,
+                            parent_record.id if parent_record else None,
+                            json.dumps(label_map),
+                            now,
+                            now,
+                        ),
                     )
                     assert cursor.lastrowid is not None
                     final = self.root / "snapshots" / str(cursor.lastrowid)
@@ -266,13 +289,31 @@ class SnapshotterBase:
             record = self._get(key)
             return self._mounts(record, chain)
 
+    @contextlib.contextmanager
+    def _pinned(self, record: Record) -> Iterator[None]:
+        """Keep ``record`` from being removed while a child is made from it: a shared flock
+        on its directory, which :meth:`remove` must get exclusively."""
+        try:
+            fd = os.open(record.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFoundError(f"snapshot {record.key!r} was removed meanwhile") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if self._db.execute("SELECT 1 FROM snapshots WHERE id = ?", (record.id,)).fetchone() is None:
+                raise NotFoundError(f"snapshot {record.key!r} was removed meanwhile")
+            yield
+        finally:
+            os.close(fd)
+
     def commit(self, name: str, key: str, *, labels: Mapping[str, str] | None = None) -> Info:
         _check_key(name, "name")
         label_map = _check_labels(labels)
         with self._locked(fcntl.LOCK_SH):
             record = self._get(_check_key(key))
             if record.kind is not Kind.ACTIVE:
-                raise InvalidStateError(f"snapshot {key!r} is {record.kind.value}; only active snapshots can be committed")
+                raise InvalidStateError(
+                    f"snapshot {key!r} is {record.kind.value}; only active snapshots can be committed"
+                )
             self._before_commit(record)
             with self._transaction() as db:
                 if name != key and db.execute("SELECT 1 FROM snapshots WHERE key = ?", (name,)).fetchone():
@@ -291,20 +332,41 @@ class SnapshotterBase:
             record = self._get(_check_key(key))
             users = mounted_sources(record.path) if record.path.exists() else []
             if users:
-                raise SnapshotError(f"snapshot {key!r} is in use: mounted at {', '.join(users)}; unmount it first")
-            with self._transaction() as db:
-                children = [
-                    row[0] for row in db.execute("SELECT key FROM snapshots WHERE parent = ? LIMIT 3", (record.id,))
-                ]
-                if children:
-                    raise HasChildrenError(
-                        f"snapshot {key!r} has children ({', '.join(map(repr, children))}); remove them first"
-                    )
-                db.execute("DELETE FROM snapshots WHERE id = ?", (record.id,))
-            trash = self.root / "trash" / str(record.id)
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(record.path, trash)
-            remove_tree(trash)
+                raise SnapshotError(
+                    f"snapshot {key!r} is in use: mounted at {', '.join(users)}; unmount it first"
+                )
+            stack = contextlib.ExitStack()
+            with stack:
+                self._claim_for_removal(stack, record)
+                self._remove_claimed(record)
+
+    def _claim_for_removal(self, stack: contextlib.ExitStack, record: Record) -> None:
+        try:
+            fd = os.open(record.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        stack.callback(os.close, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SnapshotError(
+                f"snapshot {record.key!r} is in use: a snapshot is being prepared from it"
+            ) from None
+
+    def _remove_claimed(self, record: Record) -> None:
+        with self._transaction() as db:
+            children = [
+                row[0]
+                for row in db.execute("SELECT key FROM snapshots WHERE parent = ? LIMIT 3", (record.id,))
+            ]
+            if children:
+                names = ", ".join(map(repr, children))
+                raise HasChildrenError(f"snapshot {record.key!r} has children ({names}); remove them first")
+            db.execute("DELETE FROM snapshots WHERE id = ?", (record.id,))
+        trash = self.root / "trash" / str(record.id)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(record.path, trash)
+        remove_tree(trash)
 
     def stat(self, key: str) -> Info:
         return self._info(self._get(_check_key(key)))
@@ -324,8 +386,12 @@ class SnapshotterBase:
     def mounts(self, key: str) -> list[Mount]:
         record = self._get(_check_key(key))
         if record.kind is Kind.COMMITTED:
-            raise InvalidStateError(f"snapshot {key!r} is committed; mount it through a view or an active child")
-        return self._mounts(record, self._chain(self._get_id(record.parent) if record.parent is not None else None))
+            raise InvalidStateError(
+                f"snapshot {key!r} is committed; mount it through a view or an active child"
+            )
+        return self._mounts(
+            record, self._chain(self._get_id(record.parent) if record.parent is not None else None)
+        )
 
     def path_of(self, key: str) -> Path:
         """The directory holding the snapshot's data (for tools that read committed layers)."""
@@ -359,4 +425,3 @@ class SnapshotterBase:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.root}>"
-

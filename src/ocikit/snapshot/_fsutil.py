@@ -67,8 +67,49 @@ class _CopyState:
     links: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
-def _copy_data(src: int, dst: int, size: int, state: _CopyState) -> None:
-    """Reflink when the filesystem shares extents (btrfs, xfs), else copy in the kernel."""
+def _extents(src: int, size: int, sparse: bool) -> Iterator[tuple[int, int]]:
+    """(offset, length) of the data in ``src``: all of it, or only what is not a hole."""
+    if not sparse:
+        yield 0, size
+        return
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        yield start, end - start
+        offset = end
+
+
+def _copy_range(src: int, dst: int, start: int, length: int, state: _CopyState) -> None:
+    done = 0
+    if state.copy_range:
+        try:
+            while done < length:
+                n = os.copy_file_range(src, dst, min(_CHUNK, length - done), start + done, start + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            state.copy_range = False
+    while done < length:
+        chunk = os.pread(src, min(1 << 20, length - done), start + done)
+        if not chunk:
+            break
+        os.pwrite(dst, chunk, start + done)
+        done += len(chunk)
+
+
+def _copy_data(src: int, dst: int, st: os.stat_result, state: _CopyState) -> None:
+    """Reflink when the filesystem shares extents (btrfs, xfs), else copy in the kernel,
+    leaving holes of sparse files as holes."""
+    size = st.st_size
     if state.clone and size:
         try:
             fcntl.ioctl(dst, _FICLONE, src)
@@ -77,24 +118,9 @@ def _copy_data(src: int, dst: int, size: int, state: _CopyState) -> None:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
                 raise
             state.clone = False
-    copied = 0
-    if state.copy_range:
-        try:
-            while copied < size:
-                done = os.copy_file_range(src, dst, min(_CHUNK, size - copied))
-                if done == 0:
-                    break
-                copied += done
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            state.copy_range = False
-    while True:
-        chunk = os.pread(src, 1 << 20, copied)
-        if not chunk:
-            break
-        os.pwrite(dst, chunk, copied)
-        copied += len(chunk)
+    for start, length in _extents(src, size, st.st_blocks * 512 < size):
+        _copy_range(src, dst, start, length, state)
+    os.ftruncate(dst, size)
 
 
 def _copy_xattrs(src: int | str, dst: int | str, *, follow: bool = True) -> None:
@@ -128,9 +154,11 @@ def _chown(target: int | str, st: os.stat_result, *, dir_fd: int | None = None) 
 def _copy_file(name: str, st: os.stat_result, src_dir: int, dst_dir: int, state: _CopyState) -> None:
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
     try:
-        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir)
+        dst = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir
+        )
         try:
-            _copy_data(src, dst, st.st_size, state)
+            _copy_data(src, dst, st, state)
             _chown(dst, st)
             os.chmod(dst, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid bits
             _copy_xattrs(src, dst)

@@ -6,7 +6,7 @@ in practice they are named by the ChainID of the layers they hold, so a layer sh
 images is applied and stored once. *Active* snapshots are writable and are what a layer is
 applied into (then committed) or what a container runs on. *Views* are read-only. A
 snapshotter never mounts anything itself: it answers with :class:`Mount` descriptions, and
-the caller mounts them (:func:`ocikit.snapshot.mount.mount`) wherever it needs them.
+the caller mounts them (:func:`ocikit.snapshot.mounting.mount`) wherever it needs them.
 """
 
 from __future__ import annotations

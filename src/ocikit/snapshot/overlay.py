@@ -8,7 +8,7 @@ parent chain as lower directories, topmost first; with no parent it is a plain b
 an empty directory. Preparing costs two ``mkdir`` whatever the image size.
 
 Root only: mounting overlayfs and creating whiteout devices need ``CAP_SYS_ADMIN`` and
-``CAP_MKNOD``. Many layers are handled by :mod:`ocikit.snapshot.mount`; the kernel itself
+``CAP_MKNOD``. Many layers are handled by :mod:`ocikit.snapshot.mounting`; the kernel itself
 stacks at most 500 lower directories.
 """
 

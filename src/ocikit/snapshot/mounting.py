@@ -157,7 +157,9 @@ def _overlay_mount2(mnt: Mount, target: str) -> None:
         code = 0
         try:
             os.chdir(common)
-            if _libc.mount(mnt.source.encode(), target.encode(), b"overlay", ctypes.c_ulong(flags), data.encode()):
+            if _libc.mount(
+                mnt.source.encode(), target.encode(), b"overlay", ctypes.c_ulong(flags), data.encode()
+            ):
                 code = ctypes.get_errno() or errno.EIO
         except BaseException:
             code = errno.EIO
@@ -256,8 +258,8 @@ def _within(candidate: str, base: Path) -> bool:
 
 
 def mounted_sources(directory: str | os.PathLike[str]) -> list[str]:
-    """Mount points whose content comes from inside ``directory``: binds of it or of
-    something beneath it, and overlays with a layer there. Used to refuse deleting a snapshot
+    """Mounts that involve ``directory``: mounted inside it, binds of it or of something
+    beneath it, and overlays with a layer there. Used to refuse deleting a snapshot
     that a container is still running on.
     """
     base = Path(os.path.abspath(os.fspath(directory)))
@@ -278,8 +280,10 @@ def mounted_sources(directory: str | os.PathLike[str]) -> list[str]:
             if key in ("lowerdir", "lowerdir+", "upperdir", "workdir", "datadir+")
         ]
         layer_dirs = [part for value in layers for part in value.split(":")]
-        if any(_within(layer, base) for layer in layer_dirs) or (
-            dev == device and in_fs is not None and _within(root, in_fs)
+        if (
+            _within(point, base)
+            or any(_within(layer, base) for layer in layer_dirs)
+            or (dev == device and in_fs is not None and _within(root, in_fs))
         ):
             found.append(point)
     return found
