@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ocikit.snapshot import DirSnapshotter, SnapshotError
-from ocikit.snapshot._fsutil import copy_tree, remove_tree
+from ocikit.snapshot.trees import copy_tree, remove_tree
 from snapshot_helpers import tree_of
 
 ROOT = os.geteuid() == 0

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ._fsutil import disk_usage, fsync_dir, remove_tree
+from .trees import disk_usage, fsync_dir, remove_tree
 from .base import (
     AlreadyExistsError,
     HasChildrenError,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._common import Record, SnapshotterBase
-from ._fsutil import copy_tree, syncfs
+from .trees import copy_tree, syncfs
 from .base import Kind, Mount
 
 __all__ = ["DirSnapshotter"]

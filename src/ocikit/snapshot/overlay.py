@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ._common import Record, SnapshotterBase
-from ._fsutil import syncfs
+from .trees import syncfs
 from .base import Kind, Mount, SnapshotError
 
 __all__ = ["MAX_LAYERS", "OverlaySnapshotter", "overlay_supported"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .base import SnapshotError, Usage
 
-__all__ = ["copy_tree", "disk_usage", "fsync_dir", "remove_tree", "syncfs"]
+__all__ = ["copy_tree", "disk_usage", "fsync_dir", "open_dir", "remove_tree", "syncfs"]
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +194,15 @@ def _finish_dir(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
     os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def copy_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+def copy_tree(src: str | os.PathLike[str] | int, dst: str | os.PathLike[str] | int) -> None:
     """Copy the tree at ``src`` into the existing empty directory ``dst``, as faithfully as
     ``cp -a``: owners, modes (setuid too), xattrs, mtimes, devices, FIFOs, and hardlinks
     between files of the tree (but never a hardlink from ``dst`` into ``src``: the copy is
-    writable and the source is a committed snapshot).
+    writable and the source is a committed snapshot). Either side may be an open directory
+    descriptor instead of a path (it is not closed).
     """
-    src_root = open_dir(src)
-    dst_root = open_dir(dst)
+    src_root = os.dup(src) if isinstance(src, int) else open_dir(src)
+    dst_root = os.dup(dst) if isinstance(dst, int) else open_dir(dst)
     state = _CopyState(root_fd=dst_root)
     dev = os.fstat(src_root).st_dev
     # Each frame: source dir fd, destination dir fd, its relative path, its stat, entries left.
