@@ -7,8 +7,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import require_tool
 
+from conftest import require_tool
 from ocikit.snapshot import Snapshotter
 from ocikit.spec.models import ImageConfig
 
@@ -71,7 +71,12 @@ def build_rootfs(root: Path) -> None:
 
 def image_config(**container: object) -> ImageConfig:
     """An image config whose ``config`` has the given fields, spelled as in the JSON."""
-    document = {"architecture": "amd64", "os": "linux", "config": container, "rootfs": {"type": "layers", "diff_ids": []}}
+    document = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": container,
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
     return msgspec.convert(document, ImageConfig)
 
 

@@ -15,7 +15,9 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "specs" 
 
 @cache
 def _validator() -> Any:
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test dependency (pip install -e .[test])")
+    jsonschema = pytest.importorskip(
+        "jsonschema", reason="jsonschema is a test dependency (pip install -e .[test])"
+    )
     referencing = pytest.importorskip("referencing")
     from referencing.jsonschema import DRAFT4
 
@@ -25,7 +27,9 @@ def _validator() -> Any:
     for path in SCHEMA_DIR.glob("*.json"):
         contents = json.loads(path.read_text())
         contents["id"] = path.as_uri()  # draft 4: relative $refs resolve against "id"
-        resources.append((path.as_uri(), referencing.Resource.from_contents(contents, default_specification=DRAFT4)))
+        resources.append(
+            (path.as_uri(), referencing.Resource.from_contents(contents, default_specification=DRAFT4))
+        )
     registry = referencing.Registry().with_resources(resources)
     root = registry[(SCHEMA_DIR / "config-schema.json").as_uri()].contents
     return jsonschema.Draft4Validator(root, registry=registry)

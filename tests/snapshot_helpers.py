@@ -73,3 +73,21 @@ def tree_of(root: Path, *, owners: bool = True) -> dict[str, tuple[Any, ...]]:
                 tuple(xattrs),
             )
     return result
+
+
+def unmount_all_under(path: Path) -> None:
+    """Undo whatever a failed test left mounted below ``path`` (deepest first), so that a
+    failure does not leave mounts behind in pytest's temporary directories."""
+    base = os.path.abspath(path)
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    for point in sorted(points, key=len, reverse=True):
+        if point.startswith(base + "/"):
+            with contextlib.suppress(Exception):
+                unmount(point, detach=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_mounts_left(tmp_path: Path) -> Iterator[None]:
+    yield
+    unmount_all_under(tmp_path)

@@ -11,13 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from bundle_helpers import committed_rootfs, image_config
 from conftest import require_tool
-from runtime_schema import schema_errors
-from snapshot_helpers import BACKENDS, open_backend
-
 from ocikit.bundle import BundleError, Overrides, create_bundle, read_state, remove_bundle
 from ocikit.snapshot import NotFoundError, Snapshotter, is_mountpoint
+from runtime_schema import schema_errors
+from snapshot_helpers import (
+    BACKENDS,
+    _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
+    open_backend,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runc run and mounting snapshots need root")
 
@@ -41,7 +45,9 @@ def run(bundle: Path, state: Path) -> dict[str, list[str]]:
             check=False,
         )
     finally:
-        subprocess.run([runc, "--root", str(state), "delete", "--force", name], capture_output=True, check=False)
+        subprocess.run(
+            [runc, "--root", str(state), "delete", "--force", name], capture_output=True, check=False
+        )
     assert result.returncode == 0, result.stderr
     seen: dict[str, list[str]] = {}
     for line in result.stdout.splitlines():

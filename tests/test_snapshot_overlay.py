@@ -12,7 +12,11 @@ import pytest
 from ocikit.snapshot import Mount, SnapshotError, Snapshotter, mount
 from ocikit.snapshot import mounting as mount_module
 from ocikit.snapshot.mounting import _overlay_data, is_mountpoint
-from snapshot_helpers import mounted, open_backend
+from snapshot_helpers import (
+    _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
+    mounted,
+    open_backend,
+)
 
 LAYERS = 150
 

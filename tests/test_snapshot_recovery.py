@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from ocikit.snapshot import AlreadyExistsError, Kind, Snapshotter
-from snapshot_helpers import BACKENDS, open_backend
+from snapshot_helpers import (
+    BACKENDS,
+    _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
+    open_backend,
+)
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 

@@ -21,7 +21,12 @@ from ocikit.snapshot import (
     mount,
     unmount,
 )
-from snapshot_helpers import BACKENDS, mounted, open_backend
+from snapshot_helpers import (
+    BACKENDS,
+    _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
+    mounted,
+    open_backend,
+)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -128,7 +128,14 @@ def create_bundle(
 
 
 def _undo(
-    path: Path, rootfs: Path, snapshotter: Snapshotter, key: str, *, mounted: bool, prepared: bool, created: bool
+    path: Path,
+    rootfs: Path,
+    snapshotter: Snapshotter,
+    key: str,
+    *,
+    mounted: bool,
+    prepared: bool,
+    created: bool,
 ) -> None:
     """Best effort, step by step: a step that fails leaves the later ones to refuse safely
     (a snapshot still mounted is not removed, a directory with a mount inside is not deleted)."""

@@ -103,7 +103,9 @@ def mounts() -> list[Mount]:
             source="shm",
             options=["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         ),
-        Mount(destination="/dev/mqueue", type="mqueue", source="mqueue", options=["nosuid", "noexec", "nodev"]),
+        Mount(
+            destination="/dev/mqueue", type="mqueue", source="mqueue", options=["nosuid", "noexec", "nodev"]
+        ),
         Mount(destination="/sys", type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"]),
         Mount(
             destination="/sys/fs/cgroup",

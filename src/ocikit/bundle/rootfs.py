@@ -89,7 +89,9 @@ def _walk(root_fd: int, path: str, flags: int) -> int:
                 return os.open(part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
             if not stat.S_ISDIR(st.st_mode):
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-            stack.append(os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1]))
+            stack.append(
+                os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+            )
         return os.open(".", flags | os.O_CLOEXEC, dir_fd=stack[-1])
     finally:
         for fd in stack:

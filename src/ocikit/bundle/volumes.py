@@ -59,7 +59,9 @@ def volume_mounts(image: ImageConfig, mode: VolumeMode, bundle: Path, root_fd: i
         try:
             st = os.fstat(fd) if fd is not None else None
             if mode == "tmpfs":
-                mode_bits, uid, gid = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) if st else (0o755, 0, 0)
+                mode_bits, uid, gid = (
+                    (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) if st else (0o755, 0, 0)
+                )
                 options = ["nosuid", "nodev", f"mode={mode_bits:o}", f"uid={uid}", f"gid={gid}"]
                 mounts.append(Mount(destination=destination, type="tmpfs", source="tmpfs", options=options))
                 continue
@@ -70,7 +72,12 @@ def volume_mounts(image: ImageConfig, mode: VolumeMode, bundle: Path, root_fd: i
                 copy_tree(fd, target)
             # Relative to the bundle, so that the bundle can be moved as a whole.
             mounts.append(
-                Mount(destination=destination, type="bind", source=f"{VOLUMES_DIR}/{name}", options=["rbind", "rw"])
+                Mount(
+                    destination=destination,
+                    type="bind",
+                    source=f"{VOLUMES_DIR}/{name}",
+                    options=["rbind", "rw"],
+                )
             )
         finally:
             if fd is not None:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .trees import disk_usage, fsync_dir, remove_tree
 from .base import (
     AlreadyExistsError,
     HasChildrenError,
@@ -51,6 +50,7 @@ from .base import (
     Usage,
 )
 from .mounting import mounted_sources
+from .trees import disk_usage, fsync_dir, remove_tree
 
 __all__ = ["Record", "SnapshotterBase"]
 

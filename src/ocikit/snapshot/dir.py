@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._common import Record, SnapshotterBase
-from .trees import copy_tree, syncfs
 from .base import Kind, Mount
+from .trees import copy_tree, syncfs
 
 __all__ = ["DirSnapshotter"]
 

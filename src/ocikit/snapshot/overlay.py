@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 
 from ._common import Record, SnapshotterBase
-from .trees import syncfs
 from .base import Kind, Mount, SnapshotError
+from .trees import syncfs
 
 __all__ = ["MAX_LAYERS", "OverlaySnapshotter", "overlay_supported"]
 
