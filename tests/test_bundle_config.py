@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from bundle_helpers import GROUP, PASSWD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from runtime_schema import schema_errors
 
+from bundle_helpers import GROUP, PASSWD
 from ocikit.bundle import BundleError, Overrides, annotations_for, hostname_for, runtime_config
 from ocikit.bundle.defaults import DEFAULT_PATH
 from ocikit.spec.models import ImageConfig
 from ocikit.spec.runtime import RuntimeConfig, dump_runtime_config
+from runtime_schema import schema_errors
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,9 @@ def image(config: dict[str, Any] | None = None, **top: Any) -> ImageConfig:
     return msgspec.convert(document, ImageConfig)
 
 
-def convert(root_fd: int, config: dict[str, Any], overrides: Overrides | None = None, **top: Any) -> RuntimeConfig:
+def convert(
+    root_fd: int, config: dict[str, Any], overrides: Overrides | None = None, **top: Any
+) -> RuntimeConfig:
     result = runtime_config(image(config, **top), root_fd, overrides)
     assert schema_errors(msgspec.json.decode(dump_runtime_config(result))) == []
     return result
@@ -63,7 +64,9 @@ def process(result: RuntimeConfig) -> Any:
         ({"Cmd": ["c"]}, Overrides(entrypoint=[]), None),
     ],
 )
-def test_entrypoint_and_cmd(root_fd: int, config: dict[str, Any], overrides: Overrides, args: list[str] | None) -> None:
+def test_entrypoint_and_cmd(
+    root_fd: int, config: dict[str, Any], overrides: Overrides, args: list[str] | None
+) -> None:
     if args is None:
         with pytest.raises(BundleError, match="neither Entrypoint nor Cmd"):
             convert(root_fd, config, overrides)
