@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from ..spec.runtime import User
 from .errors import BundleError
@@ -112,6 +112,18 @@ class _Files:
         return self._group
 
 
+_Entry = TypeVar("_Entry", PasswdEntry, GroupEntry)
+
+
+def _by_name(entries: list[_Entry] | None, name: str, what: str, path: str) -> _Entry:
+    if entries is None:
+        raise BundleError(f"{what} {name!r} cannot be resolved: the image has no {path}")
+    found = next((entry for entry in entries if entry.name == name), None)
+    if found is None:
+        raise BundleError(f"{what} {name!r} does not exist in the image's {path}")
+    return found
+
+
 def _split(spec: str) -> tuple[str, str | None]:
     user, sep, group = spec.partition(":")
     if not user or (sep and not group) or ":" in group:
@@ -135,12 +147,7 @@ def resolve_user(spec: str | None, root_fd: int) -> User:
         entry = next((e for e in files.passwd() or [] if e.uid == uid), None)
         gid = entry.gid if entry else 0
     else:
-        passwd = files.passwd()
-        if passwd is None:
-            raise BundleError(f"user {user!r} cannot be resolved: the image has no /etc/passwd")
-        entry = next((e for e in passwd if e.name == user), None)
-        if entry is None:
-            raise BundleError(f"user {user!r} does not exist in the image's /etc/passwd")
+        entry = _by_name(files.passwd(), user, "user", "/etc/passwd")
         uid, gid = entry.uid, entry.gid
         if group is None:
             additional = []
@@ -150,14 +157,9 @@ def resolve_user(spec: str | None, root_fd: int) -> User:
 
     if group is not None:
         numeric_gid = _numeric(group)
-        if numeric_gid is not None:
-            gid = numeric_gid
-        else:
-            groups = files.group()
-            if groups is None:
-                raise BundleError(f"group {group!r} cannot be resolved: the image has no /etc/group")
-            found = next((g for g in groups if g.name == group), None)
-            if found is None:
-                raise BundleError(f"group {group!r} does not exist in the image's /etc/group")
-            gid = found.gid
+        gid = (
+            numeric_gid
+            if numeric_gid is not None
+            else _by_name(files.group(), group, "group", "/etc/group").gid
+        )
     return User(uid=uid, gid=gid, additional_gids=additional or None)
