@@ -146,3 +146,17 @@ def test_a_failed_create_leaves_nothing_behind(snap: Snapshotter, tmp_path: Path
     with pytest.raises(BundleError, match="not a bundle made by ocikit"):
         remove_bundle(bundle, snap)
     assert (bundle / "precious").read_text() == "p"
+
+
+def test_tmpfs_volumes_start_empty_with_the_image_owner(snap: Snapshotter, tmp_path: Path) -> None:
+    chain = committed_rootfs(snap, tmp_path / "mnt")
+    image = image_config(Entrypoint=["/bin/show"], User="alice", Volumes={"/data/": {}})
+    bundle = tmp_path / "bundle"
+    config = create_bundle(bundle, image, snap, chain, Overrides(volumes="tmpfs"))
+    assert [(m.destination, m.type) for m in config.mounts or []][-1] == ("/data", "tmpfs")
+    seen = run(bundle, tmp_path / "runc")
+    assert seen["SEED"] == [""]  # not seeded
+    assert seen["WROTE"] == ["yes"]  # owned by alice, like the image's /data
+    assert not (bundle / "volumes").exists()
+    assert not (bundle / "rootfs" / "data" / "new").exists()
+    remove_bundle(bundle, snap)

@@ -25,7 +25,8 @@ __all__ = ["MAX_LAYERS", "OverlaySnapshotter", "overlay_supported"]
 
 #: overlayfs's own limit on stacked lower directories (OVL_MAX_STACK).
 MAX_LAYERS = 500
-_INDEX_PARAM = Path("/sys/module/overlay/parameters/index")
+_PARAMS = Path("/sys/module/overlay/parameters")
+_SELF_CONTAINED = ("index", "redirect_dir", "metacopy")
 
 
 def overlay_supported() -> str | None:
@@ -83,10 +84,15 @@ class OverlaySnapshotter(SnapshotterBase):
 
     @staticmethod
     def _extra() -> tuple[str, ...]:
-        # With the inode index on, overlayfs ties an upper directory to the exact lower
-        # directories it was first mounted with; a committed layer is reused under other
-        # stacks, so the index must be off (as containerd does).
-        return ("index=off",) if _INDEX_PARAM.exists() else ()
+        """Options that keep every upper directory a self-contained layer diff.
+
+        With the inode index on, overlayfs ties an upper directory to the exact lower
+        directories it was first mounted with, but a committed layer is reused under other
+        stacks. Redirected directories and metadata-only copy-ups would leave a diff that
+        points into its lower layers instead of holding the change. Each is switched off
+        explicitly where the kernel knows the option, whatever its build defaults.
+        """
+        return tuple(f"{name}=off" for name in _SELF_CONTAINED if (_PARAMS / name).exists())
 
     def _before_commit(self, record: Record) -> None:
         syncfs(record.path)
