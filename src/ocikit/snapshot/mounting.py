@@ -83,9 +83,17 @@ def _overlay_parts(mnt: Mount) -> tuple[list[str], list[tuple[str, str | None]]]
     return lowers, others
 
 
+class _NoLowerdirPlus(Exception):
+    """This kernel has no new mount API, or its overlayfs does not take ``lowerdir+``."""
+
+
 def _overlay_fsconfig(mnt: Mount, target: str) -> None:
     lowers, others = _overlay_parts(mnt)
-    fs = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC), "fsopen overlay")
+    fs = int(_libc.syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC))
+    if fs < 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):  # EPERM: seccomp filters say no
+            raise _NoLowerdirPlus
+        _check(fs, "fsopen overlay")
     try:
 
         def config(key: str, value: str | None) -> None:
@@ -98,8 +106,13 @@ def _overlay_fsconfig(mnt: Mount, target: str) -> None:
                 )
 
         config("source", mnt.source)
-        for lower in lowers:
-            config("lowerdir+", lower)
+        for index, lower in enumerate(lowers):
+            try:
+                config("lowerdir+", lower)
+            except OSError as exc:
+                if index == 0 and exc.errno == errno.EINVAL:
+                    raise _NoLowerdirPlus from None
+                raise
         for key, value in others:
             if key in ("rw", "ro"):
                 continue
@@ -191,9 +204,7 @@ def mount(mounts: Sequence[Mount], target: str | os.PathLike[str], *, new_api: b
                     try:
                         _overlay_fsconfig(mnt, where)
                         _new_api_works = True
-                    except OSError as exc:
-                        if _new_api_works or exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                            raise
+                    except _NoLowerdirPlus:
                         _new_api_works = False
                         _overlay_mount2(mnt, where)
                 else:
@@ -227,7 +238,7 @@ def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal."""
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1 : i + 4].isdigit():
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
             out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
