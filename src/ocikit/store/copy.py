@@ -243,9 +243,8 @@ class _Copier:
                 raise
             self.result.blobs_copied += 1
             self.result.bytes_copied += descriptor.size
-            self.progress(
-                CopyEvent("blob-done", descriptor.digest, descriptor.media_type, descriptor.size, descriptor.size)
-            )
+            size = descriptor.size
+            self.progress(CopyEvent("blob-done", descriptor.digest, descriptor.media_type, size, size))
 
     async def _put(self, descriptor: Descriptor) -> None:
         if isinstance(self.source, BlobFileSource) and isinstance(self.destination, BlobFileDestination):

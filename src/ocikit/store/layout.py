@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -200,6 +200,45 @@ class OCILayout:
         finally:
             os.close(incoming)
             os.close(private)
+
+    @contextlib.contextmanager
+    def index_lock(self) -> Iterator[None]:
+        """Hold the lock writers of ``index.json`` take, so that garbage collection sees no
+        new reference appear between its mark and its sweep."""
+        private = self._private()
+        try:
+            with exclusive_lock(private, _LOCK):
+                yield
+        finally:
+            os.close(private)
+
+    def remove_blob(self, digest: str, *, modified_before: float | None = None) -> bool:
+        """Unlink a blob, unless it was modified at or after ``modified_before`` (a writer
+        reused it meanwhile). True when it was removed."""
+        algorithm, _, encoded = Digest(digest).partition(":")
+        try:
+            blobs = open_dir("blobs", self._fd)
+            try:
+                directory = open_dir(algorithm, blobs)
+            finally:
+                os.close(blobs)
+        except FileNotFoundError:
+            return False
+        try:
+            if modified_before is not None:
+                info = os.stat(encoded, dir_fd=directory, follow_symlinks=False)
+                if info.st_mtime >= modified_before:
+                    return False
+            os.unlink(encoded, dir_fd=directory)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(directory)
+
+    def incoming_dir(self) -> int:
+        """An fd of the staging directory (for purging files of crashed writes)."""
+        return self._incoming()
 
     def blob_writer(self, descriptor: Descriptor) -> BlobWriter:
         return BlobWriter(self, descriptor)
