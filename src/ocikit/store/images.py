@@ -255,10 +255,13 @@ class ImageStore:
 
     # -- transports --------------------------------------------------------------------------
 
-    def source(self) -> IndexedSource:
-        return _StoreSource(str(self.root), self.layout.read_index, self.layout.locate)
+    def source(self, *, owned: bool = False) -> IndexedSource:
+        """An ImageSource over the store, resolving names as people type them; ``owned``
+        closes the store with the source."""
+        on_close = self.close if owned else None
+        return _StoreSource(str(self.root), self.layout.read_index, self.layout.locate, on_close)
 
-    def destination(self) -> LayoutDestination:
-        """Blobs found present are touched so that a concurrent ``gc`` keeps them until the
-        image that reuses them is named."""
-        return self.layout.destination(touch_existing=True)
+    def destination(self, *, owned: bool = False) -> LayoutDestination:
+        """An ImageDestination into the store. Blobs found present are touched so that a
+        concurrent ``gc`` keeps them until the image that reuses them is named."""
+        return self.layout.destination(touch_existing=True, owned=owned)

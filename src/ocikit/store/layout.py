@@ -175,11 +175,13 @@ class OCILayout:
         algorithm, _, encoded = Digest(digest).partition(":")
         return self.path / "blobs" / algorithm / encoded
 
-    def source(self) -> IndexedSource:
-        return IndexedSource(str(self.path), self.read_index, self.locate)
+    def source(self, *, owned: bool = False) -> IndexedSource:
+        """An ImageSource over this layout; ``owned`` closes the layout with the source."""
+        return IndexedSource(str(self.path), self.read_index, self.locate, self.close if owned else None)
 
-    def destination(self, *, touch_existing: bool = False) -> LayoutDestination:
-        return LayoutDestination(self, touch_existing=touch_existing)
+    def destination(self, *, touch_existing: bool = False, owned: bool = False) -> LayoutDestination:
+        """An ImageDestination into this layout; ``owned`` closes the layout with it."""
+        return LayoutDestination(self, touch_existing=touch_existing, owned=owned)
 
     def validate(self) -> list[Violation]:
         return validate_layout(self.path)
@@ -379,9 +381,10 @@ class LayoutDestination:
     concurrent garbage collection keeps them until the image that reuses them is tagged.
     """
 
-    def __init__(self, layout: OCILayout, *, touch_existing: bool = False) -> None:
+    def __init__(self, layout: OCILayout, *, touch_existing: bool = False, owned: bool = False) -> None:
         self.layout = layout
         self._touch = touch_existing
+        self._owned = owned
 
     async def has_blob(self, descriptor: Descriptor) -> bool:
         return self.layout.has_blob(descriptor, touch=self._touch)
@@ -424,7 +427,8 @@ class LayoutDestination:
         """Nothing to do: every blob and index update was durable when it returned."""
 
     async def close(self) -> None:
-        return None
+        if self._owned:
+            self.layout.close()
 
 
 def _has_subject(raw: bytes) -> bool:

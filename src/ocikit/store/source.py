@@ -37,10 +37,12 @@ class IndexedSource:
         where: str,
         load_index: Callable[[], dict[str, Any]],
         locate: Callable[[str], BlobFile | None],
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.where = where
         self._load_index = load_index
         self._locate = locate
+        self._on_close = on_close
         self._documents: dict[str, bytes] = {}
 
     # -- ImageSource -------------------------------------------------------------------------
@@ -90,6 +92,9 @@ class IndexedSource:
 
     async def close(self) -> None:
         self._documents.clear()
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     # -- BlobFileSource ----------------------------------------------------------------------
 
