@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..spec import Reference, ReferenceError, parse_reference
-from ..spec.digest import digest_error
 from ..store.archive import ArchiveDestination, ArchiveSource
 from ..store.images import ImageStore, normalize_name
 from ..store.layout import OCILayout
+from ..store.refs import is_digest
 from ..store.transport import ImageDestination, ImageSource, TransportError
 
 __all__ = ["TransportSpec", "open_destination", "open_source", "parse_transport"]
@@ -54,7 +54,7 @@ class TransportSpec:
     @property
     def tags(self) -> list[str]:
         """The names a copy *to* this location gives the image: none for a digest."""
-        if self.reference is None or digest_error(self.reference.removeprefix("@")) is None:
+        if self.reference is None or is_digest(self.reference.removeprefix("@")):
             return []
         if self.kind == "docker" and self.image is not None:
             return [self.image.tag] if self.image.tag else []
@@ -91,7 +91,7 @@ def parse_transport(text: str) -> TransportSpec:
     if text.startswith(_UNSUPPORTED):
         raise TransportError(f"{text!r}: the {text.split(':')[0]} transport is not supported by ocikit")
     name = normalize_name(text)
-    stored = None if digest_error(name) is None else parse_reference(name)
+    stored = None if is_digest(name) else parse_reference(name)
     return TransportSpec("store", "", name, text, stored)
 
 

@@ -33,7 +33,7 @@ from ..spec import (
     parse_reference,
 )
 from ..spec import mediatype as mt
-from ..spec.digest import Digest, digest_error
+from ..spec.digest import Digest
 from . import refs
 from .layout import LayoutDestination, OCILayout
 from .source import IndexedSource
@@ -64,7 +64,7 @@ def normalize_name(text: str) -> str:
     """The name the store keeps an image under, as Docker would resolve what was typed:
     ``busybox`` is ``docker.io/library/busybox:latest``; a digest reference keeps only the
     digest (``name@sha256:…``); a bare digest stays a digest."""
-    if digest_error(text) is None:
+    if refs.is_digest(text):
         return text
     try:
         reference = parse_reference(text)
@@ -169,7 +169,7 @@ class ImageStore:
         """Give the image ``name`` points to a second name."""
         descriptor = self.resolve(name)
         target = normalize_name(new_name)
-        if digest_error(target) is None or "@" in target:
+        if refs.is_digest(target) or "@" in target:
             raise TransportError(f"{new_name}: a new name needs a tag, not a digest")
         plain = Descriptor(media_type=descriptor.media_type, digest=descriptor.digest, size=descriptor.size)
         self.layout.update_index(lambda index: refs.set_ref(index, target, plain))
@@ -186,7 +186,7 @@ class ImageStore:
             for entry in index.get("manifests", []):
                 entry_name = refs.ref_name(entry) if isinstance(entry, dict) else None
                 if entry_name == target or (
-                    digest_error(target) is None and isinstance(entry, dict) and entry.get("digest") == target
+                    refs.is_digest(target) and isinstance(entry, dict) and entry.get("digest") == target
                 ):
                     removed.append(entry_name or str(entry.get("digest")))
                 else:
@@ -227,7 +227,7 @@ class ImageStore:
             StoredLayer(layer, Digest(diff_id), chain, self.layout.blob_path(layer.digest))
             for layer, diff_id, chain in zip(manifest.value.layers, diff_ids, chains, strict=True)
         )
-        stored_name = None if digest_error(name) is None else normalize_name(name)
+        stored_name = None if refs.is_digest(name) else normalize_name(name)
         return StoredImage(stored_name, descriptor, index, manifest, config, layers)
 
     def platforms(self, name: str) -> list[Platform]:

@@ -14,7 +14,7 @@ import msgspec
 
 from ..spec import Descriptor
 from ..spec import mediatype as mt
-from ..spec.digest import digest_error
+from ..spec.digest import REGISTERED_ALGORITHMS, digest_error
 from .transport import NotFound, TransportError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "entries",
     "entry_descriptor",
     "find",
+    "is_digest",
     "ref_name",
     "remove_ref",
     "set_ref",
@@ -87,6 +88,12 @@ def entry_descriptor(entry: dict[str, Any]) -> Descriptor:
     return descriptor
 
 
+def is_digest(text: str) -> bool:
+    """Whether a reference typed by a user is a digest rather than a name. Only registered
+    algorithms count: ``demo:1`` is digest-shaped by the grammar but is a name and a tag."""
+    return text.partition(":")[0] in REGISTERED_ALGORITHMS and digest_error(text) is None
+
+
 def find(index: dict[str, Any], reference: str | None, where: str) -> dict[str, Any] | None:
     """The entry ``reference`` names: a ref name, a digest (``sha256:…`` or ``@sha256:…``), or
     None for the only image of the layout. None when a digest is not listed (the caller may
@@ -99,7 +106,7 @@ def find(index: dict[str, Any], reference: str | None, where: str) -> dict[str, 
             )
         return listed[0]
     digest = reference.removeprefix("@")
-    if digest_error(digest) is None:
+    if is_digest(digest):
         return next((e for e in listed if e["digest"] == digest), None)
     named = [e for e in listed if ref_name(e) == reference]
     if not named:
