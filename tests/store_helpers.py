@@ -142,7 +142,9 @@ def build_image(name: str = "demo", platforms: tuple[str, ...] = ("amd64", "arm6
     return built
 
 
-def write_layout(path: Path, images: dict[str, BuiltImage], extra: list[dict[str, object]] | None = None) -> None:
+def write_layout(
+    path: Path, images: dict[str, BuiltImage], extra: list[dict[str, object]] | None = None
+) -> None:
     """A layout holding ``images`` under their ref names, written without ocikit."""
     (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
