@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
@@ -105,7 +106,9 @@ def _manifest(arch: str, layers: list[bytes], created: str) -> tuple[Blob, list[
     return manifest, [config, *compressed]
 
 
-def build_image(name: str = "demo", platforms: tuple[str, ...] = ("amd64", "arm64")) -> BuiltImage:
+def build_image(
+    name: str = "demo", platforms: tuple[str, ...] = ("amd64", "arm64"), payload: int = 0
+) -> BuiltImage:
     """A multi-layer image; with more than one platform, an index of one manifest each.
 
     The base layer is shared by all platforms, the others differ, so blob sharing and
@@ -115,7 +118,10 @@ def build_image(name: str = "demo", platforms: tuple[str, ...] = ("amd64", "arm6
     blobs: dict[str, bytes] = {}
     children: list[tuple[str, Blob]] = []
     for arch in platforms:
-        app = layer_tar({f"opt/{name}/{arch}/app": f"{name} for {arch}\n".encode() * 200})
+        files = {f"opt/{name}/{arch}/app": f"{name} for {arch}\n".encode() * 200}
+        if payload:
+            files[f"opt/{name}/{arch}/payload"] = os.urandom(payload)
+        app = layer_tar(files)
         extra = layer_tar({f"usr/share/{name}/{arch}.txt": hashlib.sha512(arch.encode()).digest() * 40})
         manifest, parts = _manifest(arch, [base, app, extra], "2024-01-02T03:04:05Z")
         for blob in [manifest, *parts]:
