@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from store_helpers import build_image, layout_files, tagged, write_layout
 
 from conftest import OCIKIT
 from ocikit.client.transports import parse_transport
 from ocikit.store.transport import TransportError
+from store_helpers import BuiltImage, build_image, layout_files, tagged, write_layout
 
 DIGEST = "sha256:" + "c" * 64
 
@@ -30,7 +30,7 @@ def ocikit(store: Path, *args: str | Path, ok: bool = True) -> subprocess.Comple
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> tuple[Path, object]:
+def source(tmp_path: Path) -> tuple[Path, BuiltImage]:
     image = build_image()
     write_layout(tmp_path / "src", {"v1": image})
     return tmp_path / "src", image
@@ -75,18 +75,18 @@ def test_bad_transport_strings(text: str, message: str) -> None:
         parse_transport(text)
 
 
-def test_copy_images_inspect_tag_rmi(tmp_path: Path, source: tuple[Path, object]) -> None:
+def test_copy_images_inspect_tag_rmi(tmp_path: Path, source: tuple[Path, BuiltImage]) -> None:
     path, image = source
     store = tmp_path / "store"
     out = ocikit(store, "copy", f"oci:{path}:v1", "demo:1")
-    assert out.stdout.strip() == image.top.digest  # type: ignore[attr-defined]
+    assert out.stdout.strip() == image.top.digest
     ocikit(store, "copy", "--platform", "linux/arm64", f"oci:{path}:v1", "demo:arm")
     listed = json.loads(ocikit(store, "images", "--format", "json").stdout)
     assert [(x["name"], x["platforms"]) for x in listed] == [
         ("docker.io/library/demo:1", ["linux/amd64", "linux/arm64"]),
         ("docker.io/library/demo:arm", ["linux/arm64"]),
     ]
-    assert listed[0]["size"] == sum(len(b) for b in image.blobs.values())  # type: ignore[attr-defined]
+    assert listed[0]["size"] == sum(len(b) for b in image.blobs.values())
     table = ocikit(store, "images").stdout.splitlines()
     assert table[0].split() == ["NAME", "DIGEST", "PLATFORMS", "SIZE"]
     assert table[1].startswith("docker.io/library/demo:1 ")
@@ -96,7 +96,7 @@ def test_copy_images_inspect_tag_rmi(tmp_path: Path, source: tuple[Path, object]
     ]
 
     raw = ocikit(store, "inspect", "--raw", "demo:1").stdout.encode()
-    assert raw == image.blobs[image.top.digest]  # type: ignore[attr-defined]
+    assert raw == image.blobs[image.top.digest]
     described = json.loads(ocikit(store, "inspect", "--format", "json", "demo:1").stdout)
     assert described["platforms"] == ["linux/amd64", "linux/arm64"]
     assert [len(m["layers"]) for m in described["manifests"]] == [3, 3]
@@ -111,31 +111,32 @@ def test_copy_images_inspect_tag_rmi(tmp_path: Path, source: tuple[Path, object]
     assert "registry.example/arm:v8" in ocikit(store, "images", "-q").stdout
     assert ocikit(store, "rmi", "demo:arm").stdout == "untagged: docker.io/library/demo:arm\n"
     gone = ocikit(store, "rmi", "demo:arm", ok=False)
-    assert gone.returncode == 1 and "no image demo:arm in the store" in gone.stderr
+    assert gone.returncode == 1
+    assert "no image demo:arm in the store" in gone.stderr
 
 
 def test_copy_out_of_the_store_to_a_layout_and_an_archive(
-    tmp_path: Path, source: tuple[Path, object]
+    tmp_path: Path, source: tuple[Path, BuiltImage]
 ) -> None:
     path, image = source
     store = tmp_path / "store"
     ocikit(store, "copy", "-q", f"oci:{path}:v1", "demo:1")
     ocikit(store, "push", "demo:1", f"oci-archive:{tmp_path / 'out.tar'}:pushed")
     ocikit(store, "copy", f"oci-archive:{tmp_path / 'out.tar'}:pushed", f"oci:{tmp_path / 'back'}:b")
-    assert layout_files(tmp_path / "back") == image.blobs  # type: ignore[attr-defined]
-    assert tagged(tmp_path / "back", "b")["digest"] == image.top.digest  # type: ignore[attr-defined]
+    assert layout_files(tmp_path / "back") == image.blobs
+    assert tagged(tmp_path / "back", "b")["digest"] == image.top.digest
 
 
-def test_json_progress_lines(tmp_path: Path, source: tuple[Path, object]) -> None:
+def test_json_progress_lines(tmp_path: Path, source: tuple[Path, BuiltImage]) -> None:
     path, image = source
     out = ocikit(tmp_path / "store", "copy", "--format", "json", f"oci:{path}:v1", f"oci:{tmp_path / 'o'}:x")
     events = [json.loads(line) for line in out.stdout.splitlines()]
     assert {e["event"] for e in events} == {"blob-start", "blob-done", "manifest", "copied"}
-    assert events[-1]["digest"] == image.top.digest  # type: ignore[attr-defined]
+    assert events[-1]["digest"] == image.top.digest
     assert (events[-1]["blobsCopied"], events[-1]["manifests"]) == (7, 3)
 
 
-def test_errors_are_one_line(tmp_path: Path, source: tuple[Path, object]) -> None:
+def test_errors_are_one_line(tmp_path: Path, source: tuple[Path, BuiltImage]) -> None:
     path, _ = source
     store = tmp_path / "store"
     cases = [
@@ -150,15 +151,16 @@ def test_errors_are_one_line(tmp_path: Path, source: tuple[Path, object]) -> Non
     for args, message in cases:
         result = ocikit(store, *args, ok=False)
         assert result.returncode == 1, args
-        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr
 
 
-def test_fsck_and_gc_commands(tmp_path: Path, source: tuple[Path, object]) -> None:
+def test_fsck_and_gc_commands(tmp_path: Path, source: tuple[Path, BuiltImage]) -> None:
     path, image = source
     store = tmp_path / "store"
     ocikit(store, "copy", f"oci:{path}:v1", "demo:1")
     assert ocikit(store, "fsck").stdout.endswith("checked 10 blobs: 0 corrupt, 0 missing, 0 removed\n")
-    layer = json.loads(image.blobs[image.manifests["linux/amd64"]])["layers"][2]["digest"]  # type: ignore[attr-defined]
+    layer = json.loads(image.blobs[image.manifests["linux/amd64"]])["layers"][2]["digest"]
     blob = store / "blobs" / "sha256" / layer.split(":")[1]
     blob.write_bytes(blob.read_bytes()[::-1])
     report = ocikit(store, "fsck", "--format", "json", ok=False)
@@ -171,7 +173,8 @@ def test_fsck_and_gc_commands(tmp_path: Path, source: tuple[Path, object]) -> No
 
     ocikit(store, "rmi", "demo:1")
     kept = ocikit(store, "gc").stdout  # default grace: everything is too recent to go
-    assert "removed: 0 blobs" in kept and "10 recent blobs" in kept
+    assert "removed: 0 blobs" in kept
+    assert "10 recent blobs" in kept
     assert "would remove: 10 blobs" in ocikit(store, "gc", "--grace", "0", "--dry-run").stdout
     assert "removed: 10 blobs" in ocikit(store, "gc", "--store", store, "--grace", "0").stdout
     assert layout_files(store) == {}

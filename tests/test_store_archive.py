@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from store_helpers import build_image, layout_files, run, tagged, write_layout
 
 from conftest import require_tool
 from ocikit.store.archive import ArchiveDestination, ArchiveSource
@@ -18,6 +17,7 @@ from ocikit.store.copy import copy_image
 from ocikit.store.images import ImageStore
 from ocikit.store.layout import OCILayout
 from ocikit.store.transport import TransportError
+from store_helpers import build_image, layout_files, run, tagged, write_layout
 
 
 def _to_archive(layout: Path, ref: str, archive: Path, tag: str | None) -> None:
@@ -48,7 +48,8 @@ def test_byte_identity_layout_archive_store_layout(tmp_path: Path) -> None:
     image = build_image()
     write_layout(tmp_path / "src", {"v1": image})
     _to_archive(tmp_path / "src", "v1", tmp_path / "image.tar", "v1")
-    members = tarfile.open(tmp_path / "image.tar").getnames()
+    with tarfile.open(tmp_path / "image.tar") as tar:
+        members = tar.getnames()
     assert members[:2] == ["oci-layout", "index.json"]
     assert [m for m in members if m.startswith("blobs/sha256/") and len(m) > 20] == sorted(
         "blobs/sha256/" + d.split(":")[1] for d in image.blobs
@@ -112,7 +113,7 @@ def test_archive_members_are_looked_up_by_exact_name_only(tmp_path: Path) -> Non
 
 def test_compressed_and_foreign_files_are_refused_clearly(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(TransportError, match="not a tar archive|no image layout"):
+    with pytest.raises(TransportError, match=r"not a tar archive|no image layout"):
         ArchiveSource(tmp_path / "notes.txt")
     (tmp_path / "x.tar.gz").write_bytes(b"\x1f\x8b\x08\x00rest")
     with pytest.raises(TransportError, match="gzip-compressed"):

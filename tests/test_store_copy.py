@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ocikit.spec import Descriptor, VerificationError, parse_platform
+from ocikit.store.copy import CopyError, CopyEvent, CopyResult, copy_image
+from ocikit.store.layout import OCILayout
+from ocikit.store.transport import NotFound
 from store_helpers import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -23,11 +28,6 @@ from store_helpers import (
     tagged,
     write_layout,
 )
-
-from ocikit.spec import Descriptor, VerificationError, parse_platform
-from ocikit.store.copy import CopyError, CopyEvent, CopyResult, copy_image
-from ocikit.store.layout import OCILayout
-from ocikit.store.transport import NotFound
 
 
 def copy(source: Path, ref: str | None, target: Path, tags: list[str], **options: Any) -> CopyResult:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from store_helpers import Blob, add_blob, build_image, layout_files, referrer, write_layout
 
 from ocikit.spec import chain_ids, parse_platform
 from ocikit.store.copy import copy_image
@@ -22,20 +21,19 @@ from ocikit.store.images import ImageStore, default_store_path, normalize_name
 from ocikit.store.layout import OCILayout
 from ocikit.store.maintenance import check_blobs, collect_garbage
 from ocikit.store.transport import NotFound, TransportError
+from store_helpers import Blob, BuiltImage, add_blob, build_image, layout_files, referrer, write_layout
 
 
-def pull(layout: Path, ref: str, store: Path, name: str, **options: object) -> None:
+def pull(layout: Path, ref: str, store: Path, name: str) -> None:
     async def work() -> None:
         with OCILayout.open(layout) as source, ImageStore(store) as images:
-            await copy_image(
-                source.source(), images.destination(), ref, tags=[normalize_name(name)], **options
-            )  # type: ignore[arg-type]
+            await copy_image(source.source(), images.destination(), ref, tags=[normalize_name(name)])
 
     asyncio.run(work())
 
 
 @pytest.fixture
-def stocked(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+def stocked(tmp_path: Path) -> tuple[Path, dict[str, BuiltImage]]:
     """A store holding a two-platform image and a single-platform one."""
     multi, single = build_image("multi"), build_image("single", ("amd64",))
     write_layout(tmp_path / "src", {"multi": multi, "single": single})
@@ -64,7 +62,7 @@ def test_names_are_normalised_like_docker() -> None:
 
 
 def test_stored_image_has_layers_diff_ids_chain_ids_and_paths(
-    stocked: tuple[Path, dict[str, object]],
+    stocked: tuple[Path, dict[str, BuiltImage]],
 ) -> None:
     root, built = stocked
     with ImageStore(root) as store:
@@ -73,8 +71,9 @@ def test_stored_image_has_layers_diff_ids_chain_ids_and_paths(
             "docker.io/library/single:latest",
         ]
         image = store.image("example.com/multi:1", parse_platform("linux/arm64"))
-        assert image.descriptor.digest == built["multi"].manifests["linux/arm64"]  # type: ignore[attr-defined]
-        assert image.index is not None and image.index.digest == built["multi"].top.digest  # type: ignore[attr-defined]
+        assert image.descriptor.digest == built["multi"].manifests["linux/arm64"]
+        assert image.index is not None
+        assert image.index.digest == built["multi"].top.digest
         assert str(image.platform) == "linux/arm64"
         assert len(image.layers) == 3
         for layer in image.layers:
@@ -84,49 +83,50 @@ def test_stored_image_has_layers_diff_ids_chain_ids_and_paths(
         assert [layer.chain_id for layer in image.layers] == chain_ids([x.diff_id for x in image.layers])
         assert image.chain_id == image.layers[-1].chain_id
         assert image.size == image.descriptor.size + len(image.config.raw) + sum(x.size for x in image.layers)
-        assert image.config.value.config is not None and image.config.value.config.cmd == ["/bin/sh"]
+        assert image.config.value.config is not None
+        assert image.config.value.config.cmd == ["/bin/sh"]
         # The base layer is shared by both platforms, and stored once.
         amd = store.image("example.com/multi:1", parse_platform("linux/amd64"))
         assert amd.layers[0].path == image.layers[0].path
         assert [str(p) for p in store.platforms("example.com/multi:1")] == ["linux/amd64", "linux/arm64"]
         assert store.image("single").index is None
-        assert store.image(built["single"].top.digest).name is None  # type: ignore[attr-defined]
+        assert store.image(built["single"].top.digest).name is None
         with pytest.raises(NotFound, match="no image for linux/s390x"):
             store.image("example.com/multi:1", parse_platform("linux/s390x"))
         with pytest.raises(NotFound, match="no image"):
             store.image("nothing-here")
 
 
-def test_tag_and_remove(stocked: tuple[Path, dict[str, object]]) -> None:
+def test_tag_and_remove(stocked: tuple[Path, dict[str, BuiltImage]]) -> None:
     root, built = stocked
     with ImageStore(root) as store:
         store.tag("single", "copy:2")
-        assert store.resolve("copy:2").digest == built["single"].top.digest  # type: ignore[attr-defined]
+        assert store.resolve("copy:2").digest == built["single"].top.digest
         assert store.remove("single") == ["docker.io/library/single:latest"]
         assert store.resolve("copy:2")
         with pytest.raises(NotFound):
             store.remove("single")
         store.tag("copy:2", "third")
-        removed = store.remove(built["single"].top.digest)  # type: ignore[attr-defined]
+        removed = store.remove(built["single"].top.digest)
         assert sorted(removed) == ["docker.io/library/copy:2", "docker.io/library/third:latest"]
         with pytest.raises(TransportError, match="needs a tag"):
             store.tag("example.com/multi:1", "x@sha256:" + "b" * 64)
 
 
-def test_skopeo_reads_the_store_by_its_names(stocked: tuple[Path, dict[str, object]]) -> None:
+def test_skopeo_reads_the_store_by_its_names(stocked: tuple[Path, dict[str, BuiltImage]]) -> None:
     from conftest import require_tool
     from store_helpers import run
 
     skopeo = require_tool("skopeo")
     root, built = stocked
     out = json.loads(run(skopeo, "inspect", f"oci:{root}:docker.io/library/single:latest").stdout)
-    assert out["Digest"] == built["single"].top.digest  # type: ignore[attr-defined]
+    assert out["Digest"] == built["single"].top.digest
 
 
-def test_gc_keeps_everything_referenced(stocked: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+def test_gc_keeps_everything_referenced(stocked: tuple[Path, dict[str, BuiltImage]], tmp_path: Path) -> None:
     root, built = stocked
     multi = built["multi"]
-    signature, parts = referrer(multi.top, "application/vnd.example.sig", b"sig")  # type: ignore[attr-defined]
+    signature, parts = referrer(multi.top, "application/vnd.example.sig", b"sig")
     for blob in [signature, *parts]:  # a referrer that is not listed anywhere: kept by its subject
         add_blob(root, blob)
     stray = Blob("application/octet-stream", b"nobody needs me")
@@ -134,7 +134,8 @@ def test_gc_keeps_everything_referenced(stocked: tuple[Path, dict[str, object]],
     before = layout_files(root)
     with ImageStore(root) as store:
         report = collect_garbage(store.layout, grace=3600)
-        assert report.removed == [] and report.kept_recent == 1  # the stray blob is too recent
+        assert report.removed == []
+        assert report.kept_recent == 1
         old = time.time() - 7200
         os.utime(root / "blobs" / "sha256" / stray.digest.split(":")[1], (old, old))
         report = collect_garbage(store.layout, grace=3600, dry_run=True)
@@ -148,15 +149,15 @@ def test_gc_keeps_everything_referenced(stocked: tuple[Path, dict[str, object]],
         # Without its name, the single image goes; the other image and the referrer stay.
         store.remove("single")
         report = collect_garbage(store.layout, grace=0)
-        single_only = set(built["single"].blobs) - set(multi.blobs)  # type: ignore[attr-defined]
+        single_only = set(built["single"].blobs) - set(multi.blobs)
         assert set(report.removed) == single_only
         assert store.image("example.com/multi:1", parse_platform("linux/amd64"))
         remaining = layout_files(root)
-        assert set(multi.blobs) | {signature.digest, *(p.digest for p in parts)} == set(remaining)  # type: ignore[attr-defined]
+        assert set(multi.blobs) | {signature.digest, *(p.digest for p in parts)} == set(remaining)
 
 
-def test_fsck_finds_and_deletes_a_corrupt_blob(stocked: tuple[Path, dict[str, object]]) -> None:
-    root, built = stocked
+def test_fsck_finds_and_deletes_a_corrupt_blob(stocked: tuple[Path, dict[str, BuiltImage]]) -> None:
+    root, _built = stocked
     with ImageStore(root) as store:
         assert check_blobs(store.layout).ok
         layer = store.image("single").layers[1]

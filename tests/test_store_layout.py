@@ -12,6 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from conftest import require_tool
+from ocikit.spec import Descriptor, Platform, VerificationError, parse_platform
+from ocikit.store.copy import copy_image
+from ocikit.store.layout import OCILayout
+from ocikit.store.transport import NotFound, TransportError
 from store_helpers import (
     REF_NAME,
     Blob,
@@ -22,22 +28,18 @@ from store_helpers import (
     write_layout,
 )
 
-from conftest import require_tool
-from ocikit.spec import Descriptor, VerificationError, parse_platform
-from ocikit.store.copy import copy_image
-from ocikit.store.layout import OCILayout
-from ocikit.store.transport import NotFound, TransportError
-
 
 async def _chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
 
 
-def _copy(source: Path, ref: str | None, target: Path, tags: list[str], **options: object) -> None:
+def _copy(
+    source: Path, ref: str | None, target: Path, tags: list[str], platform: Platform | None = None
+) -> None:
     async def work() -> None:
         with OCILayout.open(source) as src, OCILayout.open(target, create=True) as dst:
-            await copy_image(src.source(), dst.destination(), ref, tags=tags, **options)  # type: ignore[arg-type]
+            await copy_image(src.source(), dst.destination(), ref, tags=tags, platform=platform)
 
     asyncio.run(work())
 
