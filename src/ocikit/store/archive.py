@@ -2,7 +2,8 @@
 
 Reading does not unpack: the tar headers are scanned once for the offset and size of every
 member, and blobs are then read (or copied in the kernel) straight out of the archive at
-those offsets. Only exact member names are ever looked up (``index.json``, ``oci-layout``,
+those offsets (a compressed archive, which skopeo also accepts, is first decompressed into
+an anonymous temporary file). Only exact member names are ever looked up (``index.json``, ``oci-layout``,
 ``blobs/<alg>/<encoded>``), so a member named ``../x`` or a symlink member can never be
 followed anywhere; non-regular and sparse members are ignored.
 
@@ -14,7 +15,10 @@ written anew, replacing any file of that name.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import lzma
 import os
 import shutil
 import tarfile
@@ -22,7 +26,9 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final, cast
+
+import zstandard
 
 from ..spec import Descriptor
 from . import refs
@@ -49,8 +55,32 @@ def _member_name(name: str) -> str:
     return name
 
 
+def _decompressor(kind: str, handle: BinaryIO) -> BinaryIO:
+    if kind == "gzip":
+        return cast(BinaryIO, gzip.GzipFile(fileobj=handle, mode="rb"))
+    if kind == "zstd":
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True))
+    if kind == "xz":
+        return cast(BinaryIO, lzma.LZMAFile(handle))
+    return cast(BinaryIO, bz2.BZ2File(handle))
+
+
+def _decompressed_copy(fd: int, kind: str, where: Path) -> int:
+    """An fd of an anonymous temporary file holding the decompressed archive: a compressed tar
+    cannot be read at offsets, the plain one can. Nothing is left on disk, whatever happens."""
+    with tempfile.TemporaryFile() as spool:
+        try:
+            with os.fdopen(os.dup(fd), "rb") as handle, _decompressor(kind, handle) as plain:
+                shutil.copyfileobj(plain, spool, 1 << 20)
+        except (OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as exc:
+            raise TransportError(f"{where}: cannot decompress the {kind} archive: {exc}") from None
+        spool.flush()
+        return os.dup(spool.fileno())
+
+
 class ArchiveSource(IndexedSource):
-    """The images of an uncompressed ``oci-archive`` file, read in place."""
+    """The images of an ``oci-archive`` file. A plain tar (what skopeo writes) is read in
+    place; a compressed one is first decompressed into an anonymous temporary file."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -59,6 +89,12 @@ class ArchiveSource(IndexedSource):
         except OSError as exc:
             raise TransportError(f"{self.path}: cannot open the archive: {exc.strerror}") from None
         try:
+            head = os.pread(self._fd, 8, 0)
+            kind = next((k for magic, k in _COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+            if kind is not None:
+                plain = _decompressed_copy(self._fd, kind, self.path)
+                os.close(self._fd)
+                self._fd = plain
             self._members = self._scan()
             self._index = self._read_index()
         except BaseException:
@@ -67,14 +103,9 @@ class ArchiveSource(IndexedSource):
         super().__init__(str(self.path), lambda: self._index, self._locate)
 
     def _scan(self) -> dict[str, tuple[int, int]]:
-        head = os.pread(self._fd, 8, 0)
-        for magic, kind in _COMPRESSED_MAGIC.items():
-            if head.startswith(magic):
-                raise TransportError(
-                    f"{self.path} is {kind}-compressed; oci-archive files are plain tar (decompress it first)"
-                )
         members: dict[str, tuple[int, int]] = {}
         with os.fdopen(os.dup(self._fd), "rb") as handle:
+            handle.seek(0)
             try:
                 with tarfile.open(fileobj=handle, mode="r:") as tar:
                     for member in tar:
