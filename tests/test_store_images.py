@@ -77,7 +77,8 @@ def test_stored_image_has_layers_diff_ids_chain_ids_and_paths(
         assert str(image.platform) == "linux/arm64"
         assert len(image.layers) == 3
         for layer in image.layers:
-            data = layer.path.read_bytes()
+            with layer.open() as blob:
+                data = blob.read()
             assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.descriptor.digest
             assert "sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest() == layer.diff_id
         assert [layer.chain_id for layer in image.layers] == chain_ids([x.diff_id for x in image.layers])
