@@ -157,6 +157,30 @@ def test_gc_keeps_everything_referenced(stocked: tuple[Path, dict[str, BuiltImag
         assert set(multi.blobs) | {signature.digest, *(p.digest for p in parts)} == set(remaining)
 
 
+def test_referrers_in_the_store_go_with_their_image(tmp_path: Path) -> None:
+    image = build_image("signed", ("amd64",))
+    signature, parts = referrer(image.top, "application/vnd.example.sig", b"sig")
+    write_layout(tmp_path / "src", {"v1": image}, extra=[signature.descriptor()])
+    for blob in [signature, *parts]:
+        add_blob(tmp_path / "src", blob)
+
+    async def pull_signed() -> None:
+        with OCILayout.open(tmp_path / "src") as source, ImageStore(tmp_path / "store") as store:
+            destination = store.destination()
+            await copy_image(source.source(), destination, "v1", tags=["x/signed:1"], with_referrers=True)
+
+    asyncio.run(pull_signed())
+    assert layout_files(tmp_path / "store") == layout_files(tmp_path / "src")
+    with ImageStore(tmp_path / "store") as store:
+        assert collect_garbage(store.layout, grace=0).removed == []
+        store.remove("x/signed:1")
+        report = collect_garbage(store.layout, grace=0)
+        assert report.entries_dropped == 1
+        assert layout_files(tmp_path / "store") == {}
+        assert store.layout.read_index()["manifests"] == []
+        assert store.layout.validate() == []
+
+
 def test_fsck_finds_and_deletes_a_corrupt_blob(stocked: tuple[Path, dict[str, BuiltImage]]) -> None:
     root, _built = stocked
     with ImageStore(root) as store:

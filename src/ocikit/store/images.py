@@ -136,6 +136,14 @@ class _StoreSource(IndexedSource):
         return await super().resolve(None if reference is None else normalize_name(reference))
 
 
+class _StoreDestination(LayoutDestination):
+    """Writes into the store under full names: a tag ``busybox`` is stored as
+    ``docker.io/library/busybox:latest``, so that it resolves the way it is typed."""
+
+    async def put_manifest(self, descriptor: Descriptor, raw: bytes, tags: list[str]) -> None:
+        await super().put_manifest(descriptor, raw, [normalize_name(tag) for tag in tags])
+
+
 class ImageStore:
     """The local image store. Open with ``ImageStore()`` (default location) or
     ``ImageStore(path)``; close it, or use it as a context manager."""
@@ -267,6 +275,7 @@ class ImageStore:
         return _StoreSource(str(self.root), self.layout.read_index, self.layout.locate, on_close)
 
     def destination(self, *, owned: bool = False) -> LayoutDestination:
-        """An ImageDestination into the store. Blobs found present are touched so that a
-        concurrent ``gc`` keeps them until the image that reuses them is named."""
-        return self.layout.destination(touch_existing=True, owned=owned)
+        """An ImageDestination into the store; tags are names as people type them. Blobs found
+        present are touched so that a concurrent ``gc`` keeps them until the image that
+        reuses them is named."""
+        return _StoreDestination(self.layout, touch_existing=True, owned=owned)

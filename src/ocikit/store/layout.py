@@ -188,20 +188,26 @@ class OCILayout:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def update_index(self, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def update_index(
+        self, mutate: Callable[[dict[str, Any]], None], *, lock_held: bool = False
+    ) -> dict[str, Any]:
         """Apply ``mutate`` to the current index and write it back, atomically and under the
-        lock: the read-modify-write of one writer never interleaves with another's."""
-        private = self._private()
+        lock: the read-modify-write of one writer never interleaves with another's.
+        ``lock_held``: the caller is inside :meth:`index_lock` already."""
+        if lock_held:
+            return self._rewrite_index(mutate)
+        with self.index_lock():
+            return self._rewrite_index(mutate)
+
+    def _rewrite_index(self, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         incoming = self._incoming()
         try:
-            with exclusive_lock(private, _LOCK):
-                index = self.read_index()
-                mutate(index)
-                self._replace("index.json", refs.encode_index(index), incoming)
-                return index
+            index = self.read_index()
+            mutate(index)
+            self._replace("index.json", refs.encode_index(index), incoming)
+            return index
         finally:
             os.close(incoming)
-            os.close(private)
 
     @contextlib.contextmanager
     def index_lock(self) -> Iterator[None]:

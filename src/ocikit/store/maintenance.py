@@ -38,6 +38,7 @@ class GCReport:
     kept: int = 0
     kept_recent: int = 0
     staging_purged: int = 0
+    entries_dropped: int = 0
 
 
 @dataclass
@@ -107,12 +108,27 @@ def _subject(node: Any) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
+def _roots(layout: OCILayout, index: dict[str, Any], documents: dict[str, Any]) -> list[str]:
+    """The entries of ``index.json`` that keep content alive: every named one, and unnamed ones
+    except referrers, which live exactly as long as their subject (so that removing an
+    image's last name lets its signatures go too)."""
+    roots = []
+    for entry in refs.entries(index):
+        digest = entry["digest"]
+        if refs.ref_name(entry) is None:
+            documents[digest] = _read_small(layout, digest)
+            if _subject(documents[digest]) is not None:
+                continue
+        roots.append(digest)
+    return roots
+
+
 def reachable(layout: OCILayout, stored: dict[str, os.stat_result] | None = None) -> set[str]:
     """Every digest reachable from ``index.json``, plus referrers of anything reachable."""
     stored = _stored_blobs(layout) if stored is None else stored
     marked: set[str] = set()
-    pending = [entry["digest"] for entry in refs.entries(layout.read_index())]
     documents: dict[str, Any] = {}
+    pending = _roots(layout, layout.read_index(), documents)
     while True:
         while pending:
             digest = pending.pop()
@@ -140,6 +156,7 @@ def collect_garbage(layout: OCILayout, *, grace: float = DEFAULT_GRACE, dry_run:
     with layout.index_lock():
         stored = _stored_blobs(layout)
         marked = reachable(layout, stored)
+        report.entries_dropped = _drop_dangling_entries(layout, marked, dry_run)
         for digest, info in sorted(stored.items()):
             if digest in marked:
                 report.kept += 1
@@ -152,6 +169,27 @@ def collect_garbage(layout: OCILayout, *, grace: float = DEFAULT_GRACE, dry_run:
                 report.freed_bytes += info.st_size
         report.staging_purged = _purge_staging(layout, cutoff, dry_run)
     return report
+
+
+def _drop_dangling_entries(layout: OCILayout, marked: set[str], dry_run: bool) -> int:
+    """Unnamed ``index.json`` entries that are no longer kept (referrers of a removed image)
+    go with their content, so the index never lists a blob that is gone."""
+    def is_dangling(entry: Any) -> bool:
+        return (
+            isinstance(entry, dict)
+            and refs.ref_name(entry) is None
+            and isinstance(entry.get("digest"), str)
+            and entry["digest"] not in marked
+        )
+
+    dangling = [entry for entry in layout.read_index().get("manifests", []) if is_dangling(entry)]
+    if dangling and not dry_run:
+
+        def drop(index: dict[str, Any]) -> None:
+            index["manifests"] = [e for e in index.get("manifests", []) if not is_dangling(e)]
+
+        layout.update_index(drop, lock_held=True)
+    return len(dangling)
 
 
 def _purge_staging(layout: OCILayout, cutoff: float, dry_run: bool) -> int:
