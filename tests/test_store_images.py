@@ -258,3 +258,58 @@ def test_gc_purges_staging_files_of_crashed_writes(tmp_path: Path) -> None:
         os.utime(leftover, (old, old))
         assert collect_garbage(store.layout, grace=3600).staging_purged == 1
         assert not leftover.exists()
+
+
+_PULL = """
+import asyncio, sys
+from ocikit.store.copy import copy_image
+from ocikit.store.images import ImageStore
+from ocikit.store.layout import OCILayout
+
+async def main():
+    with OCILayout.open(sys.argv[1]) as source, ImageStore(sys.argv[2]) as store:
+        for ref in sys.argv[3:]:
+            await copy_image(source.source(), store.destination(), ref, tags=[f"example.com/{ref}:1"])
+
+asyncio.run(main())
+"""
+
+
+def test_concurrent_copies_into_one_store(tmp_path: Path) -> None:
+    """Processes copying images that share their base layer into one store: every name lands,
+    every blob is whole."""
+    images = {f"img{i}": build_image(f"img{i}") for i in range(6)}
+    write_layout(tmp_path / "src", images)
+    groups = [["img0", "img1", "img2"], ["img3", "img4", "img5"], ["img5", "img0", "img3"]]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _PULL, tmp_path / "src", tmp_path / "store", *group])
+        for group in groups
+    ]
+    assert [p.wait(timeout=120) for p in processes] == [0, 0, 0]
+    with ImageStore(tmp_path / "store") as store:
+        assert sorted(n.name for n in store.names()) == sorted(f"example.com/{name}:1" for name in images)
+        assert store.layout.validate() == []
+        assert check_blobs(store.layout).ok
+    assert layout_files(tmp_path / "store") == {
+        d: b for image in images.values() for d, b in image.blobs.items()
+    }
+
+
+def test_skopeo_writes_into_the_store(tmp_path: Path) -> None:
+    from conftest import require_tool
+    from store_helpers import run
+
+    skopeo = require_tool("skopeo")
+    image = build_image("fromskopeo")
+    write_layout(tmp_path / "src", {"v1": image})
+    ImageStore(tmp_path / "store").close()
+    run(
+        skopeo,
+        "copy",
+        "--all",
+        f"oci:{tmp_path / 'src'}:v1",
+        f"oci:{tmp_path / 'store'}:docker.io/library/sk:1",
+    )
+    with ImageStore(tmp_path / "store") as store:
+        assert store.resolve("sk:1").digest == image.top.digest
+        assert len(store.image("sk:1", parse_platform("linux/amd64")).layers) == 3
