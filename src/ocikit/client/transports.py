@@ -95,16 +95,21 @@ def parse_transport(text: str) -> TransportSpec:
     return TransportSpec("store", "", name, text, stored)
 
 
-def _registry_unavailable(spec: TransportSpec) -> TransportError:
-    return TransportError(f"{spec.text}: docker:// is not available in this build (no registry client)")
+def _open_registry(
+    spec: TransportSpec, role: Literal["source", "destination"], options: dict[str, Any]
+) -> Any:
+    """THE place where ``docker://`` dispatches to ``ocikit.client.registry``: return its
+    RegistrySource or RegistryDestination for ``spec`` (``spec.image`` is the parsed
+    reference, ``options`` carries TLS and credential settings)."""
+    raise TransportError(f"{spec.text}: docker:// is not available in this build (no registry client)")
 
 
 def open_source(spec: TransportSpec, *, store: str | Path | None = None, **options: Any) -> ImageSource:
     """An ImageSource for ``spec``; ``store`` overrides the local store's location, other
     ``options`` are for the registry transport (TLS, credentials)."""
     if spec.kind == "docker":
-        # The registry client plugs in here: ocikit.client.registry.
-        raise _registry_unavailable(spec)
+        source: ImageSource = _open_registry(spec, "source", options)
+        return source
     if spec.kind == "oci":
         return OCILayout.open(spec.location).source(owned=True)
     if spec.kind == "oci-archive":
@@ -118,8 +123,8 @@ def open_destination(
     """An ImageDestination for ``spec`` (see :func:`open_source`). A layout directory is
     created when missing; an archive file is replaced when the copy commits."""
     if spec.kind == "docker":
-        # The registry client plugs in here: ocikit.client.registry.
-        raise _registry_unavailable(spec)
+        destination: ImageDestination = _open_registry(spec, "destination", options)
+        return destination
     if spec.kind == "oci":
         return OCILayout.open(spec.location, create=True).destination(owned=True)
     if spec.kind == "oci-archive":

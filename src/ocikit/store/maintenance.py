@@ -174,6 +174,7 @@ def collect_garbage(layout: OCILayout, *, grace: float = DEFAULT_GRACE, dry_run:
 def _drop_dangling_entries(layout: OCILayout, marked: set[str], dry_run: bool) -> int:
     """Unnamed ``index.json`` entries that are no longer kept (referrers of a removed image)
     go with their content, so the index never lists a blob that is gone."""
+
     def is_dangling(entry: Any) -> bool:
         return (
             isinstance(entry, dict)
