@@ -100,7 +100,7 @@ def test_referrers_come_along_when_asked(tmp_path: Path) -> None:
         add_blob(tmp_path / "src", blob)
     copy(tmp_path / "src", "v1", tmp_path / "plain", ["v1"])
     assert signature.digest not in layout_files(tmp_path / "plain")
-    result = copy(tmp_path / "src", "v1", tmp_path / "dst", ["v1"], with_referrers=True)
+    result = copy(tmp_path / "src", "v1", tmp_path / "dst", ["v1"], with_referrers=True, concurrency=1)
     assert result.referrers == 2
     assert layout_files(tmp_path / "dst") == layout_files(tmp_path / "src")
     listed = [e["digest"] for e in json.loads((tmp_path / "dst" / "index.json").read_text())["manifests"]]

@@ -187,7 +187,8 @@ class _Copier:
         return task
 
     async def copy_fetched(self, descriptor: Descriptor) -> None:
-        raw, node = await self.fetch(descriptor)
+        async with self.semaphore:  # held only while fetching: children wait on it too
+            raw, node = await self.fetch(descriptor)
         await self.copy_document(descriptor, raw, node, [])
 
     async def copy_document(
@@ -198,8 +199,9 @@ class _Copier:
             await asyncio.gather(*(self.spawn_document(child) for child in children))
         else:
             config = node.get("config")
-            blobs = [*_descriptors({"c": [config]} if isinstance(config, dict) else {}, "c")]
-            blobs += _descriptors(node, "layers")
+            blobs = _descriptors(node, "layers")
+            if isinstance(config, dict):
+                blobs += _descriptors({"config": [config]}, "config")
             await asyncio.gather(*(self.spawn_blob(blob) for blob in blobs))
         await self.destination.put_manifest(descriptor, raw, list(tags))
         self.result.manifests += 1
