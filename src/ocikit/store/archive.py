@@ -15,6 +15,7 @@ written anew, replacing any file of that name.
 
 from __future__ import annotations
 
+import asyncio
 import bz2
 import contextlib
 import gzip
@@ -30,9 +31,10 @@ from typing import Any, BinaryIO, Final, cast
 
 import zstandard
 
-from ..spec import Descriptor
+from ..spec import Descriptor, VerificationError
+from ..spec.digest import SUPPORTED_ALGORITHMS
 from . import refs
-from .files import BlobFile, copy_range, fsync_dir
+from .files import BlobFile, copy_range, digest_span, fsync_dir
 from .layout import LayoutDestination, OCILayout
 from .source import MAX_DOCUMENT, IndexedSource
 from .transport import TransportError
@@ -139,8 +141,18 @@ class ArchiveSource(IndexedSource):
             self._fd = -1
 
 
+#: Blobs from local files wait for commit() as open spans rather than staged copies; past
+#: this many (open file descriptors) they are staged like any other blob.
+_MAX_DEFERRED: Final = 256
+
+
 class ArchiveDestination:
-    """Writes an ``oci-archive`` file: a staged layout, turned into a tar at :meth:`commit`."""
+    """Writes an ``oci-archive`` file: a staged layout, turned into a tar at :meth:`commit`.
+
+    Blobs that come as spans of local files (a layout, another archive) are not staged: they
+    are copied into the tar at commit, in the kernel, and verified there, in the archive
+    being written, before it replaces the target. A local copy thus writes each byte once.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -152,15 +164,31 @@ class ArchiveDestination:
         self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".ocikit", dir=parent))
         self.layout = OCILayout.open(self._staging, create=True)
         self._inner = LayoutDestination(self.layout)
+        self._deferred: dict[str, BlobFile] = {}
 
     async def has_blob(self, descriptor: Descriptor) -> bool:
+        deferred = self._deferred.get(descriptor.digest)
+        if deferred is not None:
+            return deferred.size == descriptor.size
         return await self._inner.has_blob(descriptor)
 
     async def put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> None:
         await self._inner.put_blob(descriptor, chunks)
 
     async def put_blob_from_file(self, descriptor: Descriptor, blob: BlobFile) -> None:
-        await self._inner.put_blob_from_file(descriptor, blob)
+        algorithm = descriptor.digest.partition(":")[0]
+        if len(self._deferred) >= _MAX_DEFERRED or algorithm not in SUPPORTED_ALGORITHMS:
+            await self._inner.put_blob_from_file(descriptor, blob)
+            return
+        if blob.size != descriptor.size:
+            raise VerificationError(
+                f"size mismatch for {descriptor.digest}: expected {descriptor.size} bytes, "
+                f"the source has {blob.size}"
+            )
+        previous = self._deferred.pop(descriptor.digest, None)
+        if previous is not None:
+            previous.close()
+        self._deferred[descriptor.digest] = BlobFile(os.dup(blob.fd), blob.offset, blob.size)
 
     async def put_manifest(self, descriptor: Descriptor, raw: bytes, tags: list[str]) -> None:
         await self._inner.put_manifest(descriptor, raw, tags)
@@ -169,9 +197,12 @@ class ArchiveDestination:
         await self._inner.add_root(descriptor)
 
     async def commit(self) -> None:
-        write_archive(self.layout, self.path)
+        await asyncio.to_thread(write_archive, self.layout, self.path, self._deferred)
 
     async def close(self) -> None:
+        for blob in self._deferred.values():
+            blob.close()
+        self._deferred.clear()
         self.layout.close()
         shutil.rmtree(self._staging, ignore_errors=True)
 
@@ -196,32 +227,56 @@ def _pad(fd: int, size: int) -> None:
         _write_all(fd, b"\0" * (_BLOCK - size % _BLOCK))
 
 
-def _add_file(fd: int, name: str, blob: BlobFile) -> None:
+def _add_file(fd: int, name: str, blob: BlobFile, *, verify: str | None = None) -> None:
+    """Append a member; with ``verify`` (a digest), check the bytes as they landed in the
+    archive, so that what is published is what was verified."""
     _write_all(fd, _header(name, blob.size))
+    start = os.lseek(fd, 0, os.SEEK_CUR)
     if copy_range(blob, fd) != blob.size:
-        raise TransportError(f"{name} changed while it was being archived")
+        raise VerificationError(f"{name}: the source is shorter than its {blob.size} bytes")
+    if verify is not None:
+        actual = digest_span(fd, start, blob.size, verify.partition(":")[0])
+        if actual != verify:
+            raise VerificationError(f"digest mismatch: expected {verify}, got {actual}")
     _pad(fd, blob.size)
 
 
-def write_archive(layout: OCILayout, target: Path) -> None:
-    """Tar every blob of ``layout`` with its ``oci-layout`` and ``index.json`` into ``target``,
-    atomically (temp file, fsync, rename, fsync of the directory)."""
+def _blob_names(layout: OCILayout, deferred: dict[str, BlobFile]) -> list[str]:
+    staged = {
+        f"{algorithm.name}:{blob.name}"
+        for algorithm in (layout.path / "blobs").iterdir()
+        for blob in algorithm.iterdir()
+    }
+    return sorted(staged | set(deferred))
+
+
+def write_archive(layout: OCILayout, target: Path, deferred: dict[str, BlobFile] | None = None) -> None:
+    """Tar every blob of ``layout`` (and the ``deferred`` file spans, verified on the way) with
+    its ``oci-layout`` and ``index.json`` into ``target``, atomically (temp file, fsync,
+    rename, fsync of the directory)."""
+    deferred = deferred or {}
     parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     temp = f".{target.name}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=parent_fd)
+    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=parent_fd)
     try:
         for name in ("oci-layout", "index.json"):
             path = layout.path / name
             with BlobFile(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), 0, path.stat().st_size) as header:
                 _add_file(fd, name, header)
         _write_all(fd, _header("blobs/", 0, directory=True))
-        for algorithm in sorted(p.name for p in (layout.path / "blobs").iterdir()):
-            _write_all(fd, _header(f"blobs/{algorithm}/", 0, directory=True))
-            for encoded in sorted(p.name for p in (layout.path / "blobs" / algorithm).iterdir()):
-                blob = layout.locate(f"{algorithm}:{encoded}")
-                if blob is not None:
-                    with blob:
-                        _add_file(fd, f"blobs/{algorithm}/{encoded}", blob)
+        directories: set[str] = set()
+        for digest in _blob_names(layout, deferred):
+            algorithm, _, encoded = digest.partition(":")
+            if algorithm not in directories:
+                directories.add(algorithm)
+                _write_all(fd, _header(f"blobs/{algorithm}/", 0, directory=True))
+            name = f"blobs/{algorithm}/{encoded}"
+            staged = layout.locate(digest)
+            if staged is not None:
+                with staged:
+                    _add_file(fd, name, staged)
+            else:
+                _add_file(fd, name, deferred[digest], verify=digest)
         end = os.lseek(fd, 0, os.SEEK_CUR) + 2 * _BLOCK
         _write_all(fd, b"\0" * (2 * _BLOCK + (-end) % _RECORD))
         os.fsync(fd)
