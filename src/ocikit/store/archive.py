@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Final, cast
 
@@ -227,18 +228,29 @@ def _pad(fd: int, size: int) -> None:
         _write_all(fd, b"\0" * (_BLOCK - size % _BLOCK))
 
 
-def _add_file(fd: int, name: str, blob: BlobFile, *, verify: str | None = None) -> None:
-    """Append a member; with ``verify`` (a digest), check the bytes as they landed in the
-    archive, so that what is published is what was verified."""
+def _add_file(fd: int, name: str, blob: BlobFile) -> int:
+    """Append a member; returns the offset of its content in the archive."""
     _write_all(fd, _header(name, blob.size))
     start = os.lseek(fd, 0, os.SEEK_CUR)
     if copy_range(blob, fd) != blob.size:
         raise VerificationError(f"{name}: the source is shorter than its {blob.size} bytes")
-    if verify is not None:
-        actual = digest_span(fd, start, blob.size, verify.partition(":")[0])
-        if actual != verify:
-            raise VerificationError(f"digest mismatch: expected {verify}, got {actual}")
     _pad(fd, blob.size)
+    return start
+
+
+def _verify_members(fd: int, members: list[tuple[str, int, int]]) -> None:
+    """Check members against their digests as they are in the archive, so that what gets
+    published is what was verified; in parallel, since hashing releases the GIL."""
+
+    def check(member: tuple[str, int, int]) -> None:
+        digest, start, size = member
+        actual = digest_span(fd, start, size, digest.partition(":")[0])
+        if actual != digest:
+            raise VerificationError(f"digest mismatch: expected {digest}, got {actual}")
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(check, members):
+            pass
 
 
 def _blob_names(layout: OCILayout, deferred: dict[str, BlobFile]) -> list[str]:
@@ -265,6 +277,7 @@ def write_archive(layout: OCILayout, target: Path, deferred: dict[str, BlobFile]
                 _add_file(fd, name, header)
         _write_all(fd, _header("blobs/", 0, directory=True))
         directories: set[str] = set()
+        unverified: list[tuple[str, int, int]] = []
         for digest in _blob_names(layout, deferred):
             algorithm, _, encoded = digest.partition(":")
             if algorithm not in directories:
@@ -276,9 +289,10 @@ def write_archive(layout: OCILayout, target: Path, deferred: dict[str, BlobFile]
                 with staged:
                     _add_file(fd, name, staged)
             else:
-                _add_file(fd, name, deferred[digest], verify=digest)
+                unverified.append((digest, _add_file(fd, name, deferred[digest]), deferred[digest].size))
         end = os.lseek(fd, 0, os.SEEK_CUR) + 2 * _BLOCK
         _write_all(fd, b"\0" * (2 * _BLOCK + (-end) % _RECORD))
+        _verify_members(fd, unverified)
         os.fsync(fd)
         os.close(fd)
         fd = -1
