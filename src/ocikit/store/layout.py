@@ -84,25 +84,48 @@ class OCILayout:
         return layout
 
     def _check_or_create(self, create: bool) -> None:
-        try:
-            os.close(open_regular("oci-layout", self._fd))
+        if self._has_header():
+            if create and not self._exists("index.json"):
+                with self.index_lock():
+                    self._create_index()
             return
-        except FileNotFoundError:
-            pass
-        except OSError:
-            raise TransportError(f"{self.path}: oci-layout is not a regular file") from None
         if not create:
             raise TransportError(f"{self.path}: not an image layout (no oci-layout file)")
+        self._refuse_foreign_directory()  # before the lock, which would create .ocikit there
+        # Under the lock, so that two processes creating the same layout do not trip over
+        # each other: the second finds the header the first wrote.
+        with self.index_lock():
+            if not self._has_header():
+                self._refuse_foreign_directory()
+                incoming = self._incoming()
+                try:
+                    header = f'{{"imageLayoutVersion":"{LAYOUT_VERSION}"}}'.encode()
+                    self._replace("oci-layout", header, incoming)
+                finally:
+                    os.close(incoming)
+            os.close(self._algorithm_dir("sha256"))
+            self._create_index()
+
+    def _refuse_foreign_directory(self) -> None:
         if any(name != _PRIVATE for name in os.listdir(self._fd)):
             raise TransportError(f"{self.path}: not empty and not an image layout; refusing to write there")
-        os.close(open_dir("sha256", self._blobs_dir(create=True), create=True))
+
+    def _has_header(self) -> bool:
+        try:
+            os.close(open_regular("oci-layout", self._fd))
+        except FileNotFoundError:
+            return False
+        except OSError:
+            raise TransportError(f"{self.path}: oci-layout is not a regular file") from None
+        return True
+
+    def _create_index(self) -> None:
+        """An empty index.json unless there is one (called with the lock held)."""
+        if self._exists("index.json"):
+            return
         incoming = self._incoming()
         try:
-            with exclusive_lock(self._private(), _LOCK):
-                if not self._exists("index.json"):
-                    self._replace("index.json", refs.encode_index(refs.empty_index()), incoming)
-                header = f'{{"imageLayoutVersion":"{LAYOUT_VERSION}"}}'.encode()
-                self._replace("oci-layout", header, incoming)
+            self._replace("index.json", refs.encode_index(refs.empty_index()), incoming)
         finally:
             os.close(incoming)
 
