@@ -147,7 +147,8 @@ def test_failed_copy_leaves_no_archive_and_no_staging(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
     # Same size, wrong bytes: local blobs are verified as they land in the archive, at commit.
     good = image.blobs[layer]
-    (tmp_path / "src" / "blobs" / "sha256" / layer.split(":")[1]).write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    blob = tmp_path / "src" / "blobs" / "sha256" / layer.split(":")[1]
+    blob.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     with pytest.raises(ValueError, match="digest mismatch"):
         _to_archive(tmp_path / "src", "v1", tmp_path / "out.tar", "v1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
