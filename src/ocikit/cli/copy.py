@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..client.transports import TransportSpec, open_destination, open_source, parse_transport
-from ..store.copy import copy_image
+from ..client.transports import TransportSpec, copy_between, parse_transport
 from ._shared import Progress, add_progress_options, add_store_option, parse_platform_option, run_command
 
 LOCATIONS = (
@@ -46,34 +45,24 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-async def copy_between(source: TransportSpec, destination: TransportSpec, args: argparse.Namespace) -> int:
-    """Open both ends, copy, report; shared by copy, pull and push."""
-    platform = parse_platform_option(args.platform)
-    reader = open_source(source, store=args.store)
-    try:
-        writer = open_destination(destination, store=args.store)
-        try:
-            with Progress(args) as progress:
-                result = await copy_image(
-                    reader,
-                    writer,
-                    source.reference,
-                    tags=destination.tags,
-                    platform=platform,
-                    with_referrers=args.with_referrers,
-                    concurrency=args.jobs,
-                    progress=progress,
-                )
-            progress.finished(result, str(destination))
-        finally:
-            await writer.close()
-    finally:
-        await reader.close()
+async def copy_locations(source: TransportSpec, destination: TransportSpec, args: argparse.Namespace) -> int:
+    """Copy with the command's options and report; shared by copy, pull and push."""
+    with Progress(args) as progress:
+        result = await copy_between(
+            source,
+            destination,
+            platform=parse_platform_option(args.platform),
+            with_referrers=args.with_referrers,
+            concurrency=args.jobs,
+            progress=progress,
+            store=args.store,
+        )
+    progress.finished(result, str(destination))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     async def work() -> int:
-        return await copy_between(parse_transport(args.source), parse_transport(args.destination), args)
+        return await copy_locations(parse_transport(args.source), parse_transport(args.destination), args)
 
     return run_command("copy", work())

@@ -8,7 +8,7 @@ from typing import Any
 from ..client.transports import parse_transport
 from ..store.transport import TransportError
 from ._shared import run_command
-from .copy import add_copy_options, copy_between
+from .copy import add_copy_options, copy_locations
 
 
 def register(commands: Any) -> None:
@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
         if args.reference.startswith(("docker://", "oci:", "oci-archive:")):
             raise TransportError(f"{args.reference}: pull takes a plain reference; use ocikit copy")
         local = parse_transport(args.reference)
-        return await copy_between(parse_transport(f"docker://{local.reference}"), local, args)
+        return await copy_locations(parse_transport(f"docker://{local.reference}"), local, args)
 
     return run_command("pull", work())

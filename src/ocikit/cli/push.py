@@ -7,7 +7,7 @@ from typing import Any
 
 from ..client.transports import parse_transport
 from ._shared import run_command
-from .copy import LOCATIONS, add_copy_options, copy_between
+from .copy import LOCATIONS, add_copy_options, copy_locations
 
 
 def register(commands: Any) -> None:
@@ -29,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     async def work() -> int:
         local = parse_transport(args.reference)
         destination = parse_transport(args.destination or f"docker://{local.reference}")
-        return await copy_between(local, destination, args)
+        return await copy_locations(local, destination, args)
 
     return run_command("push", work())

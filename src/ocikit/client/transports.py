@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..spec import Reference, ReferenceError, parse_reference
+from ..spec import Platform, Reference, ReferenceError, parse_reference
 from ..store.archive import ArchiveDestination, ArchiveSource
+from ..store.copy import DEFAULT_CONCURRENCY, CopyResult, ProgressCallback, copy_image
 from ..store.images import ImageStore, normalize_name
 from ..store.layout import OCILayout
 from ..store.refs import is_digest
 from ..store.transport import ImageDestination, ImageSource, TransportError
 
-__all__ = ["TransportSpec", "open_destination", "open_source", "parse_transport"]
+__all__ = ["TransportSpec", "copy_between", "open_destination", "open_source", "parse_transport"]
 
 Kind = Literal["docker", "oci", "oci-archive", "store"]
 
@@ -130,3 +131,38 @@ def open_destination(
     if spec.kind == "oci-archive":
         return ArchiveDestination(spec.location)
     return ImageStore(store).destination(owned=True)
+
+
+async def copy_between(
+    source: str | TransportSpec,
+    destination: str | TransportSpec,
+    *,
+    platform: Platform | None = None,
+    with_referrers: bool = False,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: ProgressCallback | None = None,
+    store: str | Path | None = None,
+    **options: Any,
+) -> CopyResult:
+    """``ocikit copy SRC DST`` from Python: parse both locations, open them, copy (see
+    :func:`ocikit.store.copy.copy_image`), close them whatever happens."""
+    src = source if isinstance(source, TransportSpec) else parse_transport(source)
+    dst = destination if isinstance(destination, TransportSpec) else parse_transport(destination)
+    reader = open_source(src, store=store, **options)
+    try:
+        writer = open_destination(dst, store=store, **options)
+        try:
+            return await copy_image(
+                reader,
+                writer,
+                src.reference,
+                tags=dst.tags,
+                platform=platform,
+                with_referrers=with_referrers,
+                concurrency=concurrency,
+                progress=progress,
+            )
+        finally:
+            await writer.close()
+    finally:
+        await reader.close()
