@@ -225,3 +225,21 @@ def test_concurrent_index_writers_lose_nothing(tmp_path: Path) -> None:
     assert [p.wait(timeout=120) for p in processes] == [0] * workers
     names = {e["annotations"][REF_NAME] for e in json.loads((path / "index.json").read_text())["manifests"]}
     assert names == {f"w{w}-{i}" for w in range(workers) for i in range(count)}
+
+
+def test_reads_layout_written_by_umoci(tmp_path: Path) -> None:
+    umoci = require_tool("umoci")
+    image = f"{tmp_path / 'umoci'}:base"
+    run(umoci, "init", "--layout", tmp_path / "umoci")
+    run(umoci, "new", "--image", image)
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "hello.txt").write_text("hello from umoci\n")
+    run(umoci, "insert", "--image", image, tmp_path / "files", "/srv")
+    run(umoci, "config", "--image", image, "--config.cmd", "/bin/true", "--tag", "configured")
+    _copy(tmp_path / "umoci", "configured", tmp_path / "ours", ["c"])
+    source = tagged(tmp_path / "umoci", "configured")
+    assert tagged(tmp_path / "ours", "c")["digest"] == source["digest"]
+    with OCILayout.open(tmp_path / "ours") as layout:
+        assert layout.validate() == []
+    run(umoci, "unpack", "--image", f"{tmp_path / 'ours'}:c", tmp_path / "bundle")
+    assert (tmp_path / "bundle" / "rootfs" / "srv" / "hello.txt").read_text() == "hello from umoci\n"
