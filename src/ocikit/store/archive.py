@@ -37,7 +37,7 @@ from ..spec.digest import SUPPORTED_ALGORITHMS
 from . import refs
 from .files import BlobFile, copy_range, digest_span, fsync_dir
 from .layout import LayoutDestination, OCILayout
-from .source import MAX_DOCUMENT, IndexedSource
+from .source import IndexedSource
 from .transport import TransportError
 
 __all__ = ["ArchiveDestination", "ArchiveSource", "write_archive"]
@@ -125,8 +125,8 @@ class ArchiveSource(IndexedSource):
         if span is None:
             raise TransportError(f"{self.path}: the archive has no index.json")
         offset, size = span
-        if size > MAX_DOCUMENT:
-            raise TransportError(f"{self.path}: index.json is larger than {MAX_DOCUMENT} bytes")
+        if size > refs.MAX_INDEX:
+            raise TransportError(f"{self.path}: index.json is larger than {refs.MAX_INDEX} bytes")
         return refs.decode_index(os.pread(self._fd, size, offset), str(self.path))
 
     def _locate(self, digest: str) -> BlobFile | None:

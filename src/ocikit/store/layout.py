@@ -153,7 +153,10 @@ class OCILayout:
         except OSError:
             raise TransportError(f"{self.path}: index.json is not a regular file") from None
         with os.fdopen(fd, "rb") as handle:
-            return refs.decode_index(handle.read(), str(self.path))
+            raw = handle.read(refs.MAX_INDEX + 1)
+        if len(raw) > refs.MAX_INDEX:
+            raise TransportError(f"{self.path}: index.json is larger than {refs.MAX_INDEX} bytes")
+        return refs.decode_index(raw, str(self.path))
 
     def locate(self, digest: str) -> BlobFile | None:
         """The blob as an open file, or None when absent (or not a regular file)."""

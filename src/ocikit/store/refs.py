@@ -18,6 +18,7 @@ from ..spec.digest import REGISTERED_ALGORITHMS, digest_error
 from .transport import NotFound, TransportError
 
 __all__ = [
+    "MAX_INDEX",
     "REF_NAME",
     "add_untagged",
     "decode_index",
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 REF_NAME: Final = "org.opencontainers.image.ref.name"
+#: index.json of an untrusted layout is read whole, so it is bounded: 64 MiB is some 250,000
+#: entries, far beyond any real store.
+MAX_INDEX: Final = 64 * 1024 * 1024
 
 
 def empty_index() -> dict[str, Any]:
