@@ -15,13 +15,21 @@ from typing import Any
 
 import msgspec
 
-from ..spec import Platform, VerificationError, parse_platform
+from ..spec import DigestError, Platform, ReferenceError, VerificationError, parse_platform
 from ..spec.platform import PlatformError
 from ..store.copy import CopyEvent, CopyResult
 from ..store.transport import TransportError
 
 #: Errors that are the user's or the data's fault: reported as one line, never a traceback.
-EXPECTED_ERRORS = (TransportError, VerificationError, PlatformError, OSError)
+EXPECTED_ERRORS = (
+    TransportError,
+    VerificationError,
+    DigestError,
+    ReferenceError,
+    PlatformError,
+    msgspec.DecodeError,
+    OSError,
+)
 
 
 def add_store_option(parser: argparse.ArgumentParser) -> None:
