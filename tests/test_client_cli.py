@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OCIKIT
+from conftest import OCIKIT, require_tool
 from ocikit.client.transports import parse_transport
 from ocikit.store.transport import TransportError
 from store_helpers import BuiltImage, build_image, layout_files, tagged, write_layout
@@ -178,3 +178,17 @@ def test_fsck_and_gc_commands(tmp_path: Path, source: tuple[Path, BuiltImage]) -
     assert "would remove: 10 blobs" in ocikit(store, "gc", "--grace", "0", "--dry-run").stdout
     assert "removed: 10 blobs" in ocikit(store, "gc", "--store", store, "--grace", "0").stdout
     assert layout_files(store) == {}
+
+
+def test_progress_bars_on_a_terminal(tmp_path: Path, source: tuple[Path, BuiltImage]) -> None:
+    """On a terminal (a real pseudo-terminal from script(1)) copy draws bars and still succeeds."""
+    script = require_tool("script", "gives the copy a pseudo-terminal")
+    path, image = source
+    command = " ".join([*OCIKIT, "copy", f"oci:{path}:v1", f"oci:{tmp_path / 'tty'}:x"])
+    result = subprocess.run(
+        [script, "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout
+    assert image.top.digest in result.stdout
+    assert "━" in result.stdout  # rich's bar
+    assert layout_files(tmp_path / "tty") == image.blobs
