@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import gc, serve, validate
+from . import copy, fsck, gc, images, inspect, pull, push, rmi, serve, tag, validate
 
-_COMMANDS = (validate, serve, gc)
+_COMMANDS = (validate, serve, gc, copy, pull, push, images, inspect, tag, rmi, fsck)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Getting images in and out: transports in skopeo's syntax and (soon) remote registries."""
