@@ -98,10 +98,14 @@ class Layer:
             records[b"SCHILY.xattr." + key.encode()] = value
         if self.gnu:
             if len(raw_name) > 100:
-                self.members.append(_header(b"././@LongLink", b"L", size=len(raw_name) + 1, magic=b"ustar  \x00"))
+                self.members.append(
+                    _header(b"././@LongLink", b"L", size=len(raw_name) + 1, magic=b"ustar  \x00")
+                )
                 self.members.append(_padded(raw_name + b"\x00"))
             if len(raw_link) > 100:
-                self.members.append(_header(b"././@LongLink", b"K", size=len(raw_link) + 1, magic=b"ustar  \x00"))
+                self.members.append(
+                    _header(b"././@LongLink", b"K", size=len(raw_link) + 1, magic=b"ustar  \x00")
+                )
                 self.members.append(_padded(raw_link + b"\x00"))
         else:
             if len(raw_name) > 100:
@@ -196,7 +200,15 @@ def snapshot(root: Path, *, with_times: bool = True) -> dict[str, tuple[object, 
                 xattrs = ()
             mode = None if stat.S_ISLNK(info.st_mode) else stat.S_IMODE(info.st_mode)
             mtime = info.st_mtime_ns if with_times and not stat.S_ISLNK(info.st_mode) else None
-            result[str(path.relative_to(root))] = (kind, mode, info.st_uid, info.st_gid, content, xattrs, mtime)
+            result[str(path.relative_to(root))] = (
+                kind,
+                mode,
+                info.st_uid,
+                info.st_gid,
+                content,
+                xattrs,
+                mtime,
+            )
     return result
 
 
@@ -215,7 +227,9 @@ def write_blob(layout: Path, data: bytes) -> str:
     return digest
 
 
-def write_layout(layout: Path, layers: list[bytes], *, tag: str = "latest", compress: str = "gzip") -> list[str]:
+def write_layout(
+    layout: Path, layers: list[bytes], *, tag: str = "latest", compress: str = "gzip"
+) -> list[str]:
     """An OCI image layout holding one image made of ``layers`` (uncompressed tars).
 
     Returns the layer digests in order.

@@ -10,10 +10,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from layer_helpers import Layer, gzip_bytes, sha256, snapshot, tree_of, zstd_bytes
 
+from layer_helpers import Layer, gzip_bytes, sha256, snapshot, tree_of, zstd_bytes
 from ocikit.layers import (
     ApplyOptions,
     ApplyReport,
@@ -102,7 +102,9 @@ def test_root_entry_sets_the_roots_attributes(root: Path, resolver: str) -> None
 @needs_root
 def test_directory_over_directory_keeps_children_and_replaces_attributes(root: Path, resolver: str) -> None:
     apply(root, Layer().dir("d", mode=0o700, xattrs={"user.old": b"1"}).file("d/lower", b"l"), resolver)
-    apply(root, Layer().dir("d", mode=0o751, uid=5, gid=6, xattrs={"user.new": b"2"}).file("d/upper"), resolver)
+    apply(
+        root, Layer().dir("d", mode=0o751, uid=5, gid=6, xattrs={"user.new": b"2"}).file("d/upper"), resolver
+    )
     info = (root / "d").lstat()
     assert stat.S_IMODE(info.st_mode) == 0o751
     assert (info.st_uid, info.st_gid) == (5, 6)
@@ -190,9 +192,12 @@ def test_bad_hardlinks_fail_clearly(root: Path, resolver: str, layer: Layer, mes
 
 @needs_root
 def test_devices_and_fifos_as_root(root: Path, resolver: str) -> None:
-    apply(root, Layer().chardev("dev/null", 1, 3, mode=0o666).blockdev("dev/loop9", 7, 9).fifo("pipe"), resolver)
+    apply(
+        root, Layer().chardev("dev/null", 1, 3, mode=0o666).blockdev("dev/loop9", 7, 9).fifo("pipe"), resolver
+    )
     null = (root / "dev/null").lstat()
-    assert stat.S_ISCHR(null.st_mode) and stat.S_IMODE(null.st_mode) == 0o666
+    assert stat.S_ISCHR(null.st_mode)
+    assert stat.S_IMODE(null.st_mode) == 0o666
     assert (os.major(null.st_rdev), os.minor(null.st_rdev)) == (1, 3)
     assert stat.S_ISBLK((root / "dev/loop9").lstat().st_mode)
     assert stat.S_ISFIFO((root / "pipe").lstat().st_mode)
@@ -276,7 +281,9 @@ def test_overlay_xattrs_from_the_image_are_refused(root: Path, resolver: str) ->
 
 def test_explicit_whiteouts_remove_files_and_whole_directories(root: Path, resolver: str) -> None:
     apply(root, Layer().file("file1").file("a/file2").dir("b").file("b/deep/x").file("c/file3"), resolver)
-    report = apply(root, Layer().whiteout("", "file1").whiteout("a", "file2").whiteout("", "b").file("file4"), resolver)
+    report = apply(
+        root, Layer().whiteout("", "file1").whiteout("a", "file2").whiteout("", "b").file("file4"), resolver
+    )
     assert tree_of(root) == {"a", "c", "c/file3", "file4"}
     assert report.whiteouts == 3
 
@@ -309,7 +316,11 @@ def test_opaque_whiteout_of_the_root(root: Path, resolver: str) -> None:
 
 def test_a_whiteout_does_not_hide_entries_of_its_own_layer(root: Path, resolver: str) -> None:
     apply(root, Layer().file("d/lower").file("f", b"lower"), resolver)
-    apply(root, Layer().file("f", b"same layer").whiteout("", "f").dir("d").file("d/mine").whiteout("", "d"), resolver)
+    apply(
+        root,
+        Layer().file("f", b"same layer").whiteout("", "f").dir("d").file("d/mine").whiteout("", "d"),
+        resolver,
+    )
     assert (root / "f").read_bytes() == b"same layer"
     assert tree_of(root) == {"f", "d", "d/mine"}, "the whiteout of d hides only the lower d/lower"
 
@@ -445,26 +456,19 @@ _segment = st.text(alphabet="abcdefghij-_.0123", min_size=1, max_size=8).filter(
         st.lists(_segment, min_size=1, max_size=4).map("/".join), st.binary(max_size=3000), max_size=25
     )
 )
-def test_any_tree_applies_the_same_with_both_resolvers(tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes]) -> None:
+def test_any_tree_applies_the_same_with_both_resolvers(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes]
+) -> None:
+    # A file that a later name uses as a directory is an error (ENOTDIR), as with tar.
+    assume(not any(other.startswith(name + "/") for name in files for other in files))
     layer = Layer()
-    expected: dict[str, bytes] = {}
     for name, data in files.items():
-        # Later files may turn a former file into a directory component: last one wins.
         layer.file(name, data)
-        expected = {k: v for k, v in expected.items() if not name.startswith(k + "/") and k != name}
-        expected = {k: v for k, v in expected.items() if not k.startswith(name + "/")}
-        expected[name] = data
     results = []
     for resolver in ("openat2", "walk"):
         target = tmp_path_factory.mktemp(resolver)
-        try:
-            apply(target, layer, resolver)
-        except LayerError as error:
-            # A file used as a directory by a later entry is a clear error, never a crash.
-            assert "Not a directory" in str(error)
-            results.append(None)
-            continue
-        for name, data in expected.items():
+        apply(target, layer, resolver)
+        for name, data in files.items():
             assert (target / name).read_bytes() == data
         results.append(snapshot(target, with_times=False))
     assert results[0] == results[1]

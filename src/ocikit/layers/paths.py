@@ -2,9 +2,9 @@
 
 Named decisions:
 
-* **Absolute names are refused.** No layer writer produces them (Docker, containerd,
-  buildah, umoci and Go's archive/tar write relative names); accepting them would make the
-  same archive mean different things to tools that strip the slash and tools that do not.
+* **Absolute names are taken relative to the root** (leading slashes dropped), as GNU tar,
+  containerd and umoci do. Real writers produce them: ``umoci insert ... /`` writes the
+  root as ``/``. They cannot escape: every path is resolved inside the root anyway.
 * **``..`` components are refused**, even when they would stay inside the root
   (``a/../b``): a well-formed layer never needs them, and refusing is simpler to reason
   about than cleaning them.
@@ -37,8 +37,6 @@ def split_name(raw: bytes, what: str = "entry") -> Name:
     """The components of a member name inside the root; ``()`` is the root itself."""
     if b"\x00" in raw:
         raise UnsafePath(f"the {what} name {raw!r} contains a NUL byte")
-    if raw.startswith(b"/"):
-        raise UnsafePath(f"the {what} name {raw!r} is absolute; layer paths must be relative to the root")
     parts = tuple(part for part in raw.split(b"/") if part and part != b".")
     if b".." in parts:
         raise UnsafePath(f"the {what} name {raw!r} has a '..' component, which could leave the root")
