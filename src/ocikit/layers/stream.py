@@ -32,6 +32,7 @@ __all__ = ["BlobStream", "open_blob"]
 _READ_SIZE: Final = 1 << 20
 _QUEUE_DEPTH: Final = 6
 _END: Final = b""
+_GZIP_MAGIC: Final = b"\x1f\x8b"
 _GZIP_ERROR: Final = cast("type[Exception]", isal_zlib.error)
 
 
@@ -151,6 +152,9 @@ class BlobStream:
         while data := self._read():
             while data:
                 if decoder is None:
+                    if not _GZIP_MAGIC.startswith(data[:2]):
+                        where = "data after the last gzip member" if self._blob_hash.size > len(data) else "it"
+                        raise BadCompression(f"the layer blob is not valid gzip: {where} is not gzip")
                     decoder = isal_zlib.decompressobj(wbits=31)
                     started = False
                 try:
