@@ -8,6 +8,7 @@ byte-for-byte and time-for-time untouched.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -80,10 +81,9 @@ def check_contained(box: Sandbox) -> None:
     assert not HOST_PROBE.exists()
 
 
-def fails(box: Sandbox, error: type[LayerError], match: str, *tars: bytes, **options: object) -> None:
+def fails(box: Sandbox, error: type[LayerError], match: str, tar: bytes, **options: object) -> None:
     with pytest.raises(LayerError) as caught:
-        for tar in tars:
-            box.apply(tar, **options)
+        box.apply(tar, **options)
     assert isinstance(caught.value, error), repr(caught.value)
     assert caught.match(match)
     check_contained(box)
@@ -160,7 +160,8 @@ def test_overwriting_a_symlink_with_a_file_replaces_the_link(box: Sandbox) -> No
 @pytest.mark.parametrize("kind", ["dir", "symlink", "fifo", "hardlink"])
 def test_chmod_chown_utimes_never_go_through_a_symlink(box: Sandbox, kind: str) -> None:
     """A later entry at the path of a symlink to the sentinel: the link is replaced, never followed."""
-    box.apply(Layer().symlink("link", str(box.secret)).symlink("dlink", str(box.sentinel / "dir")).file("f").tar())
+    lower = Layer().symlink("link", str(box.secret)).symlink("dlink", str(box.sentinel / "dir")).file("f")
+    box.apply(lower.tar())
     upper = Layer()
     attrs: dict[str, int] = {"mode": 0o777, "uid": 4242, "gid": 4242, "mtime": 5}
     for name in ("link", "dlink"):
@@ -268,9 +269,10 @@ def test_entry_limit(box: Sandbox) -> None:
 
 
 def test_name_length_limit(box: Sandbox) -> None:
-    fails(box, LimitExceeded, "longer than the limit", Layer().file("n/" * 60 + "f").tar(), max_name_length=100)
-    fails(box, LimitExceeded, "longer than the limit", Layer(gnu=True).file("g/" * 60).tar(), max_name_length=100)
-    fails(box, LimitExceeded, "link target", Layer().symlink("s", "t" * 200).tar(), max_name_length=100)
+    limit = {"max_name_length": 100}
+    fails(box, LimitExceeded, "longer than the limit", Layer().file("n/" * 60 + "f").tar(), **limit)
+    fails(box, LimitExceeded, "longer than the limit", Layer(gnu=True).file("g/" * 60).tar(), **limit)
+    fails(box, LimitExceeded, "link target", Layer().symlink("s", "t" * 200).tar(), **limit)
 
 
 def test_uncompressed_size_limit_stops_a_bomb(box: Sandbox) -> None:
@@ -397,10 +399,7 @@ def test_mutated_layers_fail_cleanly_or_stay_inside(
     for position, value in edits:
         data[position] = value
     tar = bytes(data[:cut] if cut is not None else data)
-    try:
+    # Success or a LayerError are both fine; any other exception fails the test.
+    with contextlib.suppress(LayerError):
         box.apply(tar, compress=compress)
-    except LayerError as error:
-        assert str(error)
     check_contained(box)
-
-

@@ -153,7 +153,8 @@ class BlobStream:
             while data:
                 if decoder is None:
                     if not _GZIP_MAGIC.startswith(data[:2]):
-                        where = "data after the last gzip member" if self._blob_hash.size > len(data) else "it"
+                        later = self._blob_hash.size > len(data)
+                        where = "data after the last gzip member" if later else "it"
                         raise BadCompression(f"the layer blob is not valid gzip: {where} is not gzip")
                     decoder = isal_zlib.decompressobj(wbits=31)
                     started = False
