@@ -151,6 +151,7 @@ class _Applier:
         self.unpacked: set[bytes] = set()  # paths this layer created
         self.ancestors: set[bytes] = set()  # directories holding something this layer created
         self.directories: dict[bytes, TarEntry] = {}  # mode and times, set at the end
+        self.kept_times: dict[bytes, tuple[int, int]] = {}  # lower directories this layer changed
         self.entries = 0
         self.whiteouts = 0
         self.warnings: list[str] = []
@@ -221,6 +222,7 @@ class _Applier:
         path = b"/".join(parts)
         self._mark(path)
         dirfd = self.root.directory(parts[:-1], create=True)
+        self._keep_times(path[: max(path.rfind(b"/"), 0)], dirfd)
         name = parts[-1]
         if entry.kind == REG:
             self._file(dirfd, name, path, entry)
@@ -232,6 +234,14 @@ class _Applier:
             self._hardlink(dirfd, name, path, parts, entry)
         else:
             self._node(dirfd, name, path, entry)
+
+    def _keep_times(self, path: bytes, fd: int) -> None:
+        """Remember a directory's times before this layer changes what it holds, so that a
+        directory the layer does not name keeps its times (as umoci does): the result then
+        depends only on the layers, not on when they were applied."""
+        if path not in self.kept_times:
+            info = os.fstat(fd)
+            self.kept_times[path] = (info.st_atime_ns, info.st_mtime_ns)
 
     def _mark(self, path: bytes) -> None:
         self.unpacked.add(path)
@@ -383,6 +393,7 @@ class _Applier:
             return  # nothing below to hide
         path = b"/".join((*directory, hidden))
         if path not in self.unpacked and path not in self.ancestors:
+            self._keep_times(b"/".join(directory), dirfd)
             self._remove(dirfd, hidden, path)
             return
         mode = lstat_mode(dirfd, hidden)
@@ -417,6 +428,7 @@ class _Applier:
                 child = names.pop()
                 child_path = base + b"/" + child if base else child
                 if child_path not in self.unpacked and child_path not in self.ancestors:
+                    self._keep_times(base, fd)
                     self._remove(fd, child, child_path)
                     continue
                 mode = lstat_mode(fd, child)
@@ -431,9 +443,11 @@ class _Applier:
     # --- the end ----------------------------------------------------------------------------
 
     def _finish_directories(self) -> None:
-        """Modes and times of this layer's directories, deepest first."""
-        for path in sorted(self.directories, key=lambda p: p.count(b"/") + (1 if p else 0), reverse=True):
-            entry = self.directories[path]
+        """Modes and times of this layer's directories, and the kept times of lower ones,
+        deepest first."""
+        paths = self.directories.keys() | self.kept_times.keys()
+        for path in sorted(paths, key=lambda p: p.count(b"/") + (1 if p else 0), reverse=True):
+            entry = self.directories.get(path)
             try:
                 fd = self.root.open_directory(tuple(path.split(b"/")) if path else ())
             except OSError as error:
@@ -441,8 +455,11 @@ class _Applier:
                     continue  # replaced by a later entry of this layer
                 raise
             try:
-                os.fchmod(fd, entry.mode)
-                os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
+                if entry is not None:
+                    os.fchmod(fd, entry.mode)
+                    os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
+                else:
+                    os.utime(fd, ns=self.kept_times[path])
             finally:
                 os.close(fd)
                 self.root.release()

@@ -165,7 +165,16 @@ class TarReader:
         self._unread -= size
 
     def _skip_rest(self) -> None:
-        self._stream.skip(self._unread + self._padding)
+        """Skip what the caller left of the entry's content, then its padding.
+
+        A stream that ends exactly where the padding would start is accepted (as a missing
+        end marker): umoci 0.4 writes such layers, and Go's archive/tar reads them.
+        """
+        self._stream.skip(self._unread)
+        if self._padding:
+            got = len(self._stream.read(self._padding))
+            if got and got != self._padding:
+                raise BadTar(f"the tar stream is truncated inside padding (at byte {self._stream.position})")
         self._unread = self._padding = 0
 
     def _read_block(self) -> bytes | None:
