@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that ocikit's tests and benchmarks drive as real peers:
 # skopeo (a registry client nobody here wrote), docker-registry (CNCF distribution), umoci, runc,
-# wrk (the HTTP load generator bench/registry.py drives), and busybox-static (the tiny
-# rootfs the bundle tests run with runc).
+# wrk (the HTTP load generator bench/registry.py drives), busybox-static (the tiny
+# rootfs the bundle tests run with runc) and debootstrap (bench/unpack.py builds its Debian
+# image with it).
 # Only what is missing, and only as root; elsewhere the tests that need them skip with a reason.
 set -euo pipefail
-packages=(skopeo docker-registry umoci runc wrk busybox-static)
+packages=(skopeo docker-registry umoci runc wrk busybox-static debootstrap)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
