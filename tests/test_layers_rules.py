@@ -215,9 +215,9 @@ def test_rootless_option_skips_devices_and_ownership(root: Path, resolver: str) 
     assert warnings == report.warnings
 
 
-@needs_root
-def test_really_unprivileged_process_applies_a_layer(request: pytest.FixtureRequest) -> None:
-    """A forked child that drops to uid 65534: auto rootless, owners mapped to the caller."""
+def _as_nobody(request: pytest.FixtureRequest, layers: list[bytes]) -> tuple[Path, str]:
+    """Apply ``layers`` (tars) in a forked child running as uid/gid 65534 into a fresh
+    directory it owns; the target and what the child said (rootless flag, warning count)."""
     # pytest's own temporary directories are private to root: use a traversable one.
     holder = Path(tempfile.mkdtemp(prefix="ocikit-rootless-"))
     holder.chmod(0o755)
@@ -225,8 +225,6 @@ def test_really_unprivileged_process_applies_a_layer(request: pytest.FixtureRequ
     target = holder / "rootless"
     target.mkdir()
     os.chown(target, 65534, 65534)
-    tar = Layer().dir("etc", uid=0).file("etc/f", b"hi", uid=0, mode=0o4755).chardev("null", 1, 3).tar()
-    blob = gzip_bytes(tar)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -236,8 +234,12 @@ def test_really_unprivileged_process_applies_a_layer(request: pytest.FixtureRequ
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            report = apply_layer(target, io.BytesIO(blob), mt.OCI_LAYER_GZIP, sha256(blob), sha256(tar))
-            os.write(write_end, f"{report.rootless} {len(report.warnings)}".encode())
+            said = []
+            for tar in layers:
+                blob = gzip_bytes(tar)
+                report = apply_layer(target, io.BytesIO(blob), mt.OCI_LAYER_GZIP, sha256(blob), sha256(tar))
+                said.append(f"{report.rootless} {len(report.warnings)}")
+            os.write(write_end, ",".join(said).encode())
             status = 0
         except BaseException as error:
             os.write(write_end, repr(error).encode())
@@ -248,10 +250,31 @@ def test_really_unprivileged_process_applies_a_layer(request: pytest.FixtureRequ
         said = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, said
+    return target, said
+
+
+@needs_root
+def test_really_unprivileged_process_applies_a_layer(request: pytest.FixtureRequest) -> None:
+    """A process that is not root: auto rootless, owners mapped to the caller, devices skipped."""
+    tar = Layer().dir("etc", uid=0).file("etc/f", b"hi", uid=0, mode=0o4755).chardev("null", 1, 3).tar()
+    target, said = _as_nobody(request, [tar])
     assert said == "True 1"
     info = (target / "etc/f").lstat()
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (65534, 0o4755)
     assert not (target / "null").exists()
+
+
+@needs_root
+def test_rootless_changes_inside_read_only_lower_directories(request: pytest.FixtureRequest) -> None:
+    """Rootless, a read-only directory of a lower layer is opened up for the layer, then restored."""
+    lower = Layer().dir("ro", mode=0o555).file("ro/a").dir("tree", mode=0o555).dir("tree/sub", mode=0o500)
+    lower.file("tree/sub/x")
+    upper = Layer().whiteout("ro", "a").file("ro/b", b"new").whiteout("", "tree")
+    target, said = _as_nobody(request, [lower.tar(), upper.tar()])
+    assert said == "True 0,True 0"
+    assert sorted(os.listdir(target / "ro")) == ["b"]
+    assert stat.S_IMODE((target / "ro").stat().st_mode) == 0o555
+    assert not (target / "tree").exists()
 
 
 # --- extended attributes ---------------------------------------------------------------------

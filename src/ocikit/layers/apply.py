@@ -152,6 +152,7 @@ class _Applier:
         self.ancestors: set[bytes] = set()  # directories holding something this layer created
         self.directories: dict[bytes, TarEntry] = {}  # mode and times, set at the end
         self.kept_times: dict[bytes, tuple[int, int]] = {}  # lower directories this layer changed
+        self.restore_modes: dict[bytes, int] = {}  # rootless: read-only directories opened up
         self.entries = 0
         self.whiteouts = 0
         self.warnings: list[str] = []
@@ -254,8 +255,28 @@ class _Applier:
 
     # --- replacing what exists --------------------------------------------------------------
 
+    def _writable(self, dirfd: int, path: bytes, operation: Callable[[], T]) -> T:
+        """Run ``operation`` in ``dirfd``; rootless, when a read-only directory of a lower
+        layer refuses it, give the owner write access for the rest of the layer and retry.
+
+        Root needs none of this (it bypasses permissions); the directory's mode is put back
+        when the layer is done (``_finish_directories``)."""
+        try:
+            return operation()
+        except PermissionError:
+            if not self.rootless:
+                raise
+            info = os.fstat(dirfd)
+            mode = stat.S_IMODE(info.st_mode)
+            if info.st_uid != os.geteuid() or mode & 0o700 == 0o700:
+                raise
+            os.chmod(f"/proc/self/fd/{dirfd}", mode | 0o700)  # our own descriptor, not a path
+            self.restore_modes.setdefault(path, mode)
+            return operation()
+
     def _remove(self, dirfd: int, name: bytes, path: bytes) -> None:
-        mode = remove(dirfd, name)
+        parent = path[: max(path.rfind(b"/"), 0)]
+        mode = self._writable(dirfd, parent, lambda: remove(dirfd, name, force=self.rootless))
         if mode is not None and (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
             self.root.forget()  # cached resolutions may have gone through it
             if stat.S_ISDIR(mode):
@@ -268,8 +289,9 @@ class _Applier:
 
     def _create(self, dirfd: int, name: bytes, path: bytes, make: Callable[[], T]) -> T:
         """``make()`` creates ``name`` and fails if it exists: then remove what is there, retry."""
+        parent = path[: max(path.rfind(b"/"), 0)]
         try:
-            return make()
+            return self._writable(dirfd, parent, make)
         except FileExistsError:
             self._remove(dirfd, name, path)
             return make()
@@ -287,8 +309,9 @@ class _Applier:
 
     def _directory(self, dirfd: int, name: bytes, path: bytes, entry: TarEntry) -> None:
         existed = False
+        parent = path[: max(path.rfind(b"/"), 0)]
         try:
-            os.mkdir(name, 0o755, dir_fd=dirfd)
+            self._writable(dirfd, parent, lambda: os.mkdir(name, 0o755, dir_fd=dirfd))
         except FileExistsError:
             mode = lstat_mode(dirfd, name)
             if mode is not None and stat.S_ISDIR(mode):
@@ -445,7 +468,7 @@ class _Applier:
     def _finish_directories(self) -> None:
         """Modes and times of this layer's directories, and the kept times of lower ones,
         deepest first."""
-        paths = self.directories.keys() | self.kept_times.keys()
+        paths = self.directories.keys() | self.kept_times.keys() | self.restore_modes.keys()
         for path in sorted(paths, key=lambda p: p.count(b"/") + (1 if p else 0), reverse=True):
             entry = self.directories.get(path)
             try:
@@ -458,7 +481,10 @@ class _Applier:
                 if entry is not None:
                     os.fchmod(fd, entry.mode)
                     os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
-                else:
+                    continue
+                if path in self.restore_modes:
+                    os.fchmod(fd, self.restore_modes[path])
+                if path in self.kept_times:
                     os.utime(fd, ns=self.kept_times[path])
             finally:
                 os.close(fd)

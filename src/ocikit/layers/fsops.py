@@ -27,13 +27,17 @@ def lstat_mode(dirfd: int, name: bytes) -> int | None:
         return None
 
 
-def remove(dirfd: int, name: bytes) -> int | None:
-    """Remove ``name`` whatever it is (a directory with all it holds); its old mode or None."""
+def remove(dirfd: int, name: bytes, *, force: bool = False) -> int | None:
+    """Remove ``name`` whatever it is (a directory with all it holds); its old mode or None.
+
+    ``force`` (rootless): directories inside the tree that their owner made read-only are
+    opened up on the way, since they are being removed anyway.
+    """
     mode = lstat_mode(dirfd, name)
     if mode is None:
         return None
     if stat.S_ISDIR(mode):
-        remove_tree(dirfd, name)
+        remove_tree(dirfd, name, force=force)
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dirfd)
@@ -45,7 +49,7 @@ def directory_names(fd: int) -> list[bytes]:
     return [os.fsencode(name) for name in os.listdir(fd)]
 
 
-def remove_tree(dirfd: int, name: bytes) -> None:
+def remove_tree(dirfd: int, name: bytes, *, force: bool = False) -> None:
     """``rm -rf`` of the directory ``name`` without recursion and without following links.
 
     One descriptor stays open per level being emptied, so the depth is bounded by the file
@@ -54,7 +58,16 @@ def remove_tree(dirfd: int, name: bytes) -> None:
     stack: list[tuple[int, bytes, list[bytes]]] = []  # (descriptor, its name, names left)
 
     def enter(parent: int, child: bytes) -> None:
-        fd = os.open(child, _OPEN_DIR, dir_fd=parent)
+        try:
+            fd = os.open(child, _OPEN_DIR, dir_fd=parent)
+        except PermissionError:
+            if not force:
+                raise
+            os.chmod(child, 0o700, dir_fd=parent, follow_symlinks=False)  # a directory, not a link
+            fd = os.open(child, _OPEN_DIR, dir_fd=parent)
+        if force:
+            with contextlib.suppress(PermissionError):  # not ours: the unlinks will say so
+                os.fchmod(fd, 0o700)
         names = directory_names(fd)
         stack.append((fd, child, names))
 
