@@ -40,6 +40,8 @@ class BundleState(msgspec.Struct, kw_only=True):
     snapshotter: str
     key: str
     parent: str | None = None
+    #: The snapshotter's state directory, so that ``ocikit rm`` finds it again.
+    root: str | None = None
 
 
 def write_atomic(directory: Path, name: str, data: bytes) -> None:
@@ -105,7 +107,9 @@ def create_bundle(
     prepared = mounted = False
     try:
         # The state goes first: a bundle interrupted from here on can still be removed.
-        state = BundleState(snapshotter=snapshotter.name, key=key, parent=chain_key)
+        state = BundleState(
+            snapshotter=snapshotter.name, key=key, parent=chain_key, root=str(snapshotter.root)
+        )
         write_atomic(path, STATE_FILE, msgspec.json.encode(state))
         mounts = snapshotter.prepare(key, chain_key, labels={BUNDLE_LABEL: str(path)})
         prepared = True

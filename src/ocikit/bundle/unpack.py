@@ -1,0 +1,112 @@
+"""Unpacking a stored image into committed snapshots, one per layer, keyed by ChainID.
+
+A layer is applied only when no committed snapshot of its ChainID exists yet, so images that
+share lower layers share their snapshots, and a second container of a cached image costs one
+``prepare``. Each layer is applied inside an active snapshot that is committed only after
+the layer's digest and diffID have been verified; any failure removes the active snapshot,
+so a half-applied layer is never visible under a ChainID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ..layers import ApplyOptions, ApplyReport, apply_layer
+from ..snapshot import AlreadyExistsError, Kind, Mount, NotFoundError, Snapshotter, mount, unmount
+from ..store.images import StoredImage, StoredLayer
+
+__all__ = ["LAYER_LABEL", "unpack_image"]
+
+#: Label of a committed layer snapshot: the layer's diffID (for humans and garbage collection).
+LAYER_LABEL = "ocikit.layer.diffid"
+
+LayerCallback = Callable[[StoredLayer, ApplyReport | None], None]
+
+
+def _is_committed(snapshotter: Snapshotter, name: str) -> bool:
+    try:
+        return snapshotter.stat(name).kind == Kind.COMMITTED
+    except NotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def _mounted(snapshotter: Snapshotter, mounts: Sequence[Mount]) -> Iterator[str]:
+    """A directory showing the active snapshot. A lone bind mount is used in place, which
+    also lets an unprivileged caller unpack with the ``dir`` backend."""
+    if len(mounts) == 1 and mounts[0].type == "bind":
+        yield mounts[0].source
+        return
+    target = tempfile.mkdtemp(prefix=".unpack-", dir=snapshotter.root)
+    try:
+        mount(mounts, target)
+        try:
+            yield target
+        finally:
+            unmount(target)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
+
+
+def _apply_one(
+    snapshotter: Snapshotter, layer: StoredLayer, parent: str | None, options: ApplyOptions
+) -> ApplyReport | None:
+    """Apply ``layer`` over ``parent`` and commit it as its ChainID; None when another process
+    committed the same ChainID first (its snapshot is as good as ours)."""
+    name = str(layer.chain_id)
+    key = f"unpack-{uuid.uuid4().hex}"
+    mounts = snapshotter.prepare(key, parent)
+    try:
+        with _mounted(snapshotter, mounts) as target, layer.open() as blob:
+            report = apply_layer(
+                target, blob, layer.descriptor.media_type, layer.descriptor.digest, layer.diff_id, options
+            )
+        snapshotter.commit(name, key, labels={LAYER_LABEL: str(layer.diff_id)})
+        return report
+    except AlreadyExistsError:
+        snapshotter.remove(key)
+        return None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            snapshotter.remove(key)
+        raise
+
+
+def unpack_image(
+    image: StoredImage,
+    snapshotter: Snapshotter,
+    options: ApplyOptions | None = None,
+    on_layer: LayerCallback | None = None,
+) -> str | None:
+    """Make sure a committed snapshot exists for every layer of ``image``; the key of the
+    top one (the image's ChainID), or None for an image without layers.
+
+    ``on_layer`` hears of each layer: with the apply report, or None when it was cached.
+    """
+    options = options or ApplyOptions()
+    parent: str | None = None
+    for layer in image.layers:
+        name = str(layer.chain_id)
+        report = None if _is_committed(snapshotter, name) else _apply_one(snapshotter, layer, parent, options)
+        if on_layer is not None:
+            on_layer(layer, report)
+        parent = name
+    return parent
+
+
+def snapshot_root(backend: str, base: str | os.PathLike[str] | None = None) -> Path:
+    """Where a backend keeps its state: ``$OCIKIT_SNAPSHOTS/<backend>``, by default under the
+    user's data folder next to the image store."""
+    if base is None:
+        base = os.environ.get("OCIKIT_SNAPSHOTS") or os.path.join(
+            os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share"),
+            "ocikit",
+            "snapshots",
+        )
+    return Path(base) / backend

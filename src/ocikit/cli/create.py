@@ -1,0 +1,129 @@
+"""``ocikit create IMAGE BUNDLE``: an image into an OCI runtime bundle that runc can run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..bundle import BundleError, Overrides, create_bundle
+from ..bundle.unpack import snapshot_root, unpack_image
+from ..client.transports import TransportSpec, copy_between, parse_transport
+from ..layers import ApplyOptions, ApplyReport, LayerError
+from ..snapshot import SnapshotError, Snapshotter, open_snapshotter
+from ..spec import host_platform
+from ..store.images import ImageStore, StoredImage, StoredLayer
+from ._shared import add_store_option, parse_platform_option, run_command
+from .copy import LOCATIONS
+
+#: Failures of this command that are the input's or the system's, reported in one line.
+_ERRORS = (BundleError, LayerError, SnapshotError)
+
+
+def default_snapshotter() -> str:
+    """overlay for root (a second container costs one mount), dir otherwise (works rootless)."""
+    return "overlay" if os.geteuid() == 0 else "dir"
+
+
+def add_snapshotter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--snapshotter",
+        default=None,
+        help="dir, overlay or zfs (default: overlay as root, dir otherwise)",
+    )
+    parser.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        help="snapshotter state [env OCIKIT_SNAPSHOTS, default ~/.local/share/ocikit/snapshots]",
+    )
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "create",
+        usage="ocikit create [OPTIONS] IMAGE BUNDLE [ARG...]",
+        help="make an OCI runtime bundle (rootfs + config.json) from an image",
+        description=(
+            "Unpack IMAGE into snapshots (one per layer, shared between images by ChainID) and write "
+            "BUNDLE: rootfs/, a writable snapshot over the image's layers, and config.json converted "
+            "from the image's config. Run it with `runc run -b BUNDLE ID`; remove it with "
+            "`ocikit rm BUNDLE`. IMAGE not yet in the local store is copied there first. Options go "
+            "before IMAGE: everything after BUNDLE is the container's command. " + LOCATIONS
+        ),
+    )
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("bundle", metavar="BUNDLE")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG", help="replace the image's Cmd")
+    parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host)")
+    parser.add_argument("--entrypoint", metavar="PROGRAM", help="replace Entrypoint (drops Cmd)")
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="set a var")
+    parser.add_argument("-w", "--workdir", metavar="DIR", help="replace the working directory")
+    parser.add_argument("-u", "--user", metavar="USER[:GROUP]", help="resolved in the image's /etc/passwd")
+    parser.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (process.terminal)")
+    parser.add_argument("--hostname", default="ocikit", help="the container's hostname (ocikit)")
+    parser.add_argument("--read-only", action="store_true", help="read-only rootfs in the container")
+    parser.add_argument(
+        "--volumes", choices=("bind", "tmpfs", "none"), default="bind", help="how image Volumes are mounted"
+    )
+    add_snapshotter_options(parser)
+    add_store_option(parser)
+    parser.set_defaults(run=run)
+
+
+def open_chosen_snapshotter(args: argparse.Namespace) -> Snapshotter:
+    name = args.snapshotter or default_snapshotter()
+    return open_snapshotter(name, snapshot_root(name, args.snapshots))
+
+
+async def stored_image(spec: TransportSpec, args: argparse.Namespace) -> StoredImage:
+    """The image from the local store, copied in first when it lives elsewhere: a registry's
+    image is named as ``ocikit pull`` names it, a layout's or archive's is kept by digest."""
+    platform = parse_platform_option(args.platform)
+    reference = spec.reference or "latest"
+    if spec.kind != "store":
+        name = str(spec.image) if spec.kind == "docker" and spec.image is not None else None
+        into = TransportSpec("store", "", name, name or "the local store", spec.image)
+        result = await copy_between(spec, into, platform=platform or host_platform(), store=args.store)
+        reference = result.descriptor.digest
+    with ImageStore(args.store) as store:
+        return store.image(reference, platform)
+
+
+def _report(layer: StoredLayer, report: ApplyReport | None) -> None:
+    what = "cached" if report is None else f"applied {report.entries} entries"
+    print(f"layer {layer.diff_id.encoded[:12]}: {what}", file=sys.stderr)
+    for warning in report.warnings if report else ():
+        print(f"  warning: {warning}", file=sys.stderr)
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    return Overrides(
+        entrypoint=[args.entrypoint] if args.entrypoint else None,
+        args=args.args or None,
+        env=args.env,
+        workdir=args.workdir,
+        user=args.user,
+        tty=args.tty,
+        hostname=args.hostname,
+        readonly_rootfs=args.read_only,
+        volumes=args.volumes,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    async def work() -> int:
+        image = await stored_image(parse_transport(args.image), args)
+        snapshotter = open_chosen_snapshotter(args)
+        try:
+            chain = unpack_image(image, snapshotter, ApplyOptions(), on_layer=_report)
+            create_bundle(args.bundle, image.config.value, snapshotter, chain, overrides_from(args))
+        except _ERRORS as exc:
+            print(f"ocikit create: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            snapshotter.close()
+        print(os.path.abspath(args.bundle))
+        return 0
+
+    return run_command("create", work())
