@@ -3,10 +3,10 @@
 # skopeo (a registry client nobody here wrote), docker-registry (CNCF distribution), umoci, runc,
 # wrk (the HTTP load generator bench/registry.py drives), busybox-static (the tiny
 # rootfs the bundle tests run with runc) and debootstrap (bench/unpack.py builds its Debian
-# image with it).
+# image with it) and lxc (lxc-execute and lxc-start run what ocikit create --format lxc makes).
 # Only what is missing, and only as root; elsewhere the tests that need them skip with a reason.
 set -euo pipefail
-packages=(skopeo docker-registry umoci runc wrk busybox-static debootstrap)
+packages=(skopeo docker-registry umoci runc wrk busybox-static debootstrap lxc)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -228,9 +228,15 @@ def write_blob(layout: Path, data: bytes) -> str:
 
 
 def write_layout(
-    layout: Path, layers: list[bytes], *, tag: str = "latest", compress: str = "gzip"
+    layout: Path,
+    layers: list[bytes],
+    *,
+    tag: str = "latest",
+    compress: str = "gzip",
+    container: dict[str, object] | None = None,
 ) -> list[str]:
-    """An OCI image layout holding one image made of ``layers`` (uncompressed tars).
+    """An OCI image layout holding one image made of ``layers`` (uncompressed tars), with
+    ``container`` as the config's ``config``.
 
     Returns the layer digests in order.
     """
@@ -250,7 +256,7 @@ def write_layout(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {},
+            "config": container or {},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
             "history": [{"created_by": "layer_helpers"} for _ in layers],
         }

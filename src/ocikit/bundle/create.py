@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -29,7 +30,18 @@ from .config import Overrides, runtime_config
 from .errors import BundleError
 from .volumes import volume_mounts
 
-__all__ = ["BUNDLE_LABEL", "STATE_FILE", "BundleState", "create_bundle", "read_state", "remove_bundle"]
+__all__ = [
+    "BUNDLE_LABEL",
+    "STATE_FILE",
+    "BundleState",
+    "create_bundle",
+    "make_container_dir",
+    "read_state",
+    "remove_bundle",
+    "write_atomic",
+]
+
+T = TypeVar("T")
 
 STATE_FILE: Final = "ocikit-bundle.json"
 #: Label of a bundle's active snapshot: the bundle directory (garbage collection reads it).
@@ -42,6 +54,8 @@ class BundleState(msgspec.Struct, kw_only=True):
     parent: str | None = None
     #: The snapshotter's state directory, so that ``ocikit rm`` finds it again.
     root: str | None = None
+    #: What the directory is for: ``oci`` (a runtime bundle) or ``lxc`` (an LXC container).
+    format: str = "oci"
 
 
 def write_atomic(directory: Path, name: str, data: bytes) -> None:
@@ -99,8 +113,33 @@ def create_bundle(
 
     On any failure nothing is left: the mount, the snapshot and the directory are undone.
     """
-    path = Path(os.path.abspath(os.fspath(bundle)))
-    overrides = overrides or Overrides()
+    chosen = overrides or Overrides()
+
+    def configure(path: Path, root_fd: int) -> RuntimeConfig:
+        volumes = volume_mounts(image, chosen.volumes, path, root_fd)
+        config = runtime_config(image, root_fd, chosen, volume_mounts=volumes)
+        write_atomic(path, "config.json", dump_runtime_config(config))
+        return config
+
+    return make_container_dir(bundle, snapshotter, chain_key, configure, key=key)
+
+
+def make_container_dir(
+    directory: str | os.PathLike[str],
+    snapshotter: Snapshotter,
+    chain_key: str | None,
+    configure: Callable[[Path, int], T],
+    *,
+    key: str | None = None,
+    container_format: str = "oci",
+) -> T:
+    """What every container directory ocikit makes shares: the directory (new, or empty),
+    the state file, an active snapshot over ``chain_key`` mounted at ``rootfs``; then
+    ``configure(directory, rootfs_fd)`` writes the runtime's own configuration.
+
+    On any failure nothing is left: the mount, the snapshot and the directory are undone.
+    """
+    path = Path(os.path.abspath(os.fspath(directory)))
     created = _prepare_dir(path)
     key = key or f"bundle-{uuid.uuid4().hex}"
     rootfs = path / "rootfs"
@@ -108,7 +147,11 @@ def create_bundle(
     try:
         # The state goes first: a bundle interrupted from here on can still be removed.
         state = BundleState(
-            snapshotter=snapshotter.name, key=key, parent=chain_key, root=str(snapshotter.root)
+            snapshotter=snapshotter.name,
+            key=key,
+            parent=chain_key,
+            root=str(snapshotter.root),
+            format=container_format,
         )
         write_atomic(path, STATE_FILE, msgspec.json.encode(state))
         mounts = snapshotter.prepare(key, chain_key, labels={BUNDLE_LABEL: str(path)})
@@ -118,16 +161,13 @@ def create_bundle(
         mounted = True
         root_fd = open_dir(rootfs)
         try:
-            volumes = volume_mounts(image, overrides.volumes, path, root_fd)
-            config = runtime_config(image, root_fd, overrides, volume_mounts=volumes)
+            return configure(path, root_fd)
         finally:
             os.close(root_fd)
-        write_atomic(path, "config.json", dump_runtime_config(config))
-        return config
     except BaseException as exc:
         _undo(path, rootfs, snapshotter, key, mounted=mounted, prepared=prepared, created=created)
         if isinstance(exc, SnapshotError):
-            raise BundleError(f"cannot create the bundle {path}: {exc}") from None
+            raise BundleError(f"cannot create {path}: {exc}") from None
         raise
 
 

@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Any
 
-from ..bundle import BundleError, Overrides, create_bundle
+from ..bundle import BundleError, Overrides, create_bundle, hostname_for
+from ..bundle.lxc import UNPASSABLE, create_lxc
 from ..bundle.unpack import snapshot_root, unpack_image
 from ..client.transports import TransportSpec, copy_between, parse_transport
 from ..layers import ApplyOptions, ApplyReport, LayerError
@@ -43,7 +44,7 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "create",
         usage="ocikit create [OPTIONS] IMAGE BUNDLE [ARG...]",
-        help="make an OCI runtime bundle (rootfs + config.json) from an image",
+        help="make an OCI runtime bundle (rootfs + config.json) or an LXC container from an image",
         description=(
             "Unpack IMAGE into snapshots (one per layer, shared between images by ChainID) and write "
             "BUNDLE: rootfs/, a writable snapshot over the image's layers, and config.json converted "
@@ -61,10 +62,19 @@ def register(commands: Any) -> None:
     parser.add_argument("-w", "--workdir", metavar="DIR", help="replace the working directory")
     parser.add_argument("-u", "--user", metavar="USER[:GROUP]", help="resolved in the image's /etc/passwd")
     parser.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (process.terminal)")
-    parser.add_argument("--hostname", default="ocikit", help="the container's hostname (ocikit)")
+    parser.add_argument(
+        "--hostname", help="the container's hostname (ocikit; for lxc: made from the directory's name)"
+    )
     parser.add_argument("--read-only", action="store_true", help="read-only rootfs in the container")
     parser.add_argument(
         "--volumes", choices=("bind", "tmpfs", "none"), default="bind", help="how image Volumes are mounted"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("oci", "lxc"),
+        default="oci",
+        help="oci: a runtime bundle (config.json); lxc: an LXC container directory (config) for "
+        "lxc-execute -n NAME -P PARENT, where BUNDLE is PARENT/NAME",
     )
     add_snapshotter_options(parser)
     add_store_option(parser)
@@ -97,6 +107,12 @@ def _report(layer: StoredLayer, report: ApplyReport | None) -> None:
         print(f"  warning: {warning}", file=sys.stderr)
 
 
+def _default_hostname(args: argparse.Namespace) -> str:
+    if args.format == "lxc":
+        return hostname_for(os.path.basename(os.path.abspath(args.bundle)))
+    return "ocikit"
+
+
 def overrides_from(args: argparse.Namespace) -> Overrides:
     return Overrides(
         entrypoint=[args.entrypoint] if args.entrypoint else None,
@@ -105,7 +121,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         workdir=args.workdir,
         user=args.user,
         tty=args.tty,
-        hostname=args.hostname,
+        hostname=args.hostname or _default_hostname(args),
         readonly_rootfs=args.read_only,
         volumes=args.volumes,
     )
@@ -117,7 +133,16 @@ def run(args: argparse.Namespace) -> int:
         snapshotter = open_chosen_snapshotter(args)
         try:
             chain = unpack_image(image, snapshotter, ApplyOptions(), on_layer=_report)
-            create_bundle(args.bundle, image.config.value, snapshotter, chain, overrides_from(args))
+            if args.format == "lxc":
+                text = create_lxc(args.bundle, image.config.value, snapshotter, chain, overrides_from(args))
+                if UNPASSABLE in text:
+                    print(
+                        "ocikit create: warning: lxc-start cannot pass empty arguments or arguments "
+                        "with spaces; run this container with lxc-execute",
+                        file=sys.stderr,
+                    )
+            else:
+                create_bundle(args.bundle, image.config.value, snapshotter, chain, overrides_from(args))
         except _ERRORS as exc:
             print(f"ocikit create: {exc}", file=sys.stderr)
             return 1
