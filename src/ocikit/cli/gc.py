@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from typing import Any
 
@@ -19,7 +20,11 @@ def register(commands: Any) -> None:
             "Without --root/--config: collect the local image store (--store): blobs that no name in "
             "it reaches (through indexes, manifests, configs, layers; referrers of kept images are "
             "kept) and that are older than the grace period (default 1 hour) are removed, as are "
-            "staging files of interrupted copies. "
+            "staging files of interrupted copies. Then, on every snapshotter under --snapshots, the "
+            "committed layer snapshots that no stored image (any platform, named or not) and no "
+            "bundle or LXC container uses, and that are older than the grace period; the "
+            "writable snapshot of a bundle whose directory was deleted without `ocikit rm` is "
+            "released when nothing is mounted from it. "
             "With --root or --config: mark and sweep the registry there: manifests that are tagged, "
             "recent, or reachable "
             "from those (index children, referrers of a live subject) are kept, and so are the blobs they "
@@ -35,6 +40,12 @@ def register(commands: Any) -> None:
         "--store",
         metavar="DIR",
         help="the local image store to collect [env OCIKIT_STORE, default ~/.local/share/ocikit/store]",
+    )
+    parser.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        help="snapshotter state to collect with the store [env OCIKIT_SNAPSHOTS, default "
+        "~/.local/share/ocikit/snapshots]",
     )
     parser.set_defaults(run=run)
 
@@ -78,18 +89,56 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
 
 
 def _collect_store(args: argparse.Namespace) -> int:
+    from ..store.chains import stored_chain_ids
     from ..store.images import ImageStore
     from ..store.maintenance import DEFAULT_GRACE, collect_garbage
     from ..store.transport import TransportError
 
+    grace = DEFAULT_GRACE if args.grace is None else args.grace
     try:
         with ImageStore(args.store) as store:
-            grace = DEFAULT_GRACE if args.grace is None else args.grace
             report = collect_garbage(store.layout, grace=grace, dry_run=args.dry_run)
-    except (TransportError, OSError) as exc:
+            chains = stored_chain_ids(store)
+    except (TransportError, ValueError, OSError) as exc:
         print(f"ocikit gc: {exc}", file=sys.stderr)
         return 1
+    _print_store_report(report, args.dry_run)
+    return _collect_snapshots(args, chains, grace)
+
+
+def _collect_snapshots(args: argparse.Namespace, chains: set[str], grace: float) -> int:
+    from ..bundle.gc import collect_snapshots
+    from ..bundle.unpack import snapshot_root
+    from ..snapshot import BACKENDS, SnapshotError, open_snapshotter
+
     verb = "would remove" if args.dry_run else "removed"
+    failed = 0
+    for name in sorted(BACKENDS):
+        root = snapshot_root(name, args.snapshots)
+        if not (root / "metadata.db").is_file():
+            continue  # this backend was never used here
+        try:
+            with contextlib.closing(open_snapshotter(name, root)) as snapshotter:
+                report = collect_snapshots(snapshotter, chains, grace=grace, dry_run=args.dry_run)
+        except (SnapshotError, OSError) as exc:
+            print(f"ocikit gc: {name} snapshots at {root}: {exc}", file=sys.stderr)
+            failed = 1
+            continue
+        for key, directory in report.released:
+            print(f"{verb} snapshot {name} {key} (bundle {directory} is gone)")
+        for key in report.removed:
+            print(f"{verb} snapshot {name} {key}")
+        for key, why in report.refused:
+            print(f"kept snapshot {name} {key}: {why}", file=sys.stderr)
+        print(
+            f"{verb}: {len(report.removed)} {name} snapshots and {len(report.released)} of deleted "
+            f"bundles; kept {report.kept} in use and {report.kept_recent} recent"
+        )
+    return failed
+
+
+def _print_store_report(report: Any, dry_run: bool) -> None:
+    verb = "would remove" if dry_run else "removed"
     for digest in report.removed:
         print(f"{verb} blob {digest}")
     print(
@@ -97,4 +146,3 @@ def _collect_store(args: argparse.Namespace) -> int:
         f"{report.staging_purged} staging files; kept {report.kept} referenced and "
         f"{report.kept_recent} recent blobs"
     )
-    return 0
