@@ -10,11 +10,17 @@ and explicit owners, so the test does not depend on who runs it.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from bundle_helpers import APPLETS, GROUP, PASSWD, static_busybox
+from conftest import OCIKIT
 from layer_helpers import write_layout
+from snapshot_helpers import open_backend
 
 #: Prints what the process itself was started with (not PID 1: lxc-execute puts its init there).
 SHOW = r"""#!/bin/sh
@@ -113,3 +119,23 @@ def write_busybox_layout(layout: Path, container: dict[str, object], *, tag: str
     the location."""
     write_layout(layout, busybox_layers(), tag=tag, container=container)
     return f"oci:{layout}:{tag}"
+
+
+def ocikit(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the ``ocikit`` command; with ``ok``, fail the test on a non-zero exit."""
+    result = subprocess.run(
+        [*OCIKIT, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def root_backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The snapshotter named by a parametrised fixture, skipping unless root (the layers carry
+    owners and device nodes, containers need mounts) and where the backend cannot work."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting snapshots and applying owners and devices need root")
+    open_backend(request.param, tmp_path / "probe").close()
+    name: str = request.param
+    return name

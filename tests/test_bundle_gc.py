@@ -4,15 +4,13 @@ unless something is mounted from it; ``--dry-run`` only lists."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from busybox_image import write_busybox_layout
-from conftest import OCIKIT
+from busybox_image import ocikit, root_backend, write_busybox_layout
 from layer_helpers import Layer, sha256
 from layer_helpers import write_layout as write_small_layout
 from ocikit.bundle import read_state
@@ -26,7 +24,6 @@ from snapshot_helpers import (
     BACKENDS,
     _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
     mounted,
-    open_backend,
 )
 from store_helpers import build_image
 from store_helpers import write_layout as write_store_layout
@@ -40,12 +37,7 @@ class Env:
         self.snapshots = tmp_path / "snapshots"
 
     def run(self, *args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*OCIKIT, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
-        )
-        if ok:
-            assert result.returncode == 0, result.stderr
-        return result
+        return ocikit(*args, ok=ok)
 
     def create(self, image: str, directory: Path, *extra: str) -> None:
         self.run(
@@ -70,10 +62,7 @@ class Env:
 
 @pytest.fixture(params=BACKENDS)
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Env:
-    if os.geteuid() != 0:
-        pytest.skip("creating bundles mounts snapshots: root only")
-    open_backend(request.param, tmp_path / "probe").close()
-    return Env(tmp_path, request.param)
+    return Env(tmp_path, root_backend(request, tmp_path))
 
 
 def small_image(layout: Path) -> list[str]:

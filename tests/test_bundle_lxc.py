@@ -4,21 +4,19 @@ config says; what LXC's config format cannot hold is refused with a clear messag
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from busybox_image import write_busybox_layout
-from conftest import OCIKIT, require_tool
+from busybox_image import ocikit, root_backend, write_busybox_layout
+from conftest import require_tool
 from ocikit.bundle import BundleError, read_state
 from ocikit.bundle.lxc import UNPASSABLE, init_command, quote_command, stop_signal
 from ocikit.snapshot import NotFoundError, open_snapshotter
 from snapshot_helpers import (
     BACKENDS,
     _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
-    open_backend,
 )
 
 IMAGE = {
@@ -32,20 +30,9 @@ IMAGE = {
 }
 
 
-def ocikit(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*OCIKIT, *map(str, args)], capture_output=True, text=True, timeout=300)
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if os.geteuid() != 0:
-        pytest.skip("LXC containers and mounted snapshots need root")
-    open_backend(request.param, tmp_path / "probe").close()  # skips where the backend cannot work
-    name: str = request.param
-    return name
+    return root_backend(request, tmp_path)
 
 
 def create(
