@@ -1,4 +1,5 @@
-"""The examples of docs/create.md and docs/snapshots.md run, and print what the pages say."""
+"""The examples of docs/create.md, docs/snapshots.md and docs/proxmox-lxc.md run, and print
+what the pages say."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-@pytest.mark.parametrize(("page", "minimum"), [("create.md", 25), ("snapshots.md", 12)])
+@pytest.mark.parametrize(
+    ("page", "minimum"), [("create.md", 25), ("snapshots.md", 12), ("proxmox-lxc.md", 5)]
+)
 def test_examples_run(page: str, minimum: int) -> None:
     result = doctest.testfile(
         str(DOCS / page),
