@@ -248,3 +248,21 @@ def test_quoting_and_signals() -> None:
     for bad in ("0", "99", "SIGFOO", "RTMIN-x"):
         with pytest.raises(BundleError):
             stop_signal(bad)
+
+
+def test_read_only_rootfs(backend: str, tmp_path: Path) -> None:
+    create(tmp_path, backend, IMAGE, "--read-only")
+    directory = tmp_path / "ctrs" / "web"
+    assert "lxc.rootfs.options = ro\n" in (directory / "config").read_text()
+    tool = require_tool("lxc-execute", "it runs the LXC containers")
+    result = subprocess.run(
+        [tool, "-n", "web", "-P", str(directory.parent), "--", "/bin/sh", "-c", "echo x > /x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Read-only file system" in result.stderr + result.stdout
+    assert not (directory / "rootfs" / "x").exists()
+    ocikit("rm", directory)

@@ -115,8 +115,8 @@ def _collect_snapshots(args: argparse.Namespace, chains: set[str], grace: float)
     failed = 0
     for name in sorted(BACKENDS):
         root = snapshot_root(name, args.snapshots)
-        if not (root / "metadata.db").is_file():
-            continue  # this backend was never used here
+        if not (root / "lock").exists():
+            continue  # this backend was never opened here (every backend keeps a lock file)
         try:
             with contextlib.closing(open_snapshotter(name, root)) as snapshotter:
                 report = collect_snapshots(snapshotter, chains, grace=grace, dry_run=args.dry_run)
