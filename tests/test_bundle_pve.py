@@ -163,32 +163,64 @@ def test_oci_archive_for_pve(tmp_path: Path) -> None:
     assert config["config"]["StopSignal"] == "SIGINT"
 
 
-def test_docker_media_types_are_refused_for_pve(tmp_path: Path) -> None:
-    """PVE's importer knows OCI media types only; ocikit says so instead of writing an
-    archive that pct create would reject."""
-    layout = tmp_path / "layout"
-    write_busybox_layout(layout, CONFIG)
+def docker_typed(layout: Path, layer_type: str = "application/vnd.docker.image.rootfs.diff.tar.gzip") -> str:
+    """Relabel the layout's image with Docker's media types (the blobs stay as they are);
+    the new manifest's digest."""
     index = json.loads((layout / "index.json").read_text())
     entry = index["manifests"][0]
     manifest = json.loads((layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_text())
     manifest["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json"
     manifest["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json"
     for layer in manifest["layers"]:
-        layer["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        layer["mediaType"] = layer_type
     raw = json.dumps(manifest).encode()
     entry.update(mediaType=manifest["mediaType"], digest=write_blob(layout, raw), size=len(raw))
     (layout / "index.json").write_text(json.dumps(index))
+    return str(entry["digest"])
 
+
+def test_docker_media_types_are_written_as_oci(tmp_path: Path) -> None:
+    """PVE's importer knows OCI media types only: a Docker image's manifest is rewritten with
+    their OCI twins, the config and layers staying byte for byte."""
+    layout = tmp_path / "layout"
+    write_busybox_layout(layout, CONFIG)
+    oci_manifest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    oci = json.loads((layout / "blobs" / "sha256" / oci_manifest.split(":")[1]).read_text())
+    docker = docker_typed(layout)
     target = tmp_path / "docker.tar"
+    result = ocikit(
+        "export", "--format", "oci-archive", "--store", tmp_path / "store", f"oci:{layout}:latest", target
+    )
+    assert f"(the image's is {docker})" in result.stderr
+    with tarfile.open(target) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        (entry,) = index["manifests"]
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{entry['digest'].split(':')[1]}"))  # type: ignore[arg-type]
+    assert entry["mediaType"] == manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["config"] == oci["config"]
+    assert manifest["layers"] == oci["layers"]
+    skopeo = require_tool("skopeo", "it reads the archive back")
+    inspected = subprocess.run(
+        [skopeo, "inspect", f"oci-archive:{target}"], check=True, capture_output=True, text=True
+    )
+    assert json.loads(inspected.stdout)["Digest"] == entry["digest"]
+
+
+def test_what_pve_cannot_import_is_refused(tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    write_busybox_layout(layout, CONFIG)
+    docker_typed(layout, "application/vnd.example.squashfs")
+    target = tmp_path / "odd.tar"
     result = ocikit(
         "export", "--format", "oci-archive", "--store", tmp_path / "store", f"oci:{layout}:latest", target,
         ok=False,
     )  # fmt: skip
     assert result.returncode == 1
     assert "Proxmox VE imports OCI media types only" in result.stderr
-    assert "application/vnd.docker.container.image.v1+json" in result.stderr
+    assert "application/vnd.example.squashfs" in result.stderr
     assert "Traceback" not in result.stderr
     assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".odd.tar")] == []
 
 
 def test_export_errors_are_one_line(tmp_path: Path) -> None:

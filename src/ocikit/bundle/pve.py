@@ -29,13 +29,18 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
+import msgspec
 import zstandard
 
 from ..snapshot import Snapshotter
+from ..spec import Descriptor
 from ..spec import mediatype as mt
-from ..store.images import StoredImage
+from ..spec.digest import digest_of
+from ..store.archive import ArchiveDestination
+from ..store.copy import copy_image
+from ..store.images import ImageStore, StoredImage
 from .errors import BundleError
 from .unpack import mounted_snapshot
 
@@ -43,7 +48,8 @@ __all__ = [
     "EXPORT_LABEL",
     "TemplateReport",
     "export_pve_template",
-    "pve_archive_problems",
+    "manifest_for_pve",
+    "write_pve_archive",
     "write_rootfs_tar",
 ]
 
@@ -198,19 +204,79 @@ _PVE_LAYER_TYPES: Final = frozenset(
         mt.OCI_LAYER_NONDISTRIBUTABLE_ZSTD,
     }
 )
+#: Docker media types with an OCI twin for the very same bytes.
+_OCI_TWIN: Final = {
+    mt.DOCKER_MANIFEST: mt.OCI_MANIFEST,
+    mt.DOCKER_CONFIG: mt.OCI_CONFIG,
+    mt.DOCKER_LAYER: mt.OCI_LAYER,
+    mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP,
+    mt.DOCKER_LAYER_ZSTD: mt.OCI_LAYER_ZSTD,
+}
 
 
-def pve_archive_problems(image: StoredImage) -> list[str]:
-    """Why Proxmox VE would refuse ``image`` as an OCI archive (empty: it imports it). Its
-    importer knows the OCI media types only: Docker's manifest, config or layer types make
-    it fail, and a copy must keep the manifest's bytes, so they cannot be rewritten here."""
-    problems = []
-    if image.descriptor.media_type != mt.OCI_MANIFEST:
-        problems.append(f"the manifest is {image.descriptor.media_type}, not {mt.OCI_MANIFEST}")
-    config = image.manifest.value.config.media_type
-    if config != mt.OCI_CONFIG:
-        problems.append(f"the config is {config}, not {mt.OCI_CONFIG}")
-    for layer in image.layers:
-        if layer.descriptor.media_type not in _PVE_LAYER_TYPES:
-            problems.append(f"layer {layer.descriptor.digest} is {layer.descriptor.media_type}")
-    return problems
+def _oci_type(media_type: str, allowed: frozenset[str] | set[str], what: str) -> str:
+    if media_type in allowed:
+        return media_type
+    twin = _OCI_TWIN.get(media_type)
+    if twin is None or twin not in allowed:
+        raise BundleError(f"Proxmox VE imports OCI media types only, and {what} is {media_type}")
+    return twin
+
+
+def manifest_for_pve(image: StoredImage) -> bytes | None:
+    """None when Proxmox VE's importer takes the stored manifest as it is; otherwise the same
+    manifest with Docker's media types replaced by their OCI twins (config and layer bytes
+    are the same either way, so only the manifest, and its digest, change). What has no twin
+    (a foreign layer, an unknown type) is refused."""
+    manifest: dict[str, Any] = msgspec.json.decode(image.manifest.raw)
+    converted = False
+    top = _oci_type(image.descriptor.media_type, {mt.OCI_MANIFEST}, "the manifest")
+    if top != image.descriptor.media_type or manifest.get("mediaType") not in (None, mt.OCI_MANIFEST):
+        manifest["mediaType"] = top
+        converted = True
+    config = manifest.get("config")
+    layers = manifest.get("layers")
+    if not isinstance(config, dict) or not isinstance(layers, list):
+        raise BundleError("the manifest has no config or no layers")
+    for item, allowed, what in [(config, {mt.OCI_CONFIG}, "the config")] + [
+        (layer, _PVE_LAYER_TYPES, f"layer {layer.get('digest')}") for layer in layers
+    ]:
+        if item.get("urls"):
+            raise BundleError(
+                f"{what} is a foreign layer (fetched from elsewhere); Proxmox VE cannot import it"
+            )
+        twin = _oci_type(str(item.get("mediaType")), allowed, what)
+        if twin != item.get("mediaType"):
+            item["mediaType"] = twin
+            converted = True
+    return msgspec.json.encode(manifest) if converted else None
+
+
+async def write_pve_archive(
+    store: ImageStore, image: StoredImage, target: str | os.PathLike[str]
+) -> Descriptor:
+    """Write ``image`` as an OCI archive Proxmox VE imports: byte for byte when its media types
+    are OCI's, else with the converted manifest (:func:`manifest_for_pve`). The archive holds
+    that one manifest as its only root. Returns the manifest's descriptor in the archive."""
+    raw = manifest_for_pve(image)
+    destination = ArchiveDestination(target)
+    try:
+        if raw is None:
+            result = await copy_image(store.source(), destination, str(image.descriptor.digest))
+            return result.descriptor
+        descriptor = Descriptor(media_type=mt.OCI_MANIFEST, digest=digest_of(raw), size=len(raw))
+        parts = [image.manifest.value.config, *(layer.descriptor for layer in image.layers)]
+        for part in parts:
+            blob = store.layout.locate(part.digest)
+            if blob is None:
+                raise BundleError(f"blob {part.digest} of the image is missing from the store")
+            try:
+                await destination.put_blob_from_file(part, blob)
+            finally:
+                blob.close()
+        await destination.put_manifest(descriptor, raw, [])
+        await destination.add_root(descriptor)
+        await destination.commit()
+        return descriptor
+    finally:
+        await destination.close()
