@@ -178,3 +178,22 @@ def test_stored_chain_ids_cover_every_platform_and_unnamed_images(tmp_path: Path
         assert stored_chain_ids(store) == expected
         store.remove(image.top.digest)
         assert stored_chain_ids(store) == set()
+
+
+def test_a_store_that_cannot_be_read_touches_no_snapshot(tmp_path: Path) -> None:
+    """If the ChainIDs of some stored image cannot be known, no snapshot is judged unused."""
+    store = tmp_path / "store"
+    write_store_layout(store, {"docker.io/library/multi:latest": build_image("multi")})
+    with ImageStore(store) as opened:
+        config = opened.image("multi").manifest.value.config.digest
+    (store / "blobs" / "sha256" / config.split(":")[1]).unlink()
+    snapshots = tmp_path / "snapshots"
+    with open_snapshotter("dir", snapshots / "dir") as snap:
+        snap.prepare("l")
+        snap.commit("sha256:unused", "l")
+    result = ocikit("gc", "--grace", "0", "--store", store, "--snapshots", snapshots, ok=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("ocikit gc: ")
+    assert "Traceback" not in result.stderr
+    with open_snapshotter("dir", snapshots / "dir") as snap:
+        assert [info.key for info in snap.walk()] == ["sha256:unused"]

@@ -11,9 +11,11 @@ import pytest
 
 from busybox_image import ocikit, root_backend, write_busybox_layout
 from conftest import require_tool
-from ocikit.bundle import BundleError, read_state
-from ocikit.bundle.lxc import UNPASSABLE, init_command, quote_command, stop_signal
+from ocikit.bundle import BundleError, Overrides, read_state, remove_bundle
+from ocikit.bundle.lxc import UNPASSABLE, create_lxc, init_command, quote_command, stop_signal
+from ocikit.bundle.unpack import unpack_image
 from ocikit.snapshot import NotFoundError, open_snapshotter
+from ocikit.store.images import ImageStore
 from snapshot_helpers import (
     BACKENDS,
     _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
@@ -266,3 +268,19 @@ def test_read_only_rootfs(backend: str, tmp_path: Path) -> None:
     assert "Read-only file system" in result.stderr + result.stdout
     assert not (directory / "rootfs" / "x").exists()
     ocikit("rm", directory)
+
+
+def test_config_stands_without_the_distribution_include(backend: str, tmp_path: Path) -> None:
+    """Without LXC's common.conf (an LXC built elsewhere), the config alone still runs."""
+    location = write_busybox_layout(tmp_path / "layout", IMAGE)
+    ocikit("copy", location, "busybox:lxc", "--store", tmp_path / "store")
+    with ImageStore(tmp_path / "store") as store:
+        image = store.image("busybox:lxc")
+    with open_snapshotter(backend, tmp_path / "snapshots") as snap:
+        chain = unpack_image(image, snap)
+        directory = tmp_path / "ctrs" / "web"
+        directory.parent.mkdir()
+        text = create_lxc(directory, image.config.value, snap, chain, Overrides(hostname="web"), include=None)
+        assert "lxc.include" not in text
+        assert_as_configured(lxc_execute(directory, tmp_path))
+        remove_bundle(directory, snap)

@@ -98,11 +98,12 @@ def _collect_store(args: argparse.Namespace) -> int:
     try:
         with ImageStore(args.store) as store:
             report = collect_garbage(store.layout, grace=grace, dry_run=args.dry_run)
+            _print_store_report(report, args.dry_run)
             chains = stored_chain_ids(store)
     except (TransportError, ValueError, OSError) as exc:
+        # Without every image's ChainIDs no snapshot can be judged unused: none is touched.
         print(f"ocikit gc: {exc}", file=sys.stderr)
         return 1
-    _print_store_report(report, args.dry_run)
     return _collect_snapshots(args, chains, grace)
 
 
