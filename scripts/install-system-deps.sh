@@ -4,7 +4,7 @@
 # and wrk (the HTTP load generator bench/registry.py drives).
 # Only what is missing, and only as root; elsewhere the tests that need them skip with a reason.
 set -euo pipefail
-packages=(skopeo docker-registry umoci runc wrk)
+packages=(skopeo docker-registry umoci runc wrk apache2-utils openssl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
