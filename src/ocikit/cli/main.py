@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import gc, serve, validate
+from . import gc, login, logout, serve, validate
 
-_COMMANDS = (validate, serve, gc)
+_COMMANDS = (validate, serve, gc, login, logout)
 
 
 def build_parser() -> argparse.ArgumentParser:
