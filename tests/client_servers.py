@@ -8,6 +8,7 @@ Everything listens on loopback ports; keys and certificates are made with the op
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -320,10 +321,8 @@ class CuttingProxy:
                 pass
             finally:
                 for sock in (source, sink):
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
         up = threading.Thread(target=pump, args=(client, server, "up"), daemon=True)
         up.start()

@@ -94,6 +94,19 @@ def parse_challenges(values: Sequence[str]) -> list[Challenge]:
     return found
 
 
+def _split_scope(scope: str) -> tuple[str, set[str]]:
+    """``repository:a/b:pull,push`` -> (``repository:a/b``, {pull, push})."""
+    resource, _, actions = scope.rpartition(":")
+    return resource, set(actions.split(","))
+
+
+def _covered(needed: str, held: set[str]) -> bool:
+    """Whether a scope in ``held`` grants at least what ``needed`` asks: a challenge for
+    ``pull`` is answered by the ``pull,push`` token a push already uses, not by a second one."""
+    resource, actions = _split_scope(needed)
+    return any(r == resource and actions <= a for r, a in map(_split_scope, held))
+
+
 def _basic(credentials: Credentials) -> str:
     return "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode(
         "ascii"
@@ -165,8 +178,9 @@ class Authenticator:
             self._scheme, self._realm = "bearer", realm
             self._service = challenge.params.get("service")
             wanted = set(scopes)
-            if challenge.params.get("scope"):
-                wanted.update(challenge.params["scope"].split(" "))
+            for needed in (challenge.params.get("scope") or "").split():
+                if not _covered(needed, wanted):
+                    wanted.add(needed)
             key = frozenset(wanted)
             had = self._tokens.pop(key, None)
             if had is not None and challenge.params.get("error") == "insufficient_scope":
