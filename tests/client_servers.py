@@ -90,6 +90,19 @@ def serve_in_thread(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.
     return server
 
 
+def address(server: _Server | None) -> str:
+    assert server is not None, "the server is not started"
+    host, port = server.server_address[:2]
+    return f"{host!s}:{port}"
+
+
+def shutdown(*servers: _Server | None) -> None:
+    for server in servers:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
 class QuietHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -126,8 +139,7 @@ class TokenService:
 
     @property
     def realm(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        return f"http://{address(self.server)}/token"
 
     def start(self) -> TokenService:
         service = self
@@ -140,9 +152,7 @@ class TokenService:
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)
 
     def handle(self, request: QuietHandler) -> None:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
@@ -349,8 +359,7 @@ class RedirectingRegistry:
 
     @property
     def host(self) -> str:
-        assert self.front is not None
-        return f"127.0.0.1:{self.front.server_address[1]}"
+        return address(self.front)
 
     def start(self) -> RedirectingRegistry:
         outer = self
@@ -371,8 +380,7 @@ class RedirectingRegistry:
                     self.reply(200, b"{}", {"Content-Type": "application/json"})
                     return
                 digest = self.path.rsplit("/", 1)[-1]
-                assert outer.backend is not None
-                target = f"http://127.0.0.2:{outer.backend.server_address[1]}/storage/{digest}"
+                target = f"http://{address(outer.backend)}/storage/{digest}"
                 self.reply(307, b"", {"Location": target})
 
         self.backend = serve_in_thread(Backend, host="127.0.0.2")
@@ -380,10 +388,7 @@ class RedirectingRegistry:
         return self
 
     def stop(self) -> None:
-        for server in (self.front, self.backend):
-            if server is not None:
-                server.shutdown()
-                server.server_close()
+        shutdown(self.front, self.backend)
 
 
 # ---------------------------------------------------------------- a registry that lies
@@ -401,8 +406,7 @@ class LyingRegistry:
 
     @property
     def host(self) -> str:
-        assert self.server is not None
-        return f"127.0.0.1:{self.server.server_address[1]}"
+        return address(self.server)
 
     def start(self) -> LyingRegistry:
         outer = self
@@ -422,9 +426,7 @@ class LyingRegistry:
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)
 
 
 def sha256(data: bytes) -> str:

@@ -147,8 +147,14 @@ def test_push_then_pull_multi_layer_image_byte_for_byte(any_registry: str) -> No
     run(scenario())
 
 
-def test_skopeo_reads_what_ocikit_pushed(any_registry: str, tmp_path: Path) -> None:
+def skopeo_copy(source: str, destination: str) -> None:
+    """``skopeo copy`` keeping digests, plain HTTP towards loopback registries."""
     skopeo = require_tool("skopeo", "an independent registry client")
+    flags = ["--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"]
+    subprocess.run([skopeo, "copy", "-q", *flags, source, destination], check=True, capture_output=True)
+
+
+def test_skopeo_reads_what_ocikit_pushed(any_registry: str, tmp_path: Path) -> None:
     name = repo()
     layers = [os.urandom(2000), os.urandom(6 * MiB)]
 
@@ -160,19 +166,7 @@ def test_skopeo_reads_what_ocikit_pushed(any_registry: str, tmp_path: Path) -> N
 
     raw = run(push())
     layout = tmp_path / "layout"
-    subprocess.run(
-        [
-            skopeo,
-            "copy",
-            "-q",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            f"docker://{any_registry}/{name}:v1",
-            f"oci:{layout}:v1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    skopeo_copy(f"docker://{any_registry}/{name}:v1", f"oci:{layout}:v1")
     index = json.loads((layout / "index.json").read_text())
     manifest_digest = index["manifests"][0]["digest"]
     assert manifest_digest == sha256(raw)
@@ -182,24 +176,12 @@ def test_skopeo_reads_what_ocikit_pushed(any_registry: str, tmp_path: Path) -> N
 
 
 def test_ocikit_reads_what_skopeo_pushed(registry: ServerProcess, tmp_path: Path) -> None:
-    skopeo = require_tool("skopeo", "an independent registry client")
     umoci = require_tool("umoci", "builds the image skopeo pushes")
     layout = tmp_path / "image"
     subprocess.run([umoci, "init", "--layout", str(layout)], check=True)
     subprocess.run([umoci, "new", "--image", f"{layout}:v1"], check=True)
     name = repo()
-    subprocess.run(
-        [
-            skopeo,
-            "copy",
-            "-q",
-            "--dest-tls-verify=false",
-            f"oci:{layout}:v1",
-            f"docker://{registry.host}/{name}:v1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    skopeo_copy(f"oci:{layout}:v1", f"docker://{registry.host}/{name}:v1")
     index = json.loads((layout / "index.json").read_text())
     expected = index["manifests"][0]["digest"]
 

@@ -26,6 +26,7 @@ from ..spec import Descriptor, Reference, VerificationError, mediatype
 from ..spec.digest import verify_bytes
 from ..spec.models import ImageIndex, encode
 from ..store.transport import TransportError
+from .endpoint import RepositoryEndpoint
 from .errors import error_from_response
 from .http import ConnectionFailed, IncompleteBody
 from .options import ClientOptions
@@ -99,7 +100,7 @@ class _Feed:
             raise VerificationError(f"{self._where}: the source has more than the {self._size} bytes")
 
 
-class RegistryDestination:
+class RegistryDestination(RepositoryEndpoint):
     """``docker://HOST/REPO[:TAG]`` as an image destination.
 
     Besides the protocol, :meth:`mount_blob` asks the registry to link a blob that another of its
@@ -116,17 +117,9 @@ class RegistryDestination:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         monolithic_limit: int = MONOLITHIC_LIMIT,
     ) -> None:
-        self.reference = reference
-        self.repository = reference.repository
-        self.client = client or RegistryClient(reference.registry, options, repository=reference.repository)
-        self._owns_client = client is None
-        self._scopes = [push_scope(reference.repository)]
+        super().__init__(reference, options, client, push_scope(reference.repository))
         self.chunk_size = chunk_size
         self.monolithic_limit = monolithic_limit
-
-    def _name(self, identifier: str) -> str:
-        separator = "@" if ":" in identifier else ":"
-        return f"{self.reference.registry}/{self.repository}{separator}{identifier}"
 
     async def has_blob(self, descriptor: Descriptor) -> bool:
         kind = "manifests" if descriptor.media_type in mediatype.IMAGE_DOCUMENT_TYPES else "blobs"
@@ -372,10 +365,6 @@ class RegistryDestination:
 
     async def commit(self) -> None:
         """Nothing to do: a registry makes each blob and manifest visible as it is accepted."""
-
-    async def close(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
 
 
 class _RangeRefused(TransportError):

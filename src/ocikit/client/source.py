@@ -22,6 +22,7 @@ from ..spec import Descriptor, Digest, Reference, VerificationError, digest_of, 
 from ..spec.digest import DigestError, verify_bytes
 from ..spec.models import ImageIndex
 from ..store.transport import TransportError
+from .endpoint import RepositoryEndpoint
 from .http import ConnectionFailed, IncompleteBody
 from .options import ClientOptions
 from .session import RegistryClient, pull_scope
@@ -86,7 +87,7 @@ def check_manifest(raw: bytes, descriptor: Descriptor, where: str, content_type:
         )
 
 
-class RegistrySource:
+class RegistrySource(RepositoryEndpoint):
     """``docker://HOST/REPO[:TAG|@DIGEST]`` as an image source.
 
     ``verify_blobs`` (default on) makes :meth:`open_blob` check each blob's digest before it
@@ -101,20 +102,12 @@ class RegistrySource:
         client: RegistryClient | None = None,
         verify_blobs: bool = True,
     ) -> None:
-        self.reference = reference
-        self.repository = reference.repository
-        self.client = client or RegistryClient(reference.registry, options, repository=reference.repository)
-        self._owns_client = client is None
-        self._scopes = [pull_scope(reference.repository)]
+        super().__init__(reference, options, client, pull_scope(reference.repository))
         self.verify_blobs = verify_blobs
         self._manifests: dict[str, tuple[bytes, str | None]] = {}
 
     def _path(self, kind: str, identifier: str) -> str:
         return f"/v2/{self.repository}/{kind}/{identifier}"
-
-    def _name(self, identifier: str) -> str:
-        separator = "@" if ":" in identifier else ":"
-        return f"{self.reference.registry}/{self.repository}{separator}{identifier}"
 
     async def resolve(self, reference: str | None = None) -> Descriptor:
         identifier = reference or self.reference.identifier
@@ -312,10 +305,6 @@ class RegistrySource:
             link = _LINK_NEXT.search(response.headers.get("link") or "")
             url = link.group(1) if link else None
         return tags
-
-    async def close(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
 
 
 def _check_digest(actual: Digest, expected: str, where: str) -> None:
