@@ -459,3 +459,46 @@ def fixed(status: int, body: bytes, headers: dict[str, str] | None = None) -> Ro
 def chunks_of(data: bytes, size: int = 1 << 20) -> Iterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+# ---------------------------------------------------------------- tokens that stop working
+
+
+@dataclass
+class RevokingRegistry:
+    """A registry front whose token service (same server, ``/token``) issues opaque tokens and
+    whose ``/v2/`` endpoints accept only tokens not yet revoked: what a registry does when a
+    token expires on its clock before the client's."""
+
+    issued: list[str] = field(default_factory=list)
+    revoked: set[str] = field(default_factory=set)
+    server: _Server | None = None
+
+    @property
+    def host(self) -> str:
+        return address(self.server)
+
+    def start(self) -> RevokingRegistry:
+        outer = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/token"):
+                    token = secrets.token_hex(8)
+                    outer.issued.append(token)
+                    self.reply(200, json.dumps({"token": token, "expires_in": 3600}).encode())
+                    return
+                offered = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if offered not in outer.issued or offered in outer.revoked:
+                    challenge = (
+                        f'Bearer realm="http://{outer.host}/token",service="revoking",error="invalid_token"'
+                    )
+                    self.reply(401, b"", {"WWW-Authenticate": challenge})
+                    return
+                self.reply(200, b'{"name": "r/x", "tags": ["v1"]}', {"Content-Type": "application/json"})
+
+        self.server = serve_in_thread(Handler)
+        return self
+
+    def stop(self) -> None:
+        shutdown(self.server)

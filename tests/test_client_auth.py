@@ -19,7 +19,14 @@ from typing import TypeVar
 
 import pytest
 
-from client_servers import Distribution, TokenService, htpasswd_file, make_certificate, start_distribution
+from client_servers import (
+    Distribution,
+    RevokingRegistry,
+    TokenService,
+    htpasswd_file,
+    make_certificate,
+    start_distribution,
+)
 from conftest import OCIKIT
 from ocikit.client import (
     AuthenticationError,
@@ -487,3 +494,24 @@ def test_www_authenticate_parsing() -> None:
         "scope": "repository:a/b:pull,push repository:c:pull",
     }
     assert challenges[1].params == {"realm": 'x"y'}
+
+
+def test_a_token_the_registry_stops_accepting_is_replaced() -> None:
+    registry = RevokingRegistry().start()
+    try:
+
+        async def scenario() -> None:
+            source = RegistrySource(parse_reference(f"{registry.host}/r/x:v1"))
+            try:
+                assert await source.tags() == ["v1"]
+                assert await source.tags() == ["v1"]
+                assert len(registry.issued) == 1, "a valid token is reused"
+                registry.revoked.add(registry.issued[0])
+                assert await source.tags() == ["v1"]
+                assert len(registry.issued) == 2, "a refused token is replaced once"
+            finally:
+                await source.close()
+
+        run(scenario())
+    finally:
+        registry.stop()

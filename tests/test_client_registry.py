@@ -562,3 +562,29 @@ def test_liar_error_codes_are_in_the_message(liar: LyingRegistry) -> None:
     _expect(liar, lambda s: s.tags(), AuthenticationError, 'HTTP 403 .*DENIED: not for you .*"why": "policy"')
     liar.routes[("HEAD", _manifest_path("v1"))] = fixed(500, b"")
     _expect(liar, lambda s: s.resolve(None), RegistryError, "HTTP 500")
+
+
+def test_liar_401_without_a_challenge(liar: LyingRegistry) -> None:
+    liar.routes[("GET", "/v2/lies/repo/tags/list")] = fixed(401, b"go away")
+    _expect(liar, lambda s: s.tags(), AuthenticationError, "HTTP 401.*go away")
+
+
+def test_registry_warnings_are_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server = start_registry(tmp_path / "data", extra=["--warnings", "this registry is deprecated"])
+    try:
+
+        async def scenario() -> None:
+            source = open_source(f"{server.host}/{repo()}:v1")
+            try:
+                for _ in range(3):
+                    with pytest.raises(RegistryNotFound):
+                        await source.resolve(None)
+            finally:
+                await source.close()
+
+        with caplog.at_level("WARNING", logger="ocikit.client"):
+            run(scenario())
+        messages = [record.getMessage() for record in caplog.records if record.name == "ocikit.client"]
+        assert messages == [f"{server.host}: this registry is deprecated"]
+    finally:
+        server.stop()

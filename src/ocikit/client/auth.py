@@ -170,6 +170,8 @@ class Authenticator:
         """Learn from a 401's ``WWW-Authenticate``. Returns the scopes to retry with (those asked
         for plus any the challenge names), or None when retrying cannot succeed."""
         challenges = {challenge.scheme: challenge for challenge in parse_challenges(values)}
+        if not challenges:
+            return None  # a 401 that says nothing about how to authenticate: report it as is
         if "bearer" in challenges:
             challenge = challenges["bearer"]
             realm = challenge.params.get("realm", "")

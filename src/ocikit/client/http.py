@@ -183,6 +183,10 @@ class Response:
                         break
                     yield chunk
             complete = True
+        except asyncio.IncompleteReadError as exc:
+            raise IncompleteBody(f"{self.url}: the connection closed inside the body", 0) from exc
+        except (asyncio.LimitOverrunError, ValueError) as exc:
+            raise TransportError(f"{self.url}: malformed chunked body: {exc}") from exc
         except (OSError, ssl.SSLError) as exc:
             raise IncompleteBody(
                 f"{self.url}: the connection broke while reading the body: {exc}", 0

@@ -10,6 +10,7 @@ which must never see the user's registry token (distribution-spec, "API").
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import urllib.parse
 from collections.abc import AsyncIterable, Iterable, Sequence
@@ -30,6 +31,7 @@ _MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _RETRY_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER: Final = 30.0
+_log = logging.getLogger("ocikit.client")
 
 
 def pull_scope(repository: str) -> str:
@@ -71,6 +73,7 @@ class RegistryClient:
         )
         self._repository = repository
         self.auth = Authenticator(registry, self.http, self._credentials, plain_http_registry=not tls)
+        self._warned: set[str] = set()
 
     async def _credentials(self) -> Credentials | None:
         if self.options.credentials is not None:
@@ -109,6 +112,7 @@ class RegistryClient:
                     raise
                 await asyncio.sleep(_backoff(attempt))
                 continue
+            self._report_warnings(response.headers.get_list("warning"))
             if response.status in _RETRY_STATUS and not last:
                 delay = _retry_after(response.headers.get("retry-after")) or _backoff(attempt)
                 await response.aclose()
@@ -116,6 +120,16 @@ class RegistryClient:
                 continue
             return response
         raise AssertionError("unreachable")
+
+    def _report_warnings(self, values: list[str]) -> None:
+        """Registry ``Warning: 299 - "text"`` headers, logged once each (distribution-spec,
+        "Warnings": report them, never act on them)."""
+        for value in values:
+            code, _, rest = value.partition(" ")
+            text = rest.partition(" ")[2].strip().strip('"')
+            if code == "299" and text and text not in self._warned:
+                self._warned.add(text)
+                _log.warning("%s: %s", self.registry, text[:1000])
 
     async def _send(
         self,
