@@ -427,7 +427,9 @@ def test_login_stores_through_a_credential_helper(
 # ---------------------------------------------------------------- TLS and plain HTTP
 
 
-def test_tls_needs_a_trusted_certificate(tls_registry: tuple[Distribution, Path], clean_env: Path) -> None:
+def test_tls_needs_a_trusted_certificate(
+    tls_registry: tuple[Distribution, Path], clean_env: Path, tmp_path: Path
+) -> None:
     registry, cert = tls_registry
 
     async def ping(options: ClientOptions) -> list[str]:
@@ -445,6 +447,37 @@ def test_tls_needs_a_trusted_certificate(tls_registry: tuple[Distribution, Path]
         run(ping(ClientOptions(plain_http=False)))
     assert run(ping(ClientOptions(plain_http=False, ca_file=str(cert)))) == []
     assert run(ping(ClientOptions(plain_http=False, tls_verify=False))) == []
+    cert_dir = tmp_path / "certs.d" / registry.host
+    cert_dir.mkdir(parents=True)
+    (cert_dir / "ca.crt").write_bytes(cert.read_bytes())
+    assert run(ping(ClientOptions(plain_http=False, cert_dir=str(cert_dir)))) == []
+    (cert_dir / "client.cert").write_bytes(cert.read_bytes())
+    with pytest.raises(OptionsError, match=r"client\.cert has no matching client\.key"):
+        run(ping(ClientOptions(plain_http=False, cert_dir=str(cert_dir))))
+
+
+def test_login_over_tls_with_flags(
+    tls_registry: tuple[Distribution, Path], clean_env: Path, tmp_path: Path
+) -> None:
+    registry, cert = tls_registry
+    env = {**os.environ, "HOME": str(clean_env)}
+    authfile = str(tmp_path / "auth.json")
+    common = [
+        "login",
+        registry.host,
+        "-u",
+        USER,
+        "--password-stdin",
+        "--authfile",
+        authfile,
+        "--no-plain-http",
+    ]
+    untrusted = _ocikit(*common, stdin=PASSWORD, env=env)
+    assert untrusted.returncode == 1
+    assert "certificate not trusted" in untrusted.stderr
+    trusted = _ocikit(*common, "--ca-file", str(cert), stdin=PASSWORD, env=env)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "did not ask for credentials" in trusted.stderr
 
 
 def test_plain_http_rules() -> None:

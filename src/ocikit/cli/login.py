@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import sys
 from typing import Any
@@ -71,16 +72,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         host = registry_host(args.host)
         username, password = _ask(args)
-        base = client_options_from_args(args)
+        # The credentials being checked, whatever --creds or stored ones say.
+        options = dataclasses.replace(client_options_from_args(args), credentials=(username, password))
     except (OptionsError, ReferenceError) as exc:
         return _fail(str(exc), 2)
-    options = ClientOptions(
-        plain_http=base.plain_http,
-        tls_verify=base.tls_verify,
-        ca_file=base.ca_file,
-        authfile=base.authfile,
-        credentials=(username, password),
-    )
     try:
         asked = asyncio.run(_verify(host, options))
         where = store_credentials(login_auth_file(args.authfile), host, username, password)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ _MAX_IDLE_PER_ORIGIN: Final = 8
 #: Leftover response bodies up to this size are drained so the connection can be reused.
 _DRAIN_LIMIT: Final = 256 * 1024
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+#: Pooled connections idle longer than this are assumed closed by the server (nginx: 75 s).
+_MAX_IDLE: Final = 60.0
+#: A request whose streamed body cannot be replayed only takes a connection this fresh.
+_STREAM_MAX_IDLE: Final = 2.0
 
 
 class ConnectionFailed(TransportError):
@@ -94,12 +99,13 @@ class Headers:
 
 
 class _Connection:
-    __slots__ = ("origin", "reader", "writer")
+    __slots__ = ("idle_since", "origin", "reader", "writer")
 
     def __init__(self, origin: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.origin = origin
         self.reader = reader
         self.writer = writer
+        self.idle_since = time.monotonic()
 
     def reusable(self) -> bool:
         return not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer  # type: ignore[attr-defined]
@@ -301,8 +307,9 @@ class HttpClient:
         """Send one request and return once the response head has arrived.
 
         A streamed body (an async iterable) needs ``content_length``; it is sent exactly once,
-        on a fresh connection, so that a stale pooled connection cannot swallow it. Requests
-        without a streamed body are retried once when a reused connection turns out dead.
+        on a connection that was in use moments ago (or a new one), so that a connection the
+        server has meanwhile closed is unlikely to swallow it. Requests without a streamed body
+        are retried once when a reused connection turns out dead.
         """
         origin, target = Origin.of(url)
         streamed = body is not None and not isinstance(body, bytes)
@@ -311,13 +318,14 @@ class HttpClient:
         length = len(body) if isinstance(body, bytes) else content_length
         head = self._head(method, origin, target, headers, length)
         for attempt in (0, 1):
-            connection, reused = await self._connection(origin, fresh=streamed)
+            max_idle = _STREAM_MAX_IDLE if streamed else _MAX_IDLE
+            connection, reused = await self._connection(origin, max_idle)
             try:
                 await self._send(connection, head, body, length)
                 status, reason, response_headers, keep_alive = await self._read_head(connection, url)
             except BaseException as exc:
                 connection.close()
-                if reused and attempt == 0 and isinstance(exc, ConnectionFailed | OSError):
+                if reused and not streamed and attempt == 0 and isinstance(exc, ConnectionFailed | OSError):
                     continue
                 if isinstance(exc, OSError | ssl.SSLError):
                     raise ConnectionFailed(f"{method} {url}: {_describe(exc)}") from exc
@@ -383,13 +391,14 @@ class HttpClient:
         keep_alive = "close" not in token and (version == "HTTP/1.1" or "keep-alive" in token)
         return status, reason, headers, keep_alive
 
-    async def _connection(self, origin: Origin, *, fresh: bool) -> tuple[_Connection, bool]:
+    async def _connection(self, origin: Origin, max_idle: float) -> tuple[_Connection, bool]:
         if self._closed:
             raise TransportError("the HTTP client is closed")
         idle = self._idle.get(origin, [])
-        while idle and not fresh:
+        now = time.monotonic()
+        while idle:
             connection = idle.pop()
-            if connection.reusable():
+            if connection.reusable() and now - connection.idle_since <= max_idle:
                 return connection, True
             connection.close()
         context = self._ssl_context if origin.scheme == "https" else None
@@ -418,6 +427,7 @@ class HttpClient:
         return _Connection(origin, reader, writer), False
 
     def _put_back(self, connection: _Connection) -> None:
+        connection.idle_since = time.monotonic()
         idle = self._idle.setdefault(connection.origin, [])
         if self._closed or len(idle) >= _MAX_IDLE_PER_ORIGIN or not connection.reusable():
             connection.close()

@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from .. import __version__
@@ -28,6 +29,8 @@ __all__ = [
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
+#: Where docker and podman keep per-registry certificates: ``ROOT/HOST[:PORT]/``.
+CERTS_D_ROOTS: Final = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
 
 
 class OptionsError(ValueError):
@@ -42,11 +45,14 @@ class ClientOptions:
     everything else; True forces plain HTTP; False forces TLS even on loopback.
     ``credentials``: ``(user, password)`` used instead of any stored credentials.
     ``authfile``: read (and for ``login``, write) credentials there only.
+    ``cert_dir``: a directory of ``*.crt`` CAs and ``*.cert``/``*.key`` client certificates used
+    instead of ``/etc/containers/certs.d/HOST`` and ``/etc/docker/certs.d/HOST``.
     """
 
     plain_http: bool | None = None
     tls_verify: bool = True
     ca_file: str | None = None
+    cert_dir: str | None = None
     authfile: str | None = None
     credentials: tuple[str, str] | None = None
     user_agent: str = f"ocikit/{__version__}"
@@ -60,20 +66,45 @@ class ClientOptions:
             return not self.plain_http
         return not is_loopback(host)
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """The system's trust store plus ``ca_file``; no verification at all with tls_verify off."""
+    def ssl_context(self, host: str | None = None) -> ssl.SSLContext:
+        """The system's trust store plus ``ca_file`` and the certificate directory for ``host``;
+        no verification at all with tls_verify off."""
         context = ssl.create_default_context()
         if self.ca_file:
             try:
                 context.load_verify_locations(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise OptionsError(f"cannot load CA certificates from {self.ca_file}: {exc}") from exc
+        for directory in self._cert_dirs(host):
+            _load_cert_dir(context, directory)
         if not self.tls_verify:
             # Explicitly asked for (--tls-verify=false): traffic stays encrypted but the peer is
             # not authenticated, so credentials could reach an impostor.
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+    def _cert_dirs(self, host: str | None) -> list[Path]:
+        if self.cert_dir:
+            return [Path(self.cert_dir)]
+        if not host:
+            return []
+        return [root / host for root in CERTS_D_ROOTS if (root / host).is_dir()]
+
+
+def _load_cert_dir(context: ssl.SSLContext, directory: Path) -> None:
+    """Docker's certs.d layout: ``*.crt`` are CAs to trust, ``NAME.cert`` + ``NAME.key`` a client
+    certificate for registries that ask for one."""
+    try:
+        for path in sorted(directory.glob("*.crt")):
+            context.load_verify_locations(cafile=str(path))
+        for cert in sorted(directory.glob("*.cert")):
+            key = cert.with_suffix(".key")
+            if not key.is_file():
+                raise OptionsError(f"{cert} has no matching {key.name}")
+            context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise OptionsError(f"cannot load the certificates in {directory}: {exc}") from exc
 
 
 def is_loopback(host: str) -> bool:
@@ -110,8 +141,8 @@ def parse_creds(text: str) -> tuple[str, str]:
 
 def add_client_arguments(parser: argparse.ArgumentParser, prefix: str = "", side: str = "") -> None:
     """Add ``--[PREFIX]plain-http``, ``--[PREFIX]tls-verify``, ``--[PREFIX]ca-file``,
-    ``--[PREFIX]authfile`` and ``--[PREFIX]creds``. ``prefix`` is e.g. ``"src-"``; ``side`` names it
-    in the help text (``"source"``)."""
+    ``--[PREFIX]cert-dir``, ``--[PREFIX]authfile`` and ``--[PREFIX]creds``. ``prefix`` is e.g.
+    ``"src-"``; ``side`` names it in the help text (``"source"``)."""
     of = f" (for the {side} registry)" if side else ""
     group = parser.add_argument_group(f"registry connection{of}")
     group.add_argument(
@@ -139,6 +170,12 @@ def add_client_arguments(parser: argparse.ArgumentParser, prefix: str = "", side
         f"--{prefix}ca-file", metavar="FILE", help="also trust the CA certificates in FILE (PEM)"
     )
     group.add_argument(
+        f"--{prefix}cert-dir",
+        metavar="DIR",
+        help="*.crt CAs and *.cert/*.key client certificates (default: /etc/containers/certs.d/HOST, "
+        "/etc/docker/certs.d/HOST)",
+    )
+    group.add_argument(
         f"--{prefix}authfile",
         metavar="FILE",
         help="read credentials from FILE only "
@@ -158,6 +195,7 @@ def client_options_from_args(args: argparse.Namespace, prefix: str = "") -> Clie
         plain_http=getattr(args, f"{key}plain_http", None),
         tls_verify=getattr(args, f"{key}tls_verify", True),
         ca_file=getattr(args, f"{key}ca_file", None),
+        cert_dir=getattr(args, f"{key}cert_dir", None),
         authfile=getattr(args, f"{key}authfile", None),
         credentials=parse_creds(creds) if creds else None,
     )

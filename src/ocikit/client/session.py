@@ -66,7 +66,7 @@ class RegistryClient:
         self.origin, _ = Origin.of(self.base_url)
         self._owns_http = http is None
         self.http = http or HttpClient(
-            ssl_context=self.options.ssl_context() if tls else None,
+            ssl_context=self.options.ssl_context(self.endpoint) if tls else None,
             connect_timeout=self.options.connect_timeout,
             read_timeout=self.options.read_timeout,
             user_agent=self.options.user_agent,
