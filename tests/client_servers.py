@@ -266,12 +266,14 @@ _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE"})
 @dataclass
 class CuttingProxy:
     """A TCP proxy to ``upstream``. The first ``cuts`` connections that carry more than ``after``
-    bytes in ``direction`` (``"down"``: responses, ``"up"``: requests) are cut there, both ways."""
+    bytes in ``direction`` (``"down"``: responses, ``"up"``: requests) are cut there, both ways.
+    With ``marker``, bytes are counted only from a request whose head contains it."""
 
     upstream: tuple[str, int]
     after: int
     direction: str = "down"
     cuts: int = 1
+    marker: bytes | None = None
     heads: list[bytes] = field(default_factory=list)  # the start of every request seen
     cut_count: int = 0
     _listener: socket.socket | None = None
@@ -314,11 +316,14 @@ class CuttingProxy:
         def pump(source: socket.socket, sink: socket.socket, direction: str) -> None:
             moved = 0
             armed: bool | None = None
+            counting = self.marker is None
             try:
                 while data := source.recv(65536):
                     if direction == "up" and data.split(b" ", 1)[0] in _METHODS:
                         self.heads.append(data[:4096])  # a request head starts a send
-                    if direction == self.direction and not state["cut"]:
+                        if self.marker is not None and self.marker in data[:4096]:
+                            counting, moved = True, 0
+                    if direction == self.direction and counting and not state["cut"]:
                         if moved + len(data) > self.after and armed is None:
                             armed = self._take_cut()
                         if armed:

@@ -27,7 +27,14 @@ from client_servers import (
     truncated,
 )
 from conftest import ServerProcess, require_tool, start_registry
-from ocikit.client import ClientOptions, RegistryDestination, RegistrySource, open_destination, open_source
+from ocikit.client import (
+    ClientOptions,
+    RegistryDestination,
+    RegistrySource,
+    UploadLost,
+    open_destination,
+    open_source,
+)
 from ocikit.client.errors import AuthenticationError, RegistryError, RegistryNotFound
 from ocikit.client.source import referrers_tag
 from ocikit.spec import Descriptor, VerificationError, mediatype, parse_reference
@@ -588,3 +595,67 @@ def test_registry_warnings_are_logged_once(tmp_path: Path, caplog: pytest.LogCap
         assert messages == [f"{server.host}: this registry is deprecated"]
     finally:
         server.stop()
+
+
+def test_distribution_drops_a_broken_upload_the_first_chunk_starts_over(distribution: Distribution) -> None:
+    """CNCF distribution 2.x cancels an upload whose PATCH broke off; while only the chunk in
+    hand was sent, the client starts a new upload with it."""
+    name = repo()
+    data = os.urandom(12 * MiB)
+    descriptor = layer_descriptor(data)
+    host, port = distribution.host.split(":")
+    proxy = CuttingProxy(
+        (host, int(port)), after=3 * MiB, direction="up", marker=b"Content-Range: 0-"
+    ).start()
+    try:
+
+        async def push() -> None:
+            reference = parse_reference(f"{proxy.host}/{name}:x")
+            destination = RegistryDestination(reference, chunk_size=8 * MiB, monolithic_limit=0)
+            try:
+                await destination.put_blob(descriptor, feed(data))
+            finally:
+                await destination.close()
+
+        run(push())
+        assert proxy.cut_count == 1
+        posts = [head for head in proxy.heads if head.startswith(b"POST /v2/")]
+        assert len(posts) == 2, "a second upload replaced the one distribution dropped"
+
+        async def pull() -> bytes:
+            source = open_source(f"{distribution.host}/{name}:x")
+            try:
+                return await read_all(source, descriptor)
+            finally:
+                await source.close()
+
+        assert run(pull()) == data
+    finally:
+        proxy.stop()
+
+
+def test_distribution_drops_a_broken_upload_later_chunks_raise_upload_lost(
+    distribution: Distribution,
+) -> None:
+    name = repo()
+    data = os.urandom(12 * MiB)
+    descriptor = layer_descriptor(data)
+    host, port = distribution.host.split(":")
+    second_chunk = f"Content-Range: {4 * MiB}-".encode()
+    proxy = CuttingProxy((host, int(port)), after=2 * MiB, direction="up", marker=second_chunk).start()
+    try:
+
+        async def push() -> None:
+            reference = parse_reference(f"{proxy.host}/{name}:x")
+            destination = RegistryDestination(reference, chunk_size=4 * MiB, monolithic_limit=0)
+            try:
+                with pytest.raises(UploadLost, match="upload the blob again"):
+                    await destination.put_blob(descriptor, feed(data))
+                assert not await destination.has_blob(descriptor)
+            finally:
+                await destination.close()
+
+        run(push())
+        assert proxy.cut_count == 1
+    finally:
+        proxy.stop()

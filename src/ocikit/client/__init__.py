@@ -2,7 +2,7 @@
 transport (:class:`RegistrySource`, :class:`RegistryDestination`), authentication from the
 usual credential stores, and the command-line flags every registry command shares."""
 
-from .errors import AuthenticationError, RegistryError, RegistryNotFound
+from .errors import AuthenticationError, RegistryError, RegistryNotFound, UploadLost
 from .options import ClientOptions, OptionsError, add_client_arguments, client_options_from_args
 from .registry import RegistryDestination, RegistrySource, open_destination, open_source
 from .session import RegistryClient
@@ -16,6 +16,7 @@ __all__ = [
     "RegistryError",
     "RegistryNotFound",
     "RegistrySource",
+    "UploadLost",
     "add_client_arguments",
     "client_options_from_args",
     "open_destination",

@@ -18,6 +18,7 @@ import contextlib
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -27,7 +28,7 @@ from ..spec.digest import verify_bytes
 from ..spec.models import ImageIndex, encode
 from ..store.transport import TransportError
 from .endpoint import RepositoryEndpoint
-from .errors import error_from_response
+from .errors import RegistryError, UploadLost, error_from_response
 from .http import ConnectionFailed, IncompleteBody
 from .options import ClientOptions
 from .session import RegistryClient, pull_scope, push_scope
@@ -168,15 +169,16 @@ class RegistryDestination(RepositoryEndpoint):
                 verify_bytes(data, descriptor.digest, descriptor.size)
             except VerificationError as exc:
                 raise VerificationError(f"{where}: the source's bytes: {exc}") from None
-        location, min_chunk = await self._start_upload(where)
+        upload = _Upload(*await self._start_upload(where))
         try:
             if not monolithic:
-                chunk_size = max(self.chunk_size, min_chunk)
-                location = await self._upload_chunks(location, feed, descriptor.size, chunk_size, where)
+                await self._upload_chunks(
+                    upload, feed, descriptor.size, max(self.chunk_size, upload.min_chunk), where
+                )
                 await feed.check_end()
-            await self._finish(location, descriptor, where, data)
+            await self._finish(upload.location, descriptor, where, data)
         except BaseException:
-            await self._cancel(location)
+            await self._cancel(upload.location)
             raise
 
     async def _start_upload(self, where: str) -> tuple[str, int]:
@@ -191,15 +193,15 @@ class RegistryDestination(RepositoryEndpoint):
             raise TransportError(f"{where}: the registry started an upload without a Location")
         return location, _int_header(response.headers.get("oci-chunk-min-length"))
 
-    async def _upload_chunks(self, location: str, feed: _Feed, size: int, chunk: int, where: str) -> str:
+    async def _upload_chunks(self, upload: _Upload, feed: _Feed, size: int, chunk: int, where: str) -> None:
         offset = 0
         while offset < size:
             length = min(chunk, size - offset)
             skip, failures = 0, 0
-            while True:
+            while skip < length:
                 try:
-                    location = await self._patch(
-                        location, feed.piece(length, skip), offset + skip, length - skip, where
+                    upload.location = await self._patch(
+                        upload.location, feed.piece(length, skip), offset + skip, length - skip, where
                     )
                     break
                 except (ConnectionFailed, IncompleteBody, _RangeRefused) as exc:
@@ -207,18 +209,29 @@ class RegistryDestination(RepositoryEndpoint):
                     if failures > self.client.options.retries:
                         raise TransportError(f"{where}: chunk at byte {offset + skip} failed: {exc}") from exc
                     await asyncio.sleep(min(0.2 * (1 << failures), 3.0))
-                    location, stored = await self._status(location, where)
-                    if not offset <= stored <= offset + length:
-                        raise TransportError(
-                            f"{where}: cannot resume: the registry holds {stored} bytes, "
-                            f"the chunk starts at {offset}"
-                        ) from exc
-                    skip = stored - offset
-                    if skip == length:
-                        break
+                    skip = await self._resume_point(upload, offset, length, where)
             feed.accept()
             offset += length
-        return location
+
+    async def _resume_point(self, upload: _Upload, offset: int, length: int, where: str) -> int:
+        """Where a broken chunk continues, relative to its start, as the registry reports it."""
+        try:
+            upload.location, stored = await self._status(upload.location, where)
+        except RegistryError as lost:
+            # Some registries (distribution 2.x) drop an upload whose PATCH broke off. While
+            # nothing but the chunk in hand was sent, a new upload can take its place.
+            if offset:
+                raise UploadLost(
+                    f"{where}: the registry dropped the upload when a chunk at byte {offset} broke off, "
+                    "and the bytes before it are gone from memory: upload the blob again"
+                ) from lost
+            upload.location, _ = await self._start_upload(where)
+            return 0
+        if not offset <= stored <= offset + length:
+            raise TransportError(
+                f"{where}: cannot resume: the registry holds {stored} bytes, the chunk starts at {offset}"
+            )
+        return stored - offset
 
     async def _patch(
         self, location: str, body: AsyncIterator[bytes], start: int, length: int, where: str
@@ -369,6 +382,14 @@ class RegistryDestination(RepositoryEndpoint):
 
 class _RangeRefused(TransportError):
     pass
+
+
+@dataclass(slots=True)
+class _Upload:
+    """An upload session: where to send the next request (registries move it along)."""
+
+    location: str
+    min_chunk: int
 
 
 def _artifact_type(document: dict[str, Any]) -> str | None:

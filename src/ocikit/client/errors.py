@@ -13,7 +13,7 @@ from typing import Final
 from ..store.transport import NotFound, TransportError
 from .http import Response
 
-__all__ = ["AuthenticationError", "RegistryError", "RegistryNotFound", "error_from_response"]
+__all__ = ["AuthenticationError", "RegistryError", "RegistryNotFound", "UploadLost", "error_from_response"]
 
 _BODY_LIMIT: Final = 64 * 1024
 _NOT_FOUND_CODES: Final = frozenset(
@@ -32,6 +32,11 @@ class RegistryError(TransportError):
 
 class RegistryNotFound(RegistryError, NotFound):
     """The repository, manifest, blob or upload does not exist (404)."""
+
+
+class UploadLost(TransportError):
+    """The registry dropped a blob upload that cannot be resumed from memory; a copy can start
+    the blob again from its source."""
 
 
 class AuthenticationError(RegistryError):
