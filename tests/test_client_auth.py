@@ -28,15 +28,18 @@ from client_servers import (
     start_distribution,
 )
 from conftest import OCIKIT
+from ocikit.cli.registry_host import registry_host
 from ocikit.client import (
     AuthenticationError,
     ClientOptions,
+    RegistryClient,
     RegistryDestination,
     RegistrySource,
     add_client_arguments,
     client_options_from_args,
 )
 from ocikit.client.auth import parse_challenges
+from ocikit.client.credentials import find_credentials
 from ocikit.client.http import ConnectionFailed
 from ocikit.client.options import OptionsError, is_loopback
 from ocikit.spec import parse_reference
@@ -548,3 +551,19 @@ def test_a_token_the_registry_stops_accepting_is_replaced() -> None:
         run(scenario())
     finally:
         registry.stop()
+
+
+def test_docker_hub_names(clean_env: Path) -> None:
+    client = RegistryClient("docker.io")
+    assert client.base_url == "https://registry-1.docker.io"
+    run(client.aclose())
+    _write(
+        clean_env / ".docker" / "config.json",
+        {"auths": {"https://index.docker.io/v1/": _auth_entry("hub", "pw")}},
+    )
+    found = find_credentials("docker.io", "library/busybox")
+    assert found is not None
+    assert (found.username, found.password) == ("hub", "pw")
+    assert "pw" not in repr(found), "secrets stay out of reprs and logs"
+    assert registry_host("https://index.docker.io/v1/") == "docker.io"
+    assert registry_host("localhost:5000") == "localhost:5000"

@@ -5,6 +5,7 @@ registry that lies."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -659,3 +660,27 @@ def test_distribution_drops_a_broken_upload_later_chunks_raise_upload_lost(
         assert proxy.cut_count == 1
     finally:
         proxy.stop()
+
+
+def test_sha512_blobs_round_trip(registry: ServerProcess) -> None:
+    data = os.urandom(6 * MiB)
+    descriptor = Descriptor(
+        media_type=mediatype.OCI_LAYER_GZIP,
+        digest="sha512:" + hashlib.sha512(data).hexdigest(),
+        size=len(data),
+    )
+    name = repo()
+
+    async def scenario() -> bytes:
+        reference = parse_reference(f"{registry.host}/{name}:x")
+        destination = RegistryDestination(reference, chunk_size=4 * MiB)
+        await destination.put_blob(descriptor, feed(data))
+        assert await destination.has_blob(descriptor)
+        await destination.close()
+        source = RegistrySource(reference)
+        try:
+            return await read_all(source, descriptor)
+        finally:
+            await source.close()
+
+    assert run(scenario()) == data

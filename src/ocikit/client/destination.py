@@ -169,7 +169,8 @@ class RegistryDestination(RepositoryEndpoint):
                 verify_bytes(data, descriptor.digest, descriptor.size)
             except VerificationError as exc:
                 raise VerificationError(f"{where}: the source's bytes: {exc}") from None
-        upload = _Upload(*await self._start_upload(where))
+        algorithm = descriptor.digest.partition(":")[0]
+        upload = _Upload(*await self._start_upload(where, algorithm), algorithm)
         try:
             if not monolithic:
                 await self._upload_chunks(
@@ -181,10 +182,11 @@ class RegistryDestination(RepositoryEndpoint):
             await self._cancel(upload.location)
             raise
 
-    async def _start_upload(self, where: str) -> tuple[str, int]:
+    async def _start_upload(self, where: str, algorithm: str = "sha256") -> tuple[str, int]:
         """A new upload's location, and the smallest chunk the registry wants (0: any)."""
+        query = "" if algorithm == "sha256" else "?" + urllib.parse.urlencode({"digest-algorithm": algorithm})
         response = await self.client.request(
-            "POST", f"/v2/{self.repository}/blobs/uploads/", scopes=self._scopes, body=b""
+            "POST", f"/v2/{self.repository}/blobs/uploads/{query}", scopes=self._scopes, body=b""
         )
         await self.client.expect(response, (202,), where)
         await response.aclose()
@@ -225,7 +227,7 @@ class RegistryDestination(RepositoryEndpoint):
                     f"{where}: the registry dropped the upload when a chunk at byte {offset} broke off, "
                     "and the bytes before it are gone from memory: upload the blob again"
                 ) from lost
-            upload.location, _ = await self._start_upload(where)
+            upload.location, _ = await self._start_upload(where, upload.algorithm)
             return 0
         if not offset <= stored <= offset + length:
             raise TransportError(
@@ -390,6 +392,7 @@ class _Upload:
 
     location: str
     min_chunk: int
+    algorithm: str
 
 
 def _artifact_type(document: dict[str, Any]) -> str | None:
