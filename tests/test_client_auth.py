@@ -567,3 +567,30 @@ def test_docker_hub_names(clean_env: Path) -> None:
     assert "pw" not in repr(found), "secrets stay out of reprs and logs"
     assert registry_host("https://index.docker.io/v1/") == "docker.io"
     assert registry_host("localhost:5000") == "localhost:5000"
+
+
+def test_concurrent_first_requests_share_one_token(token_registry: TokenSetup, clean_env: Path) -> None:
+    host = token_registry.registry.host
+
+    async def scenario() -> int:
+        destination = RegistryDestination(parse_reference(f"{host}/{repo()}:x"), CREDS)
+        try:
+            blobs = [layer_descriptor(os.urandom(100)) for _ in range(8)]
+            assert await asyncio.gather(*(destination.has_blob(blob) for blob in blobs)) == [False] * 8
+            return destination.client.auth.token_requests
+        finally:
+            await destination.close()
+
+    assert run(scenario()) == 1
+
+
+def test_concurrent_first_requests_with_basic_auth(basic_registry: Distribution, basic_image: str) -> None:
+    async def scenario() -> list[bool]:
+        destination = RegistryDestination(parse_reference(f"{basic_registry.host}/{basic_image}:x"), CREDS)
+        try:
+            blobs = [layer_descriptor(os.urandom(100)) for _ in range(8)]
+            return list(await asyncio.gather(*(destination.has_blob(blob) for blob in blobs)))
+        finally:
+            await destination.close()
+
+    assert run(scenario()) == [False] * 8

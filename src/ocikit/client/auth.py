@@ -166,9 +166,15 @@ class Authenticator:
             return "Bearer " + await self._token(frozenset(scopes))
         return None
 
-    async def on_challenge(self, values: Sequence[str], scopes: Sequence[str]) -> list[str] | None:
-        """Learn from a 401's ``WWW-Authenticate``. Returns the scopes to retry with (those asked
-        for plus any the challenge names), or None when retrying cannot succeed."""
+    async def on_challenge(
+        self, values: Sequence[str], scopes: Sequence[str], sent: str | None
+    ) -> list[str] | None:
+        """Learn from a 401's ``WWW-Authenticate`` to a request that carried ``sent`` as its
+        ``Authorization`` (None: nothing). Returns the scopes to retry with (those asked for plus
+        any the challenge names), or None when retrying cannot succeed.
+
+        Concurrent requests all meet the first challenge; only a refused token is thrown away,
+        so they share the one token the first of them fetches."""
         challenges = {challenge.scheme: challenge for challenge in parse_challenges(values)}
         if not challenges:
             return None  # a 401 that says nothing about how to authenticate: report it as is
@@ -184,13 +190,14 @@ class Authenticator:
                 if not _covered(needed, wanted):
                     wanted.add(needed)
             key = frozenset(wanted)
-            had = self._tokens.pop(key, None)
-            if had is not None and challenge.params.get("error") == "insufficient_scope":
-                return None  # a fresh token would carry the same grant
+            cached = self._tokens.get(key)
+            if cached is not None and sent == f"Bearer {cached.value}":
+                if challenge.params.get("error") == "insufficient_scope":
+                    return None  # a fresh token would carry the same grant
+                del self._tokens[key]
             await self._token(key)
             return sorted(key)
         if "basic" in challenges:
-            already = self._scheme == "basic"
             self._scheme = "basic"
             if await self.credentials() is None:
                 raise AuthenticationError(
@@ -198,7 +205,7 @@ class Authenticator:
                     f"run `ocikit login {self.registry}` or pass --creds",
                     status=401,
                 )
-            return None if already else list(scopes)
+            return None if sent is not None else list(scopes)  # sent and refused: wrong password
         offered = ", ".join(challenges) or "none"
         raise AuthenticationError(
             f"{self.registry}: unsupported authentication scheme(s): {offered}", status=401

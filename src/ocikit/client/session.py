@@ -147,18 +147,18 @@ class RegistryClient:
             # Security: once a redirect leaves the registry's origin, no later hop of this
             # request carries the registry's Authorization, not even one that comes back.
             left_origin = left_origin or Origin.of(url)[0] != self.origin
-            sent = (
-                headers
-                if left_origin or authorization is None
-                else [*headers, ("Authorization", authorization)]
-            )
+            carried = None if left_origin else authorization
             response = await self.http.request(
-                method, url, headers=sent, body=body, content_length=content_length
+                method,
+                url,
+                headers=headers if carried is None else [*headers, ("Authorization", carried)],
+                body=body,
+                content_length=content_length,
             )
             if response.status == 401 and not left_origin and not challenged:
                 challenged = True
                 retry_scopes = await self.auth.on_challenge(
-                    response.headers.get_list("www-authenticate"), scopes
+                    response.headers.get_list("www-authenticate"), scopes, carried
                 )
                 if retry_scopes is not None and (body is None or isinstance(body, bytes)):
                     await response.aclose()
