@@ -684,3 +684,28 @@ def test_sha512_blobs_round_trip(registry: ServerProcess) -> None:
             await source.close()
 
     assert run(scenario()) == data
+
+
+def test_parallel_transfers_share_one_client(any_registry: str) -> None:
+    """What a copy engine does: blobs pushed and pulled concurrently through one destination and
+    one source (one connection pool, one auth state)."""
+    name = repo()
+    layers = [os.urandom(size) for size in (10, 200_000, 3 * MiB, 5 * MiB + 1, 7 * MiB, 1 * MiB)]
+    descriptors = [layer_descriptor(layer) for layer in layers]
+
+    async def scenario() -> list[bytes]:
+        reference = parse_reference(f"{any_registry}/{name}:x")
+        destination = RegistryDestination(reference, chunk_size=2 * MiB, monolithic_limit=MiB)
+        try:
+            await asyncio.gather(
+                *(destination.put_blob(d, feed(b)) for d, b in zip(descriptors, layers, strict=True))
+            )
+        finally:
+            await destination.close()
+        source = RegistrySource(reference)
+        try:
+            return list(await asyncio.gather(*(read_all(source, d) for d in descriptors)))
+        finally:
+            await source.close()
+
+    assert run(scenario()) == layers
