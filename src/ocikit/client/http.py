@@ -38,7 +38,12 @@ _STREAM_MAX_IDLE: Final = 2.0
 
 
 class ConnectionFailed(TransportError):
-    """The connection could not be made, or broke before a complete response head arrived."""
+    """The connection could not be made, or broke before a complete response head arrived.
+    ``retryable`` is False where trying again cannot help (an untrusted certificate)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class IncompleteBody(TransportError):
@@ -420,7 +425,8 @@ class HttpClient:
         except ssl.SSLCertVerificationError as exc:
             raise ConnectionFailed(
                 f"{origin.host_header}: TLS certificate not trusted ({exc.verify_message}); give the CA with "
-                "--ca-file, or --tls-verify=false to skip verification"
+                "--ca-file, or --tls-verify=false to skip verification",
+                retryable=False,
             ) from exc
         except (OSError, ssl.SSLError) as exc:
             raise ConnectionFailed(f"{origin.scheme}://{origin.host_header}: {_describe(exc)}") from exc

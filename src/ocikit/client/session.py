@@ -107,8 +107,8 @@ class RegistryClient:
             last = attempt == attempts - 1
             try:
                 response = await self._send(method, self.url(path), scopes, headers, body, content_length)
-            except ConnectionFailed:
-                if last:
+            except ConnectionFailed as exc:
+                if last or not exc.retryable:
                     raise
                 await asyncio.sleep(_backoff(attempt))
                 continue
