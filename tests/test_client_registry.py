@@ -709,3 +709,15 @@ def test_parallel_transfers_share_one_client(any_registry: str) -> None:
             await source.close()
 
     assert run(scenario()) == layers
+
+
+def test_liar_redirects_in_circles_or_to_garbage(liar: LyingRegistry) -> None:
+    data = b"x" * 100
+    descriptor = layer_descriptor(data)
+    path = f"/v2/lies/repo/blobs/{descriptor.digest}"
+    liar.routes[("GET", path)] = fixed(307, b"", {"Location": path})
+    _expect(liar, lambda s: read_all(s, descriptor), TransportError, "more than 5 redirects")
+    liar.routes[("GET", path)] = fixed(307, b"", {"Location": "/v2/bl\u00f6b"})
+    _expect(liar, lambda s: read_all(s, descriptor), TransportError, "non-ASCII")
+    liar.routes[("GET", path)] = fixed(200, data, {"Content-Length": "-5"})
+    _expect(liar, lambda s: read_all(s, descriptor), TransportError, "invalid Content-Length")

@@ -328,6 +328,7 @@ class HttpClient:
             try:
                 await self._send(connection, head, body, length)
                 status, reason, response_headers, keep_alive = await self._read_head(connection, url)
+                return Response(self, connection, method, url, status, reason, response_headers, keep_alive)
             except BaseException as exc:
                 connection.close()
                 if reused and not streamed and attempt == 0 and isinstance(exc, ConnectionFailed | OSError):
@@ -335,7 +336,6 @@ class HttpClient:
                 if isinstance(exc, OSError | ssl.SSLError):
                     raise ConnectionFailed(f"{method} {url}: {_describe(exc)}") from exc
                 raise
-            return Response(self, connection, method, url, status, reason, response_headers, keep_alive)
         raise AssertionError("unreachable")
 
     def _head(
@@ -357,7 +357,10 @@ class HttpClient:
             lines.append(f"{name}: {value}")
         if length is not None and (length or method in ("POST", "PUT", "PATCH")):
             lines.append(f"Content-Length: {length}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        except UnicodeEncodeError:
+            raise TransportError(f"{method} {target[:200]!r}: the request has non-ASCII characters") from None
 
     async def _send(
         self, connection: _Connection, head: bytes, body: RequestBody, length: int | None
