@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that ocikit's tests and benchmarks drive as real peers:
 # skopeo (a registry client nobody here wrote), docker-registry (CNCF distribution), umoci, runc,
-# and wrk (the HTTP load generator bench/registry.py drives).
+# wrk (the HTTP load generator bench/registry.py drives), busybox-static (the tiny
+# rootfs the bundle tests run with runc), apache2-utils (htpasswd, bcrypt password files for
+# docker-registry) and openssl (keys, certificates and token signatures in the client tests).
 # Only what is missing, and only as root; elsewhere the tests that need them skip with a reason.
 set -euo pipefail
-packages=(skopeo docker-registry umoci runc wrk apache2-utils openssl)
+packages=(skopeo docker-registry umoci runc wrk busybox-static apache2-utils openssl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

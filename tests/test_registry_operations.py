@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import start_registry
+from conftest import OCIKIT, start_registry
 from registry_helpers import digest, push_blob, push_image, put_manifest, repo_name
 from test_registry_faults import _assert_store_consistent
 
@@ -139,3 +140,44 @@ def test_json_access_log_has_one_line_per_request(tmp_path: Path) -> None:
     assert (get["method"], get["status"], get["bytes"]) == ("GET", 200, len(b"logged"))
     assert (missing["path"], missing["status"]) == (f"/v2/{repo}/manifests/absent", 404)
     assert all(isinstance(e["duration_ms"], float) and e["duration_ms"] >= 0 for e in (upload, get, missing))
+
+
+def test_sparse_manifests_setting_accepts_absent_blobs_and_keeps_later_pushes(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "data", ["--sparse-manifests", "true", "--gc-grace", "0"])
+    repo = repo_name("sparse")
+    layer = os.urandom(2048)
+    try:
+        with server.client() as c:
+            config = push_blob(c, repo, b"{}")
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config,
+                    "size": 2,
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": digest(layer),
+                        "size": 2048,
+                    }
+                ],
+            }
+            body = json.dumps(manifest).encode()
+            assert put_manifest(c, repo, "sparse", body).status_code == 201
+            assert c.get(f"/v2/{repo}/manifests/sparse").content == body
+            assert c.head(f"/v2/{repo}/blobs/{digest(layer)}").status_code == 404
+            push_blob(c, repo, layer)  # the absent layer arrives later; the tagged manifest keeps it
+    finally:
+        server.stop()
+    subprocess.run(
+        [*OCIKIT, "gc", "--root", str(server.root), "--grace", "0"], check=True, capture_output=True
+    )
+    server.restart()
+    try:
+        with server.client() as c:
+            assert c.get(f"/v2/{repo}/blobs/{digest(layer)}").content == layer
+    finally:
+        server.stop()

@@ -1,4 +1,5 @@
-"""``ocikit gc``: garbage-collect a registry's storage, safely beside a running server."""
+"""``ocikit gc``: garbage-collect the local image store or, with ``--root``/``--config``, a
+registry's storage; either is safe beside running writers."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from ..registry.settings import SettingsError, load_settings
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "gc",
-        help="remove unreferenced blobs and untagged manifests from a registry's storage",
+        help="remove unreferenced blobs from the local store, or (--root) from a registry",
         description=(
-            "Mark and sweep the registry under --root: manifests that are tagged, recent, or reachable "
+            "Without --root/--config: collect the local image store (--store): blobs that no name in "
+            "it reaches (through indexes, manifests, configs, layers; referrers of kept images are "
+            "kept) and that are older than the grace period (default 1 hour) are removed, as are "
+            "staging files of interrupted copies. "
+            "With --root or --config: mark and sweep the registry there: manifests that are tagged, "
+            "recent, or reachable "
             "from those (index children, referrers of a live subject) are kept, and so are the blobs they "
             "use. Anything newer than the grace period is kept, so a push in progress is never broken. "
             "Safe to run while `ocikit serve` uses the same root. Expired uploads are purged too."
@@ -25,10 +31,17 @@ def register(commands: Any) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML settings file, as for ocikit serve")
     parser.add_argument("--grace", type=float, metavar="SECONDS", help="override gc_grace")
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    parser.add_argument(
+        "--store",
+        metavar="DIR",
+        help="the local image store to collect [env OCIKIT_STORE, default ~/.local/share/ocikit/store]",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.root is None and args.config is None:
+        return _collect_store(args)
     try:
         settings = load_settings({"root": args.root}, config_file=args.config)
     except SettingsError as exc:
@@ -60,5 +73,28 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
     print(
         f"{verb}: {len(report.manifests)} manifests, {len(report.blob_links)} blob links, "
         f"{len(report.blobs)} blobs ({report.freed_bytes} bytes), {len(uploads)} expired uploads"
+    )
+    return 0
+
+
+def _collect_store(args: argparse.Namespace) -> int:
+    from ..store.images import ImageStore
+    from ..store.maintenance import DEFAULT_GRACE, collect_garbage
+    from ..store.transport import TransportError
+
+    try:
+        with ImageStore(args.store) as store:
+            grace = DEFAULT_GRACE if args.grace is None else args.grace
+            report = collect_garbage(store.layout, grace=grace, dry_run=args.dry_run)
+    except (TransportError, OSError) as exc:
+        print(f"ocikit gc: {exc}", file=sys.stderr)
+        return 1
+    verb = "would remove" if args.dry_run else "removed"
+    for digest in report.removed:
+        print(f"{verb} blob {digest}")
+    print(
+        f"{verb}: {len(report.removed)} blobs ({report.freed_bytes} bytes), "
+        f"{report.staging_purged} staging files; kept {report.kept} referenced and "
+        f"{report.kept_recent} recent blobs"
     )
     return 0

@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import gc, login, logout, serve, validate
+from . import copy, fsck, gc, images, inspect, login, logout, pull, push, rmi, serve, tag, validate
 
-_COMMANDS = (validate, serve, gc, login, logout)
+_COMMANDS = (validate, serve, gc, copy, pull, push, images, inspect, tag, rmi, fsck, login, logout)
 
 
 def build_parser() -> argparse.ArgumentParser:

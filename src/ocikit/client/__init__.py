@@ -1,6 +1,7 @@
-"""Talking to remote registries: an async OCI Distribution client with the ``docker://``
-transport (:class:`RegistrySource`, :class:`RegistryDestination`), authentication from the
-usual credential stores, and the command-line flags every registry command shares."""
+"""Getting images in and out: locations in skopeo's syntax (:mod:`.transports`) and remote
+registries: an async OCI Distribution client with the ``docker://`` transport
+(:class:`RegistrySource`, :class:`RegistryDestination`), authentication from the usual
+credential stores, and the command-line flags every registry command shares."""
 
 from .errors import AuthenticationError, RegistryError, RegistryNotFound, UploadLost
 from .options import ClientOptions, OptionsError, add_client_arguments, client_options_from_args

@@ -188,7 +188,9 @@ async def put(reg: Registry, request: Request, name: str, reference: str) -> Res
         raise RegistryError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {expected}")
     blobs, children = _references(node, media_type)
     record = _record(node, raw, digest, media_type)
-    missing = await reg.metadata.put_manifest(name, record, blobs=blobs, children=children, tags=tags)
+    missing = await reg.metadata.put_manifest(
+        name, record, blobs=blobs, children=children, tags=tags, sparse=reg.settings.sparse_manifests
+    )
     if missing:
         raise RegistryError(
             "MANIFEST_BLOB_UNKNOWN",

@@ -41,6 +41,7 @@ class Settings:
     delete_tags: bool = True
     max_manifest_size: int = 4 * 1024 * 1024
     chunk_min_length: int = 0
+    sparse_manifests: bool = False
     upload_expiry: float = 24 * 3600
     gc_interval: float = 0
     gc_grace: float = 3600
@@ -81,6 +82,10 @@ SETTINGS: Final = (
     SettingInfo("delete_tags", "allow DELETE of tags (405 when false)"),
     SettingInfo("max_manifest_size", "largest manifest accepted, in bytes (413 above it)"),
     SettingInfo("chunk_min_length", "OCI-Chunk-Min-Length announced to clients, in bytes (0: none)"),
+    SettingInfo(
+        "sparse_manifests",
+        "accept manifests whose blobs or child manifests are absent (default: MANIFEST_BLOB_UNKNOWN)",
+    ),
     SettingInfo("upload_expiry", "seconds after its last activity that an upload is purged"),
     SettingInfo("gc_interval", "seconds between online garbage collections (0: off)"),
     SettingInfo("gc_grace", "seconds a new blob or untagged manifest is safe from garbage collection"),

@@ -7,7 +7,6 @@ of it, because layouts arrive from untrusted sources (unpacked archives, shared 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Final
 from ..spec import mediatype as mt
 from ..spec.digest import SUPPORTED_ALGORITHMS, Digester, digest_error
 from ..spec.validate import ValidationFailed, Violation, kind_of_media_type, parse_json, validate
+from .files import open_dir, open_regular
 
 __all__ = ["validate_layout"]
 
@@ -41,27 +41,23 @@ class _LayoutCheck:
         """An fd for the blob, refusing symlinks and non-regular files."""
         algorithm, _, encoded = digest.partition(":")
         try:
-            blobs = os.open(self.root / "blobs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            algorithm_dir = os.open(algorithm, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=blobs)
+            blobs = open_dir("blobs", root)
+            try:
+                directory = open_dir(algorithm, blobs)
+            finally:
+                os.close(blobs)
+            try:
+                return open_regular(encoded, directory)
+            finally:
+                os.close(directory)
         except OSError:
             return None
         finally:
-            os.close(blobs)
-        try:
-            # O_NONBLOCK: opening a FIFO planted in blobs/ would otherwise wait forever for a
-            # writer; it changes nothing for the regular files that are accepted below.
-            fd = os.open(encoded, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=algorithm_dir)
-        except OSError:
-            return None
-        finally:
-            os.close(algorithm_dir)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None
-        return fd
+            os.close(root)
 
     def verify_blob(self, digest: str, size: int | None, where: str) -> bool:
         """Check a blob's presence, size and digest once; later calls reuse the verdict."""

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
 from ..spec import Descriptor
+from .files import BlobFile
 
 
 class TransportError(Exception):
@@ -83,4 +84,59 @@ class ImageDestination(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["ImageDestination", "ImageSource", "NotFound", "TransportError"]
+# Optional capabilities. A transport offers one by having the method; the copy engine checks
+# with ``isinstance`` (the protocols are runtime-checkable) and falls back to the plain
+# protocol above when it is missing, so none of them is ever required.
+
+
+@runtime_checkable
+class BlobFileSource(Protocol):
+    """A source whose blobs are spans of local files (a layout, an uncompressed archive), so
+    that a copy to a local destination can run in the kernel (``copy_file_range``)."""
+
+    def blob_file(self, descriptor: Descriptor) -> BlobFile | None:
+        """The blob as an open file span, or None when it is not available that way. The
+        caller closes it. The span is not verified: the destination verifies what it stores."""
+        ...
+
+
+@runtime_checkable
+class BlobFileDestination(Protocol):
+    """A destination that can take a blob from a file span without the bytes passing through
+    Python."""
+
+    async def put_blob_from_file(self, descriptor: Descriptor, blob: BlobFile) -> None:
+        """Like ``put_blob``, verified the same way, from a file span."""
+        ...
+
+
+@runtime_checkable
+class UntaggedRoots(Protocol):
+    """A destination where an image copied without a tag must be recorded to stay reachable:
+    an image layout lists it in ``index.json`` without a ref name, as skopeo does for
+    ``oci:DIR``. A registry keeps untagged manifests by digest and needs no such call."""
+
+    async def add_root(self, descriptor: Descriptor) -> None: ...
+
+
+@runtime_checkable
+class MountsBlobs(Protocol):
+    """A destination that can make a blob appear without transferring it, given where it comes
+    from: a registry destination mounting from another repository of the same registry
+    (distribution-spec cross-repository mount) when ``source`` is on that registry."""
+
+    async def mount_blob(self, descriptor: Descriptor, source: ImageSource) -> bool:
+        """True when the blob is now at the destination; False to fall back to copying."""
+        ...
+
+
+__all__ = [
+    "BlobFileDestination",
+    "BlobFileSource",
+    "ImageDestination",
+    "ImageSource",
+    "MountsBlobs",
+    "NotFound",
+    "TransportError",
+    "UntaggedRoots",
+]

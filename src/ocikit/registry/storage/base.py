@@ -197,11 +197,14 @@ class MetadataStore(Protocol):
         blobs: list[Digest],
         children: list[Digest],
         tags: list[str],
+        sparse: bool = False,
     ) -> list[Digest]:
         """Store a manifest and point ``tags`` at it, atomically.
 
         ``blobs`` (config, layers) must be linked to the repository and ``children`` (an index's
-        manifests) stored in it; the missing ones are returned and nothing is stored.
+        manifests) stored in it; the missing ones are returned and nothing is stored. With
+        ``sparse`` they may be absent: the references are recorded all the same, so content
+        pushed later is kept alive by this manifest.
         """
         ...
 

@@ -292,13 +292,15 @@ class SQLiteMetadataStore:
         blobs: list[Digest],
         children: list[Digest],
         tags: list[str],
+        sparse: bool = False,
     ) -> list[Digest]:
         def put(c: sqlite3.Connection) -> list[Digest]:
             repository_id = self._repository_id(c, repository, create=True)
-            missing = self._missing(c, repository_id, blobs, "repository_blobs", "digest")
-            missing += self._missing(c, repository_id, children, "manifests", "digest")
-            if missing:
-                return missing
+            if not sparse:
+                missing = self._missing(c, repository_id, blobs, "repository_blobs", "digest")
+                missing += self._missing(c, repository_id, children, "manifests", "digest")
+                if missing:
+                    return missing
             now = time.time()
             c.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, config_media_type, "
