@@ -195,7 +195,7 @@ def test_mount_asks_for_pull_on_the_source_repository(token_registry: TokenSetup
         await destination.close()
         other = RegistryDestination(parse_reference(f"{host}/{second}:x"), CREDS)
         try:
-            assert await other.mount_blob(descriptor, first)
+            assert await other.mount_from(descriptor, first)
             assert await other.has_blob(descriptor)
         finally:
             await other.close()

@@ -39,7 +39,7 @@ from ocikit.client import (
 from ocikit.client.errors import AuthenticationError, RegistryError, RegistryNotFound
 from ocikit.client.source import referrers_tag
 from ocikit.spec import Descriptor, VerificationError, mediatype, parse_reference
-from ocikit.store.transport import ImageDestination, ImageSource, TransportError
+from ocikit.store.transport import ImageDestination, ImageSource, MountsBlobs, TransportError
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -377,11 +377,40 @@ def test_mount_across_repositories(registry: ServerProcess) -> None:
         destination = open_destination(f"{registry.host}/{second}:x")
         try:
             assert not await destination.has_blob(descriptor)
-            assert await destination.mount_blob(descriptor, first)
+            assert await destination.mount_from(descriptor, first)
             assert await destination.has_blob(descriptor)
-            assert not await destination.mount_blob(layer_descriptor(b"nowhere"), first)
+            assert not await destination.mount_from(layer_descriptor(b"nowhere"), first)
         finally:
             await destination.close()
+
+    run(scenario())
+
+
+def test_mount_blob_capability_only_for_sources_on_the_same_registry(
+    registry: ServerProcess, distribution: Distribution
+) -> None:
+    """``MountsBlobs`` as the copy engine uses it: a source in another repository of the same
+    registry mounts; any other source is refused without a request."""
+    first, second = repo(), repo()
+    data = os.urandom(10_000)
+    descriptor = layer_descriptor(data)
+
+    async def scenario() -> None:
+        await _push_blob(registry.host, first, descriptor, data)
+        destination = open_destination(f"{registry.host}/{second}:x")
+        same = open_source(f"{registry.host}/{first}:x")
+        elsewhere = open_source(f"{distribution.host}/{first}:x")
+        itself = open_source(f"{registry.host}/{second}:x")
+        try:
+            assert isinstance(destination, MountsBlobs)
+            assert not await destination.mount_blob(descriptor, elsewhere)
+            assert not await destination.mount_blob(descriptor, itself)
+            assert not await destination.has_blob(descriptor)
+            assert await destination.mount_blob(descriptor, same)
+            assert await destination.has_blob(descriptor)
+        finally:
+            for endpoint in (destination, same, elsewhere, itself):
+                await endpoint.close()
 
     run(scenario())
 

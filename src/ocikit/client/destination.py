@@ -26,7 +26,7 @@ import msgspec
 from ..spec import Descriptor, Reference, VerificationError, mediatype
 from ..spec.digest import verify_bytes
 from ..spec.models import ImageIndex, encode
-from ..store.transport import TransportError
+from ..store.transport import ImageSource, TransportError
 from .endpoint import RepositoryEndpoint
 from .errors import RegistryError, UploadLost, error_from_response
 from .http import ConnectionFailed, IncompleteBody
@@ -134,7 +134,18 @@ class RegistryDestination(RepositoryEndpoint):
         await self.client.expect(response, (200,), f"check {self._name(descriptor.digest)}")
         return response.content_length in (None, descriptor.size)
 
-    async def mount_blob(self, descriptor: Descriptor, from_repository: str) -> bool:
+    async def mount_blob(self, descriptor: Descriptor, source: ImageSource) -> bool:
+        """The ``MountsBlobs`` capability of the copy engine: when ``source`` is another
+        repository of this same registry, ask the registry to link the blob from there instead
+        of transferring it. False (and no request) for any other source."""
+        if not isinstance(source, RepositoryEndpoint):
+            return False
+        same_registry = source.client.base_url == self.client.base_url
+        if not same_registry or source.repository == self.repository:
+            return False
+        return await self.mount_from(descriptor, source.repository)
+
+    async def mount_from(self, descriptor: Descriptor, from_repository: str) -> bool:
         """Link the blob from ``from_repository`` of the same registry; False when the registry
         would not (no mount support, no such blob, or no pull access there): upload it then."""
         query = urllib.parse.urlencode({"mount": descriptor.digest, "from": from_repository})
