@@ -78,6 +78,11 @@ async def copy(
         await destination.close()
 
 
+def between(source: str, destination: str, tag: str) -> CopyResult:
+    """A registry-to-registry copy, as ``ocikit copy docker://… docker://…`` makes it."""
+    return run(copy(pull_from(source), push_to(destination), None, [tag]))
+
+
 def layout_source(path: Path) -> ImageSource:
     return OCILayout.open(path).source(owned=True)
 
@@ -94,14 +99,7 @@ def test_layout_to_ocikit_to_distribution_and_back_byte_for_byte(
     up = run(copy(layout_source(path), push_to(f"{registry.host}/{name}:v1"), "v1", ["v1"]))
     assert up.descriptor.digest == built.top.digest
     assert up.referrers == 1
-    across = run(
-        copy(
-            pull_from(f"{registry.host}/{name}:v1"),
-            push_to(f"{distribution.host}/{name}:v1"),
-            None,
-            ["v1"],
-        )
-    )
+    across = between(f"{registry.host}/{name}:v1", f"{distribution.host}/{name}:v1", "v1")
     assert across.descriptor.digest == built.top.digest
     assert across.referrers == 1, "the referrers tag schema carries the SBOM on distribution"
     back = tmp_path / "back"
@@ -117,14 +115,7 @@ def test_copy_within_a_registry_mounts_instead_of_uploading(
     path, built = image
     first, second = f"copy/{uuid.uuid4().hex[:8]}", f"copy/{uuid.uuid4().hex[:8]}"
     run(copy(layout_source(path), push_to(f"{registry.host}/{first}:v1"), "v1", ["v1"]))
-    result = run(
-        copy(
-            pull_from(f"{registry.host}/{first}:v1"),
-            push_to(f"{registry.host}/{second}:v2"),
-            None,
-            ["v2"],
-        )
-    )
+    result = between(f"{registry.host}/{first}:v1", f"{registry.host}/{second}:v2", "v2")
     assert result.descriptor.digest == built.top.digest
     assert result.blobs_copied == 0, "every blob was mounted from the first repository"
     assert result.bytes_copied == 0
