@@ -7,9 +7,41 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import copy, create, fsck, gc, images, inspect, pull, push, rm, rmi, serve, tag, validate
+from . import (
+    copy,
+    create,
+    fsck,
+    gc,
+    images,
+    inspect,
+    login,
+    logout,
+    pull,
+    push,
+    rm,
+    rmi,
+    serve,
+    tag,
+    validate,
+)
 
-_COMMANDS = (validate, serve, gc, copy, pull, push, images, inspect, tag, rmi, fsck, create, rm)
+_COMMANDS = (
+    validate,
+    serve,
+    gc,
+    copy,
+    pull,
+    push,
+    images,
+    inspect,
+    tag,
+    rmi,
+    fsck,
+    login,
+    logout,
+    create,
+    rm,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
