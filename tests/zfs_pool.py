@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,45 @@ def zfs_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsPool]:
                 daemon.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 daemon.kill()
+
+
+def zfs_names(dataset: str) -> list[str]:
+    """Every filesystem and snapshot at and below ``dataset``, as the real ``zfs list`` says."""
+    result = subprocess.run(
+        ["zfs", "list", "-H", "-o", "name", "-t", "filesystem,snapshot", "-r", dataset],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.split()
+
+
+def zfs_property(name: str, prop: str) -> str:
+    return subprocess.run(
+        ["zfs", "get", "-H", "-p", "-o", "value", prop, name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def zfs_dataset(zfs_pool: ZfsPool, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A parent dataset name of its own for one test, in ``OCIKIT_ZFS_DATASET`` (which child
+    processes inherit); the snapshotter creates it, and it is destroyed after the test."""
+    name = zfs_pool.dataset(f"t{uuid.uuid4().hex[:10]}")
+    monkeypatch.setenv("OCIKIT_ZFS_DATASET", name)
+    yield name
+    subprocess.run(["zfs", "destroy", "-R", "-f", name], capture_output=True, check=False)
+
+
+def assert_consistent(snap: Any) -> None:
+    """What ``zfs`` itself shows agrees with what the snapshotter says: one complete dataset
+    per snapshot, one complete ``@committed`` per committed snapshot, nothing half-made."""
+    dataset = snap.dataset
+    names = [name for name in zfs_names(dataset) if name != dataset]
+    infos = list(snap.walk())
+    filesystems = [name for name in names if "@" not in name]
+    assert len(filesystems) == len(infos), names
+    for name in names:
+        assert zfs_property(name, "ocikit:complete") == "yes", f"{name} is half-made"
+        assert zfs_property(name, "ocikit:removing") == "-", f"{name} is half-removed"
+    committed = [name for name in names if name.endswith("@committed")]
+    assert len(committed) == sum(info.kind.value == "committed" for info in infos)
