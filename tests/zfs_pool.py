@@ -13,8 +13,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,8 +99,21 @@ def zfs_names(dataset: str) -> list[str]:
 
 def zfs_property(name: str, prop: str) -> str:
     return subprocess.run(
-        ["zfs", "get", "-H", "-p", "-o", "value", prop, name], capture_output=True, text=True, check=True
+        ["zfs", "get", "-H", "-p", "-o", "value", prop, name],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
+
+
+def zfs_destroy(name: str, *flags: str) -> None:
+    """``zfs destroy``, tried again while zfs-fuse still calls a just-used dataset busy."""
+    for _ in range(20):
+        result = subprocess.run(["zfs", "destroy", *flags, name], capture_output=True, text=True)
+        if result.returncode == 0 or "busy" not in result.stderr:
+            break
+        time.sleep(0.25)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture
@@ -110,7 +123,8 @@ def zfs_dataset(zfs_pool: ZfsPool, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     name = zfs_pool.dataset(f"t{uuid.uuid4().hex[:10]}")
     monkeypatch.setenv("OCIKIT_ZFS_DATASET", name)
     yield name
-    subprocess.run(["zfs", "destroy", "-R", "-f", name], capture_output=True, check=False)
+    if zfs_names(name):
+        zfs_destroy(name, "-R", "-f")
 
 
 def assert_consistent(snap: Any) -> None:

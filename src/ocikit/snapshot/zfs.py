@@ -67,7 +67,7 @@ __all__ = ["ENV_DATASET", "ZfsSnapshotter"]
 ENV_DATASET = "OCIKIT_ZFS_DATASET"
 _SNAP = "committed"
 _P = "ocikit:"
-_PROPS = ("key", "kind", "labels", "created", "updated", "complete", "removing")
+_PROPS = ("key", "kind", "labels", "created", "updated", "complete", "removing", "sealed")
 #: A ZFS user property value holds 8 KiB on OpenZFS but less on zfs-fuse: stay well below both.
 _MAX_VALUE = 4000
 #: Waits between attempts at unmounting or destroying a busy dataset: about 3 s in all.
@@ -90,7 +90,6 @@ class _Entry:
 
     name: str
     origin: str | None = None
-    readonly: str | None = None
     props: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -121,7 +120,7 @@ class _State:
     debris: list[_Entry] = field(default_factory=list)
     #: ``@committed`` snapshots whose commit never completed.
     stale_snapshots: list[str] = field(default_factory=list)
-    #: Committed datasets still writable (a crash right after the commit switch).
+    #: Committed datasets not yet made read-only (a crash right after the commit switch).
     writable_committed: list[str] = field(default_factory=list)
 
     def children(self, key: str) -> list[str]:
@@ -251,7 +250,7 @@ class ZfsSnapshotter:
         Only locally set values count: a snapshot inherits its filesystem's user properties,
         and an unset user property reads as ``-`` with source ``-`` (hence JSON values, which
         are never a bare ``-``)."""
-        wanted = ["origin", "readonly", *(_P + p for p in _PROPS)]
+        wanted = ["origin", *(_P + p for p in _PROPS)]
         out = self._run(
             "get",
             "-H",
@@ -273,8 +272,6 @@ class ZfsSnapshotter:
                 entry.origin = None if value == "-" else value
             elif source != "local":
                 continue
-            elif prop == "readonly":
-                entry.readonly = value
             else:
                 entry.props[prop[len(_P) :]] = value
         return entries
@@ -303,7 +300,7 @@ class ZfsSnapshotter:
         ):
             created = json.loads(entry.props["created"])
             if snap is not None:
-                if entry.readonly != "on":
+                if "sealed" not in entry.props:
                     state.writable_committed.append(entry.name)
                 record = _Record(
                     json.loads(snap.props["key"]),
@@ -465,8 +462,7 @@ class ZfsSnapshotter:
                 with contextlib.suppress(SnapshotError):
                     self._run("destroy", snapshot)
                 raise
-            # After the switch: the layer's own filesystem must not drift from its snapshot.
-            self._run("set", "readonly=on", record.dataset)
+            self._seal(record.dataset)
             return Info(name, Kind.COMMITTED, record.parent, merged, record.created, now)
 
     def remove(self, key: str) -> None:
@@ -560,7 +556,14 @@ class ZfsSnapshotter:
             with contextlib.suppress(SnapshotError):
                 self._run("destroy", snapshot)
         for dataset in state.writable_committed:
-            self._run("set", "readonly=on", dataset)
+            self._seal(dataset)
+
+    def _seal(self, dataset: str) -> None:
+        """After the commit switch, make the layer's own filesystem read-only so that it never
+        drifts from its snapshot. ``ocikit:sealed`` says it was done: zfs-fuse reports a mounted
+        dataset's ``readonly`` wrongly, so the property itself cannot tell."""
+        self._run("set", "readonly=on", dataset)
+        self._run("set", f"{_P}sealed=yes", dataset)
 
     def close(self) -> None:
         if self._lock_fd >= 0:
