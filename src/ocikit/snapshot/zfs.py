@@ -202,6 +202,7 @@ class ZfsSnapshotter:
                     "(or delete it to move the dataset here)"
                 )
             self._run("set", f"{_P}root={self.root}", self.dataset)
+        self._mountpoint = Path(mountpoint)
 
     # -------------------------------------------------------------- running zfs
 
@@ -421,7 +422,8 @@ class ZfsSnapshotter:
                     self._run("create", *options, dataset)
                 else:
                     self._run("clone", *options, origin, dataset)
-                where = self._mounted_at(dataset)
+                # zfs create and clone mount the new dataset where it inherits to, or fail.
+                where = self._mountpoint / dataset.rsplit("/", 1)[1]
                 self._run("set", f"{_P}complete=yes", dataset)
             except BaseException:
                 self._destroy_quietly(dataset)
