@@ -332,3 +332,20 @@ def test_kill_9_in_the_middle_of_prepares_and_commits(snap: ZfsSnapshotter) -> N
                 assert (reopened.path_of(key) / f"f{index}").read_text() == str(index)  # type: ignore[attr-defined]
         finally:
             reopened.close()
+
+
+def test_the_documented_example_runs(tmp_path: Path, zfs_dataset: str) -> None:
+    page = (SRC.parent / "docs" / "snapshots.md").read_text()
+    after = page.split("<!-- zfs-example", 1)[1]
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = after.split("prints\n\n```\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == printed
