@@ -349,3 +349,27 @@ def test_the_documented_example_runs(tmp_path: Path, zfs_dataset: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == printed
+
+
+def test_foreign_datasets_are_left_alone_and_damage_is_reported(
+    snap: ZfsSnapshotter, zfs_dataset: str
+) -> None:
+    foreign = f"{zfs_dataset}/made-by-hand"
+    subprocess.run(["zfs", "create", foreign], check=True)
+    snap.prepare("c")
+    snap.cleanup()
+    assert foreign in zfs_names(zfs_dataset)
+    assert [i.key for i in snap.walk()] == ["c"]
+    dataset = f"{zfs_dataset}/{str(snap.path_of('c')).rsplit('/', 1)[1]}"
+    subprocess.run(["zfs", "set", "ocikit:labels=not json", dataset], check=True)
+    with pytest.raises(SnapshotError, match="ocikit:labels is missing or damaged"):
+        list(snap.walk())
+    subprocess.run(["zfs", "set", 'ocikit:labels={"a": 1}', dataset], check=True)
+    with pytest.raises(SnapshotError, match="ocikit:labels is damaged"):
+        snap.stat("c")
+    subprocess.run(["zfs", "set", "ocikit:labels={}", dataset], check=True)
+    subprocess.run(["zfs", "set", "ocikit:kind=committed", dataset], check=True)
+    with pytest.raises(SnapshotError, match="ocikit:kind is missing or damaged"):
+        snap.stat("c")
+    subprocess.run(["zfs", "set", "ocikit:kind=active", dataset], check=True)
+    assert snap.stat("c").kind is Kind.ACTIVE

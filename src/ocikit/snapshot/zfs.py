@@ -45,6 +45,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ._common import _check_key, _check_labels, _now
 from .base import (
@@ -72,6 +73,7 @@ _PROPS = ("key", "kind", "labels", "created", "updated", "complete", "removing",
 _MAX_VALUE = 4000
 #: Waits between attempts at unmounting or destroying a busy dataset: about 3 s in all.
 _BUSY_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+T = TypeVar("T")
 
 
 class _ZfsError(SnapshotError):
@@ -133,6 +135,39 @@ def _encode(value: object, what: str) -> str:
     if len(text) > _MAX_VALUE:
         raise SnapshotError(f"{what} is too long for a ZFS user property ({len(text)} > {_MAX_VALUE})")
     return text
+
+
+def _decoded(entry: _Entry, prop: str, kind: type[T]) -> T:
+    """A property as written by :func:`_encode`; anything else was changed by hand."""
+    try:
+        value = json.loads(entry.props[prop])
+    except (KeyError, ValueError):
+        value = None
+    if not isinstance(value, kind):
+        raise SnapshotError(f"zfs {entry.name}: property {_P}{prop} is missing or damaged")
+    return value
+
+
+def _record(entry: _Entry, snap: _Entry | None, parent: str | None) -> _Record:
+    """A dataset as a snapshot: a committed one when its ``@committed`` snapshot is complete."""
+    named = snap if snap is not None else entry
+    kind = Kind.COMMITTED
+    if snap is None:
+        if entry.props.get("kind") not in (Kind.ACTIVE, Kind.VIEW):
+            raise SnapshotError(f"zfs {entry.name}: property {_P}kind is missing or damaged")
+        kind = Kind(entry.props["kind"])
+    labels = _decoded(named, "labels", dict)
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise SnapshotError(f"zfs {named.name}: property {_P}labels is damaged")
+    return _Record(
+        _decoded(named, "key", str),
+        kind,
+        entry.name,
+        parent,
+        labels,
+        _decoded(entry, "created", str),
+        _decoded(named, "updated", str),
+    )
 
 
 def _check_dataset(name: str) -> str:
@@ -284,8 +319,8 @@ class ZfsSnapshotter:
         datasets: list[tuple[_Entry, _Entry | None]] = []
         for name, entry in entries.items():
             parent, _, leaf = name.rpartition("/")
-            if parent != self.dataset or "@" in leaf:
-                continue  # the parent itself, foreign snapshots, anything deeper
+            if parent != self.dataset or "@" in leaf or "key" not in entry.props:
+                continue  # the parent, deeper datasets, foreign snapshots: not made by ocikit
             snap = entries.get(f"{name}@{_SNAP}")
             if not entry.complete or "removing" in entry.props:
                 state.debris.append(entry)
@@ -294,48 +329,19 @@ class ZfsSnapshotter:
                 state.stale_snapshots.append(snap.name)
                 snap = None
             if snap is not None:
-                committed_keys[snap.name] = json.loads(snap.props["key"])
+                committed_keys[snap.name] = _decoded(snap, "key", str)
             datasets.append((entry, snap))
-        for entry, snap in sorted(
-            datasets, key=lambda pair: (pair[0].props.get("created", ""), pair[0].name)
-        ):
-            created = json.loads(entry.props["created"])
-            if snap is not None:
-                if "sealed" not in entry.props:
-                    state.writable_committed.append(entry.name)
-                record = _Record(
-                    json.loads(snap.props["key"]),
-                    Kind.COMMITTED,
-                    entry.name,
-                    None,
-                    json.loads(snap.props["labels"]),
-                    created,
-                    json.loads(snap.props["updated"]),
-                )
-            else:
-                record = _Record(
-                    json.loads(entry.props["key"]),
-                    Kind(entry.props["kind"]),
-                    entry.name,
-                    None,
-                    json.loads(entry.props["labels"]),
-                    created,
-                    json.loads(entry.props["updated"]),
-                )
+        datasets.sort(key=lambda pair: (pair[0].props.get("created", ""), pair[0].name))
+        for entry, snap in datasets:
+            if snap is not None and "sealed" not in entry.props:
+                state.writable_committed.append(entry.name)
             parent_key = committed_keys.get(entry.origin or "")
             if entry.origin and parent_key is None:
                 raise SnapshotError(
                     f"zfs dataset {entry.name} is a clone of {entry.origin}, which is no committed snapshot"
                 )
-            state.records[record.key] = _Record(
-                record.key,
-                record.kind,
-                record.dataset,
-                parent_key,
-                record.labels,
-                record.created,
-                record.updated,
-            )
+            record = _record(entry, snap, parent_key)
+            state.records[record.key] = record
         return state
 
     def _find(self, state: _State, key: str) -> _Record:
