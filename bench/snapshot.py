@@ -58,6 +58,16 @@ def median_time(action: Callable[[int], None], runs: int) -> float:
     return statistics.median(times)
 
 
+def prepare_mount_time(snap: Snapshotter, parent: str, target: Path, runs: int) -> float:
+    """Median time of a container's prepare plus mount and unmount of its root at ``target``."""
+
+    def prepare_mount(run: int) -> None:
+        mount(snap.prepare(f"container-{run}", parent), target)
+        unmount(target)
+
+    return median_time(prepare_mount, runs)
+
+
 def committed(snap: Snapshotter, work: Path, files: int) -> str:
     snap.prepare("load")
     target = work / f"load-{snap.name}"
@@ -97,11 +107,7 @@ def bench(work: Path, files: int, runs: int) -> dict[str, float]:
     target = work / "ovl-mnt"
     target.mkdir()
 
-    def ocikit_overlay(run: int) -> None:
-        mount(overlay.prepare(f"o{run}", obase), target)
-        unmount(target)
-
-    results["overlay_prepare_mount_s"] = median_time(ocikit_overlay, runs)
+    results["overlay_prepare_mount_s"] = prepare_mount_time(overlay, obase, target, runs)
     lower = overlay.path_of(obase)  # type: ignore[attr-defined]
 
     def kernel_overlay(run: int) -> None:
@@ -196,12 +202,7 @@ def _bench_zfs(work: Path, dataset: str, files: int, runs: int) -> dict[str, flo
     results["zfs_prepare_s"] = median_time(prepare, runs)
     target = work / "zfs-rootfs"
     target.mkdir()
-
-    def prepare_mount(run: int) -> None:
-        mount(snap.prepare(f"zm{run}", base), target)
-        unmount(target)
-
-    results["zfs_prepare_mount_s"] = median_time(prepare_mount, runs)
+    results["zfs_prepare_mount_s"] = prepare_mount_time(snap, base, target, runs)
     layer = next(
         line
         for line in subprocess.run(

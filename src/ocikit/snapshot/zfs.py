@@ -47,12 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ._common import _check_key, _check_labels, _now
+from ._common import Front, _check_key, _check_labels, _now, check_committable, check_mountable, check_parent
 from .base import (
     AlreadyExistsError,
     HasChildrenError,
     Info,
-    InvalidStateError,
     Kind,
     Mount,
     NotFoundError,
@@ -177,7 +176,7 @@ def _check_dataset(name: str) -> str:
     return name
 
 
-class ZfsSnapshotter:
+class ZfsSnapshotter(Front):
     """Snapshots as datasets under ``zfs_dataset``; ``root`` holds only the lock."""
 
     name = "zfs"
@@ -385,16 +384,6 @@ class ZfsSnapshotter:
 
     # -------------------------------------------------------------- the Snapshotter API
 
-    def prepare(
-        self, key: str, parent: str | None = None, *, labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        return self._create(Kind.ACTIVE, key, parent, labels)
-
-    def view(
-        self, key: str, parent: str | None = None, *, labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        return self._create(Kind.VIEW, key, parent, labels)
-
     def _create(
         self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None
     ) -> list[Mount]:
@@ -416,11 +405,7 @@ class ZfsSnapshotter:
             origin = None
             if parent is not None:
                 parent_record = self._find(state, _check_key(parent, "parent"))
-                if parent_record.kind is not Kind.COMMITTED:
-                    raise InvalidStateError(
-                        f"parent {parent!r} is {parent_record.kind.value}; "
-                        "only committed snapshots can be parents"
-                    )
+                check_parent(parent, parent_record.kind)
                 origin = f"{parent_record.dataset}@{_SNAP}"
             dataset = f"{self.dataset}/{secrets.token_hex(8)}"
             try:
@@ -443,10 +428,7 @@ class ZfsSnapshotter:
         with self._locked():
             state = self._state()
             record = self._find(state, _check_key(key))
-            if record.kind is not Kind.ACTIVE:
-                raise InvalidStateError(
-                    f"snapshot {key!r} is {record.kind.value}; only active snapshots can be committed"
-                )
+            check_committable(key, record.kind)
             if name != key and name in state.records:
                 raise AlreadyExistsError(f"snapshot {name!r} already exists")
             merged = {**record.labels, **label_map}
@@ -537,10 +519,7 @@ class ZfsSnapshotter:
 
     def mounts(self, key: str) -> list[Mount]:
         record = self._find(self._state(), _check_key(key))
-        if record.kind is Kind.COMMITTED:
-            raise InvalidStateError(
-                f"snapshot {key!r} is committed; mount it through a view or an active child"
-            )
+        check_mountable(key, record.kind)
         with self._locked():
             return self._mounts(record, self._mounted_at(record.dataset))
 
@@ -577,12 +556,6 @@ class ZfsSnapshotter:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-    def __enter__(self) -> ZfsSnapshotter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<ZfsSnapshotter {self.dataset} {self.root}>"
