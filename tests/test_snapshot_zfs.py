@@ -121,6 +121,9 @@ def test_settings_errors_are_clear(
     try:
         with pytest.raises(SnapshotError, match="mountpoint=none"):
             open_snapshotter("zfs", tmp_path / "n", zfs_dataset=unmountable)
+        good = zfs_pool.dataset(f"good{os.getpid()}")
+        open_snapshotter("zfs", tmp_path / "n", zfs_dataset=good).close()  # the failure bound nothing
+        zfs_destroy(good, "-r")
     finally:
         zfs_destroy(unmountable, "-r")
 

@@ -169,6 +169,19 @@ def _record(entry: _Entry, snap: _Entry | None, parent: str | None) -> _Record:
     )
 
 
+def _choose_dataset(root: Path, option: str | None, recorded: str | None) -> str:
+    """The option, else the dataset the state directory was first opened with (so reopening
+    needs nothing), else the environment; an option contradicting the record is refused."""
+    if option and recorded and option != recorded:
+        raise SnapshotError(f"{root} manages zfs dataset {recorded}, not {option}")
+    dataset = option or recorded or os.environ.get(ENV_DATASET)
+    if not dataset:
+        raise SnapshotError(
+            f"the zfs snapshotter needs a parent dataset: --zfs-dataset POOL/PATH or {ENV_DATASET}"
+        )
+    return dataset
+
+
 def _check_dataset(name: str) -> str:
     parts = name.split("/")
     if len(parts) < 2 or not all(parts) or "@" in name or any(c.isspace() for c in name):
@@ -189,33 +202,21 @@ class ZfsSnapshotter(Front):
             raise SnapshotError("the zfs snapshotter needs the zfs command (zfsutils-linux or zfs-fuse)")
         self._zfs = zfs
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.dataset = _check_dataset(self._bound_dataset(zfs_dataset or os.environ.get(ENV_DATASET)))
+        record = self.root / "zfs-dataset"
+        recorded = record.read_text().strip() if record.exists() else None
+        self.dataset = _check_dataset(_choose_dataset(self.root, zfs_dataset, recorded))
         self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             with self._locked():
                 self._adopt_parent()
+                if recorded is None:
+                    record.write_text(self.dataset + "\n")
                 self._cleanup_locked(self._state())
         except BaseException:
             os.close(self._lock_fd)
             raise
 
     # -------------------------------------------------------------- setup
-
-    def _bound_dataset(self, requested: str | None) -> str:
-        """The parent dataset: the one requested, which must agree with the one recorded in
-        the state directory by an earlier open (so reopening needs no option)."""
-        record = self.root / "zfs-dataset"
-        recorded = record.read_text().strip() if record.exists() else None
-        if requested and recorded and requested != recorded:
-            raise SnapshotError(f"{self.root} manages zfs dataset {recorded}, not {requested}")
-        dataset = requested or recorded
-        if not dataset:
-            raise SnapshotError(
-                f"the zfs snapshotter needs a parent dataset: --zfs-dataset POOL/PATH or {ENV_DATASET}"
-            )
-        if not recorded:
-            record.write_text(dataset + "\n")
-        return dataset
 
     def _adopt_parent(self) -> None:
         """Create the parent dataset if needed, check it can hold mounted children, and claim it
