@@ -172,7 +172,10 @@ def temporary_pool(work: Path) -> Iterator[str]:
     try:
         yield pool
     finally:
-        subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True)
+        for _ in range(40):  # zfs-fuse calls a pool busy for a moment after unmounts
+            if subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.25)
         if daemon is not None:
             daemon.terminate()
             daemon.wait(timeout=30)

@@ -57,6 +57,17 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _until_not_busy(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` again while zfs-fuse still calls a dataset or pool that was just
+    unmounted busy (for a moment only)."""
+    for _ in range(40):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode == 0 or "busy" not in result.stderr:
+            break
+        time.sleep(0.25)
+    return result
+
+
 @pytest.fixture(scope="session")
 def zfs_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsPool]:
     """A fresh pool on a 4 GiB sparse file, destroyed after the session."""
@@ -77,7 +88,9 @@ def zfs_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsPool]:
     try:
         yield pool
     finally:
-        subprocess.run(["zpool", "destroy", "-f", pool.name], capture_output=True)
+        result = _until_not_busy(["zpool", "destroy", "-f", pool.name])
+        if result.returncode:
+            print(f"zfs_pool: could not destroy {pool.name}: {result.stderr.strip()}")
         if daemon is not None:
             daemon.terminate()
             try:
@@ -107,12 +120,7 @@ def zfs_property(name: str, prop: str) -> str:
 
 
 def zfs_destroy(name: str, *flags: str) -> None:
-    """``zfs destroy``, tried again while zfs-fuse still calls a just-used dataset busy."""
-    for _ in range(20):
-        result = subprocess.run(["zfs", "destroy", *flags, name], capture_output=True, text=True)
-        if result.returncode == 0 or "busy" not in result.stderr:
-            break
-        time.sleep(0.25)
+    result = _until_not_busy(["zfs", "destroy", *flags, name])
     assert result.returncode == 0, result.stderr
 
 
