@@ -376,3 +376,24 @@ def test_foreign_datasets_are_left_alone_and_damage_is_reported(
         snap.stat("c")
     subprocess.run(["zfs", "set", "ocikit:kind=active", dataset], check=True)
     assert snap.stat("c").kind is Kind.ACTIVE
+
+
+def test_a_prepare_that_cannot_mount_leaves_no_dataset(
+    snap: ZfsSnapshotter, tmp_path: Path, zfs_dataset: str
+) -> None:
+    commit_files(snap, "image", None, {"f": b"1"})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a mount point cannot be made below a file")
+    # zfs says it cannot remount what exists already, but sets the property.
+    subprocess.run(["zfs", "set", f"mountpoint={blocker}/below", zfs_dataset], capture_output=True)
+    assert zfs_property(zfs_dataset, "mountpoint") == f"{blocker}/below"
+    before = zfs_names(zfs_dataset)
+    try:
+        with pytest.raises(SnapshotError, match="zfs clone"):
+            snap.prepare("c", "image")
+        with pytest.raises(SnapshotError, match="zfs create"):
+            snap.prepare("d")
+        assert zfs_names(zfs_dataset) == before
+        assert [i.key for i in snap.walk()] == ["image"]
+    finally:
+        subprocess.run(["zfs", "inherit", "mountpoint", zfs_dataset], check=True)
