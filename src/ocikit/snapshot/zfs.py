@@ -78,7 +78,7 @@ T = TypeVar("T")
 class _ZfsError(SnapshotError):
     def __init__(self, args: Sequence[str], stderr: str) -> None:
         self.stderr = stderr.strip()
-        super().__init__(f"zfs {' '.join(args[:2])}... failed: {self.stderr or 'no message'}")
+        super().__init__(f"zfs {args[0]} {args[-1]} failed: {self.stderr or 'no message'}")
 
     @property
     def busy(self) -> bool:
@@ -371,8 +371,9 @@ class ZfsSnapshotter(Front):
             self._run("mount", dataset)
         return Path(mountpoint)
 
-    def _mounts(self, record: _Record, where: Path) -> list[Mount]:
-        return [Mount("bind", str(where), ("rbind", "ro" if record.kind is Kind.VIEW else "rw"))]
+    @staticmethod
+    def _mounts(kind: Kind, where: Path) -> list[Mount]:
+        return [Mount("bind", str(where), ("rbind", "ro" if kind is Kind.VIEW else "rw"))]
 
     def _users(self, where: Path) -> list[str]:
         """Mounts involving the dataset's mount point, other than ZFS's own mount of it."""
@@ -420,8 +421,7 @@ class ZfsSnapshotter(Front):
             except BaseException:
                 self._destroy_quietly(dataset)
                 raise
-            record = _Record(key, kind, dataset, parent, {}, now, now)
-            return self._mounts(record, where)
+            return self._mounts(kind, where)
 
     def commit(self, name: str, key: str, *, labels: Mapping[str, str] | None = None) -> Info:
         encoded_name = _encode(_check_key(name, "name"), "the name")
@@ -522,7 +522,7 @@ class ZfsSnapshotter(Front):
         record = self._find(self._state(), _check_key(key))
         check_mountable(key, record.kind)
         with self._locked():
-            return self._mounts(record, self._mounted_at(record.dataset))
+            return self._mounts(record.kind, self._mounted_at(record.dataset))
 
     def path_of(self, key: str) -> Path:
         """The mount point of the snapshot's dataset (read-only for committed snapshots)."""
