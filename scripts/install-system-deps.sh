@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that ocikit's tests and benchmarks drive as real peers:
-# skopeo (a registry client nobody here wrote), docker-registry (CNCF distribution), umoci, runc,
-# wrk (the HTTP load generator bench/registry.py drives), busybox-static (the tiny
-# rootfs the bundle tests run with runc) and debootstrap (bench/unpack.py builds its Debian
-# image with it) and lxc (lxc-execute and lxc-start run what ocikit create --format lxc makes).
+# Installs the Debian packages that ocikit's tests and benchmarks drive as real peers.
 # Only what is missing, and only as root; elsewhere the tests that need them skip with a reason.
 set -euo pipefail
-packages=(skopeo docker-registry umoci runc wrk busybox-static debootstrap lxc)
+packages=(
+  skopeo           # a registry client nobody here wrote
+  docker-registry  # CNCF distribution, the reference registry
+  umoci            # unpacks and writes images: the reference for layer application
+  runc             # runs the bundles ocikit create writes
+  wrk              # the HTTP load generator bench/registry.py drives
+  busybox-static   # the tiny rootfs the bundle tests run
+  debootstrap      # bench/unpack.py and the Debian acceptance test build a real image with it
+  apache2-utils    # htpasswd: bcrypt password files for docker-registry
+  openssl          # keys, certificates and token signatures in the client tests
+  zfs-fuse         # a real ZFS pool for the zfs snapshotter tests
+  lxc              # lxc-execute and lxc-start run what ocikit create --format lxc makes
+)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

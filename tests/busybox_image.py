@@ -134,8 +134,13 @@ def ocikit(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[st
 def root_backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The snapshotter named by a parametrised fixture, skipping unless root (the layers carry
     owners and device nodes, containers need mounts) and where the backend cannot work."""
+    name: str = request.param
     if os.geteuid() != 0:
         pytest.skip("mounting snapshots and applying owners and devices need root")
-    open_backend(request.param, tmp_path / "probe").close()
-    name: str = request.param
+    if name == "zfs":
+        # A parent dataset of the test's own in OCIKIT_ZFS_DATASET, which the ocikit
+        # processes inherit (the module imports the zfs_pool and zfs_dataset fixtures).
+        request.getfixturevalue("zfs_dataset")
+    else:
+        open_backend(name, tmp_path / "probe").close()
     return name

@@ -17,17 +17,36 @@ import pytest
 from ocikit.snapshot import Mount, Snapshotter, mount, open_snapshotter, unmount
 from ocikit.snapshot.overlay import overlay_supported
 
-BACKENDS = ["dir", "overlay"]
+#: Backends whose state is directories under the root (tests that look at them use this list).
+FILE_BACKENDS = ["dir", "overlay"]
+BACKENDS = [*FILE_BACKENDS, "zfs"]
 
 
-def open_backend(name: str, root: Path) -> Snapshotter:
+def open_backend(name: str, root: Path, request: pytest.FixtureRequest | None = None) -> Snapshotter:
+    """Open backend ``name``, skipping where it cannot work. For ``zfs``, ``request`` (the
+    first open in a test) brings a fresh parent dataset of the session's pool: the test
+    module must import the ``zfs_pool`` and ``zfs_dataset`` fixtures."""
     if os.geteuid() != 0 and name == "dir":
         return open_snapshotter(name, root)
     if name == "overlay" and (reason := overlay_supported()):
         pytest.skip(reason)
     if os.geteuid() != 0:
         pytest.skip("mounting snapshots needs root")
+    if name == "zfs" and request is not None:
+        request.getfixturevalue("zfs_dataset")
     return open_snapshotter(name, root)
+
+
+def assert_no_data_left(snap: Snapshotter) -> None:
+    """Removing every snapshot left no data behind: no directory, or no dataset."""
+    if snap.name == "zfs":
+        from zfs_pool import zfs_names
+
+        dataset = snap.dataset  # type: ignore[attr-defined]
+        assert zfs_names(dataset) == [dataset]
+    else:
+        assert os.listdir(snap.root / "snapshots") == []
+        assert os.listdir(snap.root / "trash") == []
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from snapshot_helpers import (
 )
 from store_helpers import build_image
 from store_helpers import write_layout as write_store_layout
+from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures of the zfs backend)
 
 
 class Env:

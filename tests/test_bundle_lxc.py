@@ -20,6 +20,7 @@ from snapshot_helpers import (
     BACKENDS,
     _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
 )
+from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures of the zfs backend)
 
 IMAGE = {
     "Entrypoint": ["/bin/show", "first arg"],

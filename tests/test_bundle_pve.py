@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from snapshot_helpers import (
     BACKENDS,
     _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
 )
+from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures of the zfs backend)
 
 CONFIG = {"Entrypoint": ["/bin/show"], "Cmd": ["x"], "Env": ["PATH=/bin"], "StopSignal": "SIGINT"}
 
@@ -28,6 +30,22 @@ CONFIG = {"Entrypoint": ["/bin/show"], "Cmd": ["x"], "Env": ["PATH=/bin"], "Stop
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return root_backend(request, tmp_path)
+
+
+def holds_xattrs(backend: str, request: pytest.FixtureRequest) -> bool:
+    """zfs-fuse stores no extended attributes: there the layer's xattr is dropped when it is
+    applied (with a warning), and the template rightly has none."""
+    if backend != "zfs":
+        return True
+    probe = Path(request.getfixturevalue("zfs_pool").mountpoint) / f"xattr-probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+    return True
 
 
 def export_template(tmp_path: Path, backend: str) -> Path:
@@ -50,7 +68,7 @@ def members(path: Path) -> dict[str, tarfile.TarInfo]:
         return found
 
 
-def test_template_members(backend: str, tmp_path: Path) -> None:
+def test_template_members(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     target = export_template(tmp_path, backend)
     data = target.read_bytes()
     params = zstandard.get_frame_parameters(data)
@@ -88,13 +106,16 @@ def test_template_members(backend: str, tmp_path: Path) -> None:
     )
     assert found["./old/kept-link"].islnk()
     assert found["./old/kept-link"].linkname == "./old/kept"
-    assert found["./old/kept"].pax_headers.get("SCHILY.xattr.user.origin") == "layer2"
+    if holds_xattrs(backend, request):
+        assert found["./old/kept"].pax_headers.get("SCHILY.xattr.user.origin") == "layer2"
     for mount_point in ("./dev", "./proc", "./sys"):
         assert found[mount_point].isdir()
     assert not any("trusted.overlay" in key for info in found.values() for key in info.pax_headers)
 
 
-def test_template_extracts_like_umoci_unpacks(backend: str, tmp_path: Path) -> None:
+def test_template_extracts_like_umoci_unpacks(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """GNU tar as pct create runs it gives the tree umoci makes of the same image."""
     tar = require_tool("tar")
     umoci = require_tool("umoci", "it unpacks the image independently")
@@ -114,6 +135,9 @@ def test_template_extracts_like_umoci_unpacks(backend: str, tmp_path: Path) -> N
     )
     ours = snapshot(extracted, with_times=False)
     theirs = snapshot(bundle / "rootfs", with_times=False)
+    if not holds_xattrs(backend, request):
+        for name in ("old/kept", "old/kept-link"):  # one inode, two names
+            theirs[name] = (*theirs[name][:5], (), *theirs[name][6:])
     # The template adds the mount points LXC needs when the image lacks them (this one has
     # /dev; /proc and /sys are in the image too), and nothing else.
     assert ours == theirs

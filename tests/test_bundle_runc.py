@@ -22,13 +22,14 @@ from snapshot_helpers import (
     _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
     open_backend,
 )
+from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures of the zfs backend)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runc run and mounting snapshots need root")
 
 
 @pytest.fixture(params=BACKENDS)
 def snap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Snapshotter]:
-    snapshotter = open_backend(request.param, tmp_path / "snapshots")
+    snapshotter = open_backend(request.param, tmp_path / "snapshots", request)
     yield snapshotter
     snapshotter.close()
 

@@ -14,9 +14,11 @@ import pytest
 from ocikit.snapshot import AlreadyExistsError, Kind, Snapshotter
 from snapshot_helpers import (
     BACKENDS,
+    FILE_BACKENDS,
     _no_mounts_left,  # noqa: F401  (autouse: unmounts what a failed test left)
     open_backend,
 )
+from zfs_pool import assert_consistent, zfs_dataset, zfs_pool  # noqa: F401  (fixtures of the zfs backend)
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -33,6 +35,9 @@ def python(script: str, *args: str) -> subprocess.Popen[str]:
 
 def consistent(snap: Snapshotter) -> None:
     """Every row has its directory, every directory has its row, nothing is left in flight."""
+    if snap.name == "zfs":
+        assert_consistent(snap)
+        return
     infos = list(snap.walk())
     ids = sorted(os.listdir(snap.root / "snapshots"), key=int)
     assert len(ids) == len(infos)
@@ -109,7 +114,7 @@ def test_kill_during_remove_leaves_a_recoverable_store(tmp_path: Path) -> None:
     snap.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
 def test_orphans_of_a_crash_are_cleaned_on_open(tmp_path: Path, backend: str) -> None:
     """What a crash between a directory rename and the metadata commit leaves: directories
     no row names (in snapshots/, tmp/ and trash/)."""
@@ -171,8 +176,10 @@ except AlreadyExistsError:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_processes_commit_one_winner(tmp_path: Path, backend: str) -> None:
-    snap = open_backend(backend, tmp_path / "state")
+def test_concurrent_processes_commit_one_winner(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    snap = open_backend(backend, tmp_path / "state", request)
     snap.prepare("a")
     snap.commit("base", "a")
     procs = [python(RACE, backend, str(snap.root), str(i)) for i in range(6)]

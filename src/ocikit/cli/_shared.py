@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from ..client.options import OptionsError
 from ..spec import DigestError, Platform, ReferenceError, VerificationError, parse_platform
 from ..spec.platform import PlatformError
 from ..store.copy import CopyEvent, CopyResult
@@ -28,6 +29,7 @@ EXPECTED_ERRORS = (
     ReferenceError,
     PlatformError,
     msgspec.DecodeError,
+    OptionsError,
     OSError,
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..client.options import add_client_arguments, client_options_from_args
 from ..client.transports import TransportSpec, copy_between, parse_transport
 from ._shared import Progress, add_progress_options, add_store_option, parse_platform_option, run_command
 
@@ -14,8 +15,9 @@ LOCATIONS = (
 )
 
 
-def add_copy_options(parser: argparse.ArgumentParser) -> None:
-    """The options every command that copies shares (copy, pull, push)."""
+def add_copy_options(parser: argparse.ArgumentParser, *, two_registries: bool = False) -> None:
+    """The options every command that copies shares (copy, pull, push). With
+    ``two_registries`` the connection flags come twice, as ``--src-*`` and ``--dest-*``."""
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="copy only this platform's manifest of an index"
@@ -27,6 +29,20 @@ def add_copy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, metavar="N", help="parallel blob transfers (4)")
     add_progress_options(parser)
     add_store_option(parser)
+    if two_registries:
+        add_client_arguments(parser, "src-", "source")
+        add_client_arguments(parser, "dest-", "destination")
+    else:
+        add_client_arguments(parser)
+
+
+def _registry_options(args: argparse.Namespace) -> dict[str, Any]:
+    if hasattr(args, "src_tls_verify"):
+        return {
+            "source_options": client_options_from_args(args, "src-"),
+            "destination_options": client_options_from_args(args, "dest-"),
+        }
+    return {"client_options": client_options_from_args(args)}
 
 
 def register(commands: Any) -> None:
@@ -41,7 +57,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("source", metavar="SRC")
     parser.add_argument("destination", metavar="DST")
-    add_copy_options(parser)
+    add_copy_options(parser, two_registries=True)
     parser.set_defaults(run=run)
 
 
@@ -56,6 +72,7 @@ async def copy_locations(source: TransportSpec, destination: TransportSpec, args
             concurrency=args.jobs,
             progress=progress,
             store=args.store,
+            **_registry_options(args),
         )
     progress.finished(result, str(destination))
     return 0

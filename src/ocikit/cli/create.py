@@ -38,6 +38,11 @@ def add_snapshotter_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="snapshotter state [env OCIKIT_SNAPSHOTS, default ~/.local/share/ocikit/snapshots]",
     )
+    parser.add_argument(
+        "--zfs-dataset",
+        metavar="POOL/PATH",
+        help="the parent dataset of the zfs snapshotter [env OCIKIT_ZFS_DATASET; remembered after first use]",
+    )
 
 
 def register(commands: Any) -> None:
@@ -83,7 +88,8 @@ def register(commands: Any) -> None:
 
 def open_chosen_snapshotter(args: argparse.Namespace) -> Snapshotter:
     name = args.snapshotter or default_snapshotter()
-    return open_snapshotter(name, snapshot_root(name, args.snapshots))
+    options = {"zfs_dataset": args.zfs_dataset} if getattr(args, "zfs_dataset", None) else {}
+    return open_snapshotter(name, snapshot_root(name, args.snapshots), **options)
 
 
 async def stored_image(spec: TransportSpec, args: argparse.Namespace) -> StoredImage:

@@ -99,10 +99,13 @@ def parse_transport(text: str) -> TransportSpec:
 def _open_registry(
     spec: TransportSpec, role: Literal["source", "destination"], options: dict[str, Any]
 ) -> Any:
-    """THE place where ``docker://`` dispatches to ``ocikit.client.registry``: return its
-    RegistrySource or RegistryDestination for ``spec`` (``spec.image`` is the parsed
-    reference, ``options`` carries TLS and credential settings)."""
-    raise TransportError(f"{spec.text}: docker:// is not available in this build (no registry client)")
+    """``docker://`` dispatches to ``ocikit.client.registry`` (imported here, so that the
+    local transports start without the HTTP client); ``options`` carries TLS and credentials."""
+    from .registry import open_registry
+
+    if spec.image is None:
+        raise TransportError(f"{spec.text}: not a registry reference")
+    return open_registry(spec.image, role, options)
 
 
 def open_source(spec: TransportSpec, *, store: str | Path | None = None, **options: Any) -> ImageSource:

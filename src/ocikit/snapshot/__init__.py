@@ -7,8 +7,8 @@ one (ZFS) means adding a module and a line to :data:`BACKENDS`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from ._common import SnapshotterBase
 from .base import (
     AlreadyExistsError,
     HasChildrenError,
@@ -24,6 +24,7 @@ from .base import (
 from .dir import DirSnapshotter
 from .mounting import is_mountpoint, mount, unmount
 from .overlay import OverlaySnapshotter
+from .zfs import ZfsSnapshotter
 
 __all__ = [
     "BACKENDS",
@@ -39,23 +40,32 @@ __all__ = [
     "SnapshotError",
     "Snapshotter",
     "Usage",
+    "ZfsSnapshotter",
     "is_mountpoint",
     "mount",
     "open_snapshotter",
     "unmount",
 ]
 
-#: Backend name -> class taking the state directory.
-BACKENDS: dict[str, type[SnapshotterBase]] = {
+#: Backend name -> class taking the state directory (and the options it lists in ``options``).
+BACKENDS: dict[str, Callable[..., Snapshotter]] = {
     DirSnapshotter.name: DirSnapshotter,
     OverlaySnapshotter.name: OverlaySnapshotter,
+    ZfsSnapshotter.name: ZfsSnapshotter,
 }
 
 
-def open_snapshotter(name: str, root: str | os.PathLike[str]) -> Snapshotter:
-    """The snapshotter ``name`` keeping its state in ``root`` (created if missing)."""
+def open_snapshotter(name: str, root: str | os.PathLike[str], **options: str) -> Snapshotter:
+    """The snapshotter ``name`` keeping its state in ``root`` (created if missing).
+
+    ``options`` are backend settings (``zfs_dataset="POOL/PATH"`` for ``zfs``); one the
+    backend does not take is refused rather than silently ignored.
+    """
     try:
         backend = BACKENDS[name]
     except KeyError:
         raise SnapshotError(f"unknown snapshotter {name!r}; known: {', '.join(sorted(BACKENDS))}") from None
-    return backend(root)
+    unknown = sorted(set(options) - set(getattr(backend, "options", ())))
+    if unknown:
+        raise SnapshotError(f"the {name} snapshotter takes no option {', '.join(unknown)}")
+    return backend(root, **options)

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 from .base import (
     AlreadyExistsError,
@@ -52,7 +53,7 @@ from .base import (
 from .mounting import mounted_sources
 from .trees import disk_usage, fsync_dir, remove_tree
 
-__all__ = ["Record", "SnapshotterBase"]
+__all__ = ["Front", "Record", "SnapshotterBase", "check_committable", "check_mountable", "check_parent"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -104,7 +105,52 @@ def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     return result
 
 
-class SnapshotterBase:
+def check_parent(key: str, kind: Kind) -> None:
+    """The rules of which kind may do what, worded the same on every backend."""
+    if kind is not Kind.COMMITTED:
+        raise InvalidStateError(f"parent {key!r} is {kind.value}; only committed snapshots can be parents")
+
+
+def check_committable(key: str, kind: Kind) -> None:
+    if kind is not Kind.ACTIVE:
+        raise InvalidStateError(f"snapshot {key!r} is {kind.value}; only active snapshots can be committed")
+
+
+def check_mountable(key: str, kind: Kind) -> None:
+    if kind is Kind.COMMITTED:
+        raise InvalidStateError(f"snapshot {key!r} is committed; mount it through a view or an active child")
+
+
+class Front:
+    """What every backend's class shares whatever keeps its state: ``prepare`` and ``view``
+    are one creation with two kinds, and a snapshotter closes as a context manager."""
+
+    def _create(
+        self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None
+    ) -> list[Mount]:
+        raise NotImplementedError
+
+    def prepare(
+        self, key: str, parent: str | None = None, *, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def view(
+        self, key: str, parent: str | None = None, *, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        return self._create(Kind.VIEW, key, parent, labels)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SnapshotterBase(Front):
     """The shared machinery; a backend says how to fill a new snapshot and how to mount it."""
 
     name = ""
@@ -223,16 +269,6 @@ class SnapshotterBase:
 
     # -------------------------------------------------------------- the Snapshotter API
 
-    def prepare(
-        self, key: str, parent: str | None = None, *, labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        return self._create(Kind.ACTIVE, key, parent, labels)
-
-    def view(
-        self, key: str, parent: str | None = None, *, labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        return self._create(Kind.VIEW, key, parent, labels)
-
     def _parent_for(self, key: str, parent: str | None) -> Record | None:
         with contextlib.suppress(NotFoundError):
             self._get(key)
@@ -240,10 +276,7 @@ class SnapshotterBase:
         if parent is None:
             return None
         record = self._get(_check_key(parent, "parent"))
-        if record.kind is not Kind.COMMITTED:
-            raise InvalidStateError(
-                f"parent {parent!r} is {record.kind.value}; only committed snapshots can be parents"
-            )
+        check_parent(parent, record.kind)
         return record
 
     def _create(
@@ -310,10 +343,7 @@ class SnapshotterBase:
         label_map = _check_labels(labels)
         with self._locked(fcntl.LOCK_SH):
             record = self._get(_check_key(key))
-            if record.kind is not Kind.ACTIVE:
-                raise InvalidStateError(
-                    f"snapshot {key!r} is {record.kind.value}; only active snapshots can be committed"
-                )
+            check_committable(key, record.kind)
             self._before_commit(record)
             with self._transaction() as db:
                 if name != key and db.execute("SELECT 1 FROM snapshots WHERE key = ?", (name,)).fetchone():
@@ -385,10 +415,7 @@ class SnapshotterBase:
 
     def mounts(self, key: str) -> list[Mount]:
         record = self._get(_check_key(key))
-        if record.kind is Kind.COMMITTED:
-            raise InvalidStateError(
-                f"snapshot {key!r} is committed; mount it through a view or an active child"
-            )
+        check_mountable(key, record.kind)
         return self._mounts(
             record, self._chain(self._get_id(record.parent) if record.parent is not None else None)
         )
@@ -416,12 +443,6 @@ class SnapshotterBase:
             self._db.close()
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-    def __enter__(self) -> SnapshotterBase:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.root}>"

@@ -53,6 +53,11 @@ _PRIVATE: Final = ".ocikit"
 _INCOMING: Final = "incoming"
 _LOCK: Final = "index.lock"
 
+#: Bytes a worker thread hashes and writes at once while the next batch arrives.
+_WRITE_BATCH: Final = 4 << 20
+#: Below IOV_MAX (1024), so one writev takes a whole batch of small chunks.
+_IOV_BATCH: Final = 512
+
 
 class OCILayout:
     """One image layout directory. Use :meth:`open`; close it (or use ``with``) when done."""
@@ -357,15 +362,24 @@ class BlobWriter:
         self._done = False
 
     def write(self, chunk: bytes) -> None:
-        self._digester.update(chunk)
+        self.write_many([chunk])
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        """Hash and append ``chunks`` (one ``writev``); safe to run in a worker thread, where
+        hashing and writing overlap the network (both release the GIL)."""
+        for chunk in chunks:
+            self._digester.update(chunk)
         if self._digester.size > self._descriptor.size:
             raise VerificationError(
                 f"size mismatch for {self._descriptor.digest}: expected {self._descriptor.size} bytes, "
                 "got more"
             )
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        total = sum(map(len, chunks))
+        written = os.writev(self.fd, chunks)
+        if written < total:  # a short write: finish the rest plainly
+            rest = memoryview(b"".join(chunks))[written:]
+            while rest:
+                rest = rest[os.write(self.fd, rest) :]
 
     def commit(self, *, verify_file: bool = False) -> None:
         """Verify (the hash of what was written, or with ``verify_file`` of the staged file
@@ -422,12 +436,30 @@ class LayoutDestination:
         return self.layout.has_blob(descriptor, touch=self._touch)
 
     async def put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> None:
+        """Chunks are gathered into batches that a worker thread hashes and writes while the
+        next batch arrives (at most two batches in memory)."""
         writer = self.layout.blob_writer(descriptor)
+        pending: asyncio.Future[None] | None = None
         try:
+            batch: list[bytes] = []
+            batched = 0
             async for chunk in chunks:
-                writer.write(chunk)
-            writer.commit()
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= _WRITE_BATCH or len(batch) >= _IOV_BATCH:
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.ensure_future(asyncio.to_thread(writer.write_many, batch))
+                    batch, batched = [], 0
+            if pending is not None:
+                await pending
+            if batch:
+                writer.write_many(batch)
+            await asyncio.to_thread(writer.commit)
         except BaseException:
+            if pending is not None and not pending.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(pending)  # never close the file under a running write
             writer.abort()
             raise
 
