@@ -386,6 +386,18 @@ _BASE = (
 )
 
 
+@pytest.mark.parametrize("field", [108, 116])  # uid, gid
+def test_negative_base256_numbers_are_refused(box: Sandbox, field: int) -> None:
+    # Found by the fuzzer below: a base-256 owner that decodes negative reached os.chown.
+    data = bytearray(_BASE)
+    data[field : field + 8] = b"\xff" * 8
+    data[148:156] = b" " * 8
+    data[148:155] = b"%06o\x00" % sum(data[:512])
+    with pytest.raises(BadTar):
+        box.apply(bytes(data))
+    check_contained(box)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     edits=st.lists(st.tuples(st.integers(0, len(_BASE) - 1), st.integers(0, 255)), min_size=1, max_size=8),

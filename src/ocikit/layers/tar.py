@@ -88,6 +88,14 @@ def _number(field: bytes, what: str) -> int:
         raise BadTar(f"a tar header has an invalid {what} field {field!r}") from None
 
 
+def _check_id(value: int, what: str, name: bytes) -> int:
+    """Owners and device numbers are unsigned 32-bit on Linux (and 2**32-1 means "no change"
+    to chown): anything else, such as a negative base-256 value, is a corrupt or hostile header."""
+    if not 0 <= value < 0xFFFFFFFF:
+        raise BadTar(f"the entry {name!r} has an impossible {what} {value}")
+    return value
+
+
 def _cstring(field: bytes) -> bytes:
     return field.split(b"\x00", 1)[0]
 
@@ -295,6 +303,8 @@ class TarReader:
             )
         if kind == REG and flag == b"\x00" and name.endswith(b"/"):
             kind = DIR  # pre-POSIX archives marked directories only by the trailing slash
+        for what, number in (("uid", uid), ("gid", gid)):
+            _check_id(number, what, name)
         content = size if kind == REG else 0
         # Links, directories and devices have no content, whatever the size field says;
         # only regular files (and GNU dump directories, skipped) carry data blocks.
@@ -311,8 +321,12 @@ class TarReader:
             mtime_ns=mtime_ns,
             atime_ns=atime_ns,
             linkname=linkname,
-            devmajor=_number(block[329:337], "devmajor") if kind in (CHR, BLK) else 0,
-            devminor=_number(block[337:345], "devminor") if kind in (CHR, BLK) else 0,
+            devmajor=_check_id(_number(block[329:337], "devmajor"), "devmajor", name)
+            if kind in (CHR, BLK)
+            else 0,
+            devminor=_check_id(_number(block[337:345], "devminor"), "devminor", name)
+            if kind in (CHR, BLK)
+            else 0,
             xattrs=xattrs,
         )
 
