@@ -4,6 +4,7 @@ A bundle is a directory::
 
     config.json          the runtime config (written last, atomically)
     rootfs/              the mount point of a writable snapshot over the image's chain
+                         (rootless ``dir``: a symlink to it, see :func:`_in_place`)
     volumes/<n>-<path>/  bind-mounted volumes (see .volumes)
     ocikit-bundle.json   which snapshot the rootfs is, so that ``remove_bundle`` finds it
 
@@ -21,7 +22,7 @@ from typing import Final
 
 import msgspec
 
-from ..snapshot import NotFoundError, SnapshotError, Snapshotter, mount, unmount
+from ..snapshot import Mount, NotFoundError, SnapshotError, Snapshotter, mount, unmount
 from ..snapshot.trees import fsync_dir, open_dir, remove_tree
 from ..spec.models import ImageConfig
 from ..spec.runtime import RuntimeConfig, dump_runtime_config
@@ -85,6 +86,18 @@ def _prepare_dir(bundle: Path) -> bool:
         raise BundleError(f"the parent directory of {bundle} does not exist") from None
 
 
+def _in_place(mounts: list[Mount]) -> str | None:
+    """The directory to use as the rootfs without mounting anything, or None to mount.
+
+    An unprivileged caller cannot mount, but the ``dir`` backend's active snapshot is a plain
+    writable directory (one read-write bind mount): that directory is the rootfs as it is.
+    """
+    if os.geteuid() == 0 or len(mounts) != 1:
+        return None
+    (only,) = mounts
+    return only.source if only.type == "bind" and "ro" not in only.options else None
+
+
 def create_bundle(
     bundle: str | os.PathLike[str],
     image: ImageConfig,
@@ -113,15 +126,22 @@ def create_bundle(
         write_atomic(path, STATE_FILE, msgspec.json.encode(state))
         mounts = snapshotter.prepare(key, chain_key, labels={BUNDLE_LABEL: str(path)})
         prepared = True
-        rootfs.mkdir(mode=0o755)
-        mount(mounts, rootfs)
-        mounted = True
-        root_fd = open_dir(rootfs)
+        in_place = _in_place(mounts)
+        if in_place is None:
+            rootfs.mkdir(mode=0o755)
+            mount(mounts, rootfs)
+            mounted = True
+        else:
+            os.symlink(in_place, rootfs)  # for people; runc is given the directory itself
+        root_fd = open_dir(in_place or rootfs)
         try:
             volumes = volume_mounts(image, overrides.volumes, path, root_fd)
             config = runtime_config(image, root_fd, overrides, volume_mounts=volumes)
         finally:
             os.close(root_fd)
+        if in_place is not None and config.root is not None:
+            # runc refuses a root.path that is a symlink; an absolute path is allowed.
+            config.root = msgspec.structs.replace(config.root, path=in_place)
         write_atomic(path, "config.json", dump_runtime_config(config))
         return config
     except BaseException as exc:
