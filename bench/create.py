@@ -16,9 +16,10 @@ its own process as a user would run them:
   durable, so umoci's result is made durable too), the reference for the first create.
 
 Python's start-up counts (a user runs the command), with ocikit's bytecode compiled first as
-an installation has it. Peak memory is the maximum resident set size of that process (``wait4``'s rusage), Python
-interpreter included. The median of ``--rounds`` rounds is reported with the ratios and the
-targets of issue 6: a cached image in under 0.3 s with ``overlay`` or ``zfs``, under 60 MB.
+an installation has it. Peak memory is the maximum resident set size of that process
+(``wait4``'s rusage), Python interpreter included. The median of ``--rounds`` rounds is
+reported with the ratios and the targets of issue 6: a cached image in under 0.3 s with
+``overlay`` or ``zfs``, under 60 MB.
 
 Run as root (overlay mounts and ``umoci unpack`` need it), from the repository root::
 
