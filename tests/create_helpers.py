@@ -41,12 +41,14 @@ class Backend:
     #: Why it cannot run here (None: it can); called when a test starts.
     unavailable: Callable[[], str | None] = lambda: None
     extra_options: tuple[str, ...] = ()
+    #: What ``open_snapshotter`` needs besides the state directory (a zfs dataset...).
+    open_options: dict[str, str] = field(default_factory=dict)
 
     def options(self) -> list[str]:
         return ["--snapshotter", self.name, *self.extra_options]
 
     def open(self, snapshots: Path) -> Snapshotter:
-        return open_snapshotter(self.name, snapshots / self.name)
+        return open_snapshotter(self.name, snapshots / self.name, **self.open_options)
 
 
 def _needs_root() -> str | None:
