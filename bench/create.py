@@ -35,7 +35,6 @@ import argparse
 import compileall
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -206,9 +205,6 @@ def main() -> int:
             for name, by in samples.items()
         },
         "summary": summarise(samples),
-        "this_process_children_max_rss_mb": round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
-        ),
     }
     if args.json:
         print(json.dumps(report, indent=2))
