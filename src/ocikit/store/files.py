@@ -168,7 +168,7 @@ def _copy_fallback(source: BlobFile, target_fd: int, start: int) -> int:
 
 #: Bytes of a file mapped at a time while hashing: the mapped pages count as the process's
 #: resident memory, so mapping a whole layer blob would make hashing it cost its size.
-_MAP_WINDOW: Final = 16 << 20
+_MAP_WINDOW: Final = 4 << 20
 
 
 def digest_span(fd: int, offset: int, size: int, algorithm: str) -> Digest:
