@@ -48,6 +48,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TAG = "bench"
+#: Where the Debian image is built once per machine (bench/create.py and the tests share it).
+DEFAULT_CACHE = Path("/var/tmp/ocikit-bench-unpack")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
 TOOLS = ("ocikit", "umoci", "tar")
 TARGETS = {"tmpfs": {"tar": 1.3, "umoci": 1.0}, "disk": {"tar": 1.1}}
 
@@ -59,7 +62,8 @@ def run(command: list[str], **kwargs: Any) -> None:
 # --- building the image ----------------------------------------------------------------------
 
 
-def build_debian(cache: Path, mirror: str) -> Path:
+def build_debian(cache: Path = DEFAULT_CACHE, mirror: str = DEFAULT_MIRROR) -> Path:
+    """The OCI layout holding the Debian image as ``TAG``, built the first time (minutes)."""
     layout = cache / "layout"
     if (cache / "ready").exists():
         return layout
@@ -228,11 +232,11 @@ def summarise(times: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=Path("/var/tmp/ocikit-bench-unpack"))
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument(
         "--tmpdir", type=Path, default=Path("/var/tmp"), help="where the disk setting unpacks"
     )
-    parser.add_argument("--mirror", default="http://deb.debian.org/debian")
+    parser.add_argument("--mirror", default=DEFAULT_MIRROR)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--settings", default="tmpfs,disk")
     parser.add_argument("--quick", action="store_true", help="small synthetic image, one round")

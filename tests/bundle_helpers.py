@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -94,3 +96,27 @@ def committed_rootfs(snap: Snapshotter, mnt: Path, name: str = "chain") -> str:
         (root / "etc" / "obsolete").unlink()
     snap.commit(name, "l2")
     return name
+
+
+def runc_run(bundle: Path, state: Path) -> dict[str, list[str]]:
+    """Run the bundle with the real runc; its output lines KEY=VALUE, grouped by KEY."""
+    runc = require_tool("runc", "it runs the bundles")
+    name = f"ocikit-test-{uuid.uuid4().hex[:12]}"
+    try:
+        result = subprocess.run(
+            [runc, "--root", str(state), "run", "--bundle", str(bundle), name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        subprocess.run(
+            [runc, "--root", str(state), "delete", "--force", name], capture_output=True, check=False
+        )
+    assert result.returncode == 0, result.stderr
+    seen: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition("=")
+        seen.setdefault(key, []).append(value)
+    return seen

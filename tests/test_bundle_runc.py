@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bundle_helpers import committed_rootfs, image_config
-from conftest import require_tool
+from bundle_helpers import runc_run as run
 from ocikit.bundle import BundleError, Overrides, create_bundle, read_state, remove_bundle
 from ocikit.snapshot import NotFoundError, Snapshotter, is_mountpoint
 from runtime_schema import schema_errors
@@ -32,29 +30,6 @@ def snap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Snapshotter
     snapshotter = open_backend(request.param, tmp_path / "snapshots", request)
     yield snapshotter
     snapshotter.close()
-
-
-def run(bundle: Path, state: Path) -> dict[str, list[str]]:
-    runc = require_tool("runc", "it runs the bundles")
-    name = f"ocikit-test-{uuid.uuid4().hex[:12]}"
-    try:
-        result = subprocess.run(
-            [runc, "--root", str(state), "run", "--bundle", str(bundle), name],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        subprocess.run(
-            [runc, "--root", str(state), "delete", "--force", name], capture_output=True, check=False
-        )
-    assert result.returncode == 0, result.stderr
-    seen: dict[str, list[str]] = {}
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition("=")
-        seen.setdefault(key, []).append(value)
-    return seen
 
 
 def test_runc_runs_what_the_image_config_says(snap: Snapshotter, tmp_path: Path) -> None:

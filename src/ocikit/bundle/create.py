@@ -4,6 +4,7 @@ A bundle is a directory::
 
     config.json          the runtime config (written last, atomically)
     rootfs/              the mount point of a writable snapshot over the image's chain
+                         (rootless ``dir``: a symlink to it, see :func:`_in_place`)
     volumes/<n>-<path>/  bind-mounted volumes (see .volumes)
     ocikit-bundle.json   which snapshot the rootfs is, so that ``remove_bundle`` finds it
 
@@ -22,7 +23,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from ..snapshot import NotFoundError, SnapshotError, Snapshotter, mount, unmount
+from ..snapshot import Mount, NotFoundError, SnapshotError, Snapshotter, mount, unmount
 from ..snapshot.trees import fsync_dir, open_dir, remove_tree
 from ..spec.models import ImageConfig
 from ..spec.runtime import RuntimeConfig, dump_runtime_config
@@ -99,6 +100,18 @@ def _prepare_dir(bundle: Path) -> bool:
         raise BundleError(f"the parent directory of {bundle} does not exist") from None
 
 
+def _in_place(mounts: list[Mount]) -> str | None:
+    """The directory to use as the rootfs without mounting anything, or None to mount.
+
+    An unprivileged caller cannot mount, but the ``dir`` backend's active snapshot is a plain
+    writable directory (one read-write bind mount): that directory is the rootfs as it is.
+    """
+    if os.geteuid() == 0 or len(mounts) != 1:
+        return None
+    (only,) = mounts
+    return only.source if only.type == "bind" and "ro" not in only.options else None
+
+
 def create_bundle(
     bundle: str | os.PathLike[str],
     image: ImageConfig,
@@ -118,6 +131,11 @@ def create_bundle(
     def configure(path: Path, root_fd: int) -> RuntimeConfig:
         volumes = volume_mounts(image, chosen.volumes, path, root_fd)
         config = runtime_config(image, root_fd, chosen, volume_mounts=volumes)
+        rootfs = path / "rootfs"
+        if rootfs.is_symlink() and config.root is not None:
+            # A rootless snapshot used in place: runc refuses a root.path that is a symlink,
+            # and takes an absolute one.
+            config.root = msgspec.structs.replace(config.root, path=os.readlink(rootfs))
         write_atomic(path, "config.json", dump_runtime_config(config))
         return config
 
@@ -156,10 +174,14 @@ def make_container_dir(
         write_atomic(path, STATE_FILE, msgspec.json.encode(state))
         mounts = snapshotter.prepare(key, chain_key, labels={BUNDLE_LABEL: str(path)})
         prepared = True
-        rootfs.mkdir(mode=0o755)
-        mount(mounts, rootfs)
-        mounted = True
-        root_fd = open_dir(rootfs)
+        in_place = _in_place(mounts)
+        if in_place is None:
+            rootfs.mkdir(mode=0o755)
+            mount(mounts, rootfs)
+            mounted = True
+        else:
+            os.symlink(in_place, rootfs)  # for people; runc is given the directory itself
+        root_fd = open_dir(in_place or rootfs)
         try:
             return configure(path, root_fd)
         finally:

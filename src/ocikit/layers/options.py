@@ -39,7 +39,7 @@ class ApplyOptions:
     on_warning: Callable[[str], None] | None = None
     resolver: Resolver = "auto"
     #: Decompressed bytes the reader thread hands over at a time.
-    chunk_size: int = 4 << 20
+    chunk_size: int = 2 << 20
 
 
 @dataclass

@@ -166,17 +166,24 @@ def _copy_fallback(source: BlobFile, target_fd: int, start: int) -> int:
     return copied
 
 
+#: Bytes of a file mapped at a time while hashing: the mapped pages count as the process's
+#: resident memory, so mapping a whole layer blob would make hashing it cost its size.
+_MAP_WINDOW: Final = 4 << 20
+
+
 def digest_span(fd: int, offset: int, size: int, algorithm: str) -> Digest:
-    """Hash a span of a file through ``mmap``: the hash reads the page cache directly, without
-    copying the bytes into Python objects, and releases the GIL while it does."""
+    """Hash a span of a file through ``mmap``, window by window: the hash reads the page
+    cache directly, without copying the bytes into Python objects, and releases the GIL."""
     digester = Digester(algorithm)
-    if size == 0:
-        return digester.digest()
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    with mmap.mmap(fd, size + offset - start, prot=mmap.PROT_READ, offset=start) as mapped:
-        view = memoryview(mapped)
-        try:
-            digester.update(view[offset - start :])
-        finally:
-            view.release()
+    position, end = offset, offset + size
+    while position < end:
+        start = position - position % mmap.ALLOCATIONGRANULARITY
+        length = min(end, start + _MAP_WINDOW) - start
+        with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start) as mapped:
+            view = memoryview(mapped)
+            try:
+                digester.update(view[position - start :])
+            finally:
+                view.release()
+        position = start + length
     return digester.digest()

@@ -1,0 +1,68 @@
+"""Smoke test of bench/create.py: it builds its small image, times the first and the second
+``ocikit create`` on each snapshotter and ``umoci unpack``, and reports every figure.
+
+Only with ``OCIKIT_BENCH=1``: a benchmark is slow and its figures depend on the machine, so
+this test checks that the script works, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import require_tool
+from snapshot_helpers import unmount_all_under
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "create.py"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("OCIKIT_BENCH") != "1",
+    reason="benchmarks run only with OCIKIT_BENCH=1 (they take time and are never timed tests)",
+)
+
+
+def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
+    require_tool("umoci", "bench/create.py builds its image with it and compares ocikit with it")
+    if os.geteuid() != 0:
+        pytest.skip("bench/create.py mounts overlays and runs umoci unpack: it needs root")
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        completed = subprocess.run(
+            [
+                sys.executable,
+                str(BENCH),
+                "--quick",
+                "--json",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--tmpdir",
+                str(work),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        unmount_all_under(work)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout)
+    assert report["mode"] == "quick"
+    summary = report["summary"]
+    assert set(summary) == {"umoci", "dir", "overlay"}
+    assert summary["umoci"]["first_s"] > 0
+    for name in ("dir", "overlay"):
+        row = summary[name]
+        for kind in ("first", "second"):
+            assert row[f"{kind}_s"] > 0
+            assert row[f"{kind}_max_rss_mb"] > 0
+        assert row["first/umoci"] > 0
+        assert isinstance(row["max_rss_met"], bool)
+    assert isinstance(summary["overlay"]["second_met"], bool)
+    assert "second_met" not in summary["dir"]  # the 0.3 s target is for overlay and zfs only
+    assert list(work.iterdir()) == [], "stores, snapshots and bundles must be removed"
