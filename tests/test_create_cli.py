@@ -34,6 +34,7 @@ from create_helpers import (
 )
 from layer_helpers import Layer, gzip_bytes, sha256
 from snapshot_helpers import _no_mounts_left  # noqa: F401  (autouse: unmounts what a failed test left)
+from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures)
 
 APPLETS = ("sh", "echo", "tr", "sed", "pwd", "hostname", "cat", "ls", "id", "env", "true")
 CONFIG = {
@@ -76,8 +77,12 @@ def layers() -> list[bytes]:
     return busybox_layers()
 
 
-@pytest.fixture(params=[backend_param(b) for b in BACKENDS])
+@pytest.fixture(params=[*(backend_param(b) for b in BACKENDS), pytest.param("zfs", id="zfs")])
 def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "zfs":  # on a dataset of its own in the session's zfs-fuse pool
+        dataset = request.getfixturevalue("zfs_dataset")
+        zfs = Backend("zfs", lambda: None, ("--zfs-dataset", dataset), {"zfs_dataset": dataset})
+        return use_backend(zfs)
     return use_backend(request.param)
 
 

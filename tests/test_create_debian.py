@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,7 @@ from conftest import REQUIRE_ALL, require_tool
 from create_helpers import BACKENDS, Backend, Cli, active, backend_param, committed, snapshots_of, use_backend
 from layer_helpers import snapshot
 from snapshot_helpers import _no_mounts_left  # noqa: F401  (autouse: unmounts what a failed test left)
+from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures)
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 TAG = "create-test"
@@ -142,8 +144,12 @@ def _comparable(tree: dict[str, tuple[object, ...]]) -> dict[str, tuple[object, 
     return result
 
 
-@pytest.fixture(params=[backend_param(b) for b in BACKENDS])
+@pytest.fixture(params=[*(backend_param(b) for b in BACKENDS), pytest.param("zfs", id="zfs")])
 def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "zfs":  # on a dataset of its own in the session's zfs-fuse pool
+        dataset = request.getfixturevalue("zfs_dataset")
+        zfs = Backend("zfs", lambda: None, ("--zfs-dataset", dataset), {"zfs_dataset": dataset})
+        return use_backend(zfs)
     return use_backend(request.param)
 
 
@@ -185,5 +191,33 @@ def test_runc_runs_what_the_debian_image_config_says(
     infos = snapshots_of(backend, cli.snapshots)
     assert len(committed(infos)) == len(config["rootfs"]["diff_ids"]) >= 3
     assert len(active(infos)) == 1
+    if backend.name == "zfs":
+        _assert_second_container_is_a_clone(cli, backend, layout, tmp_path, len(config["rootfs"]["diff_ids"]))
     cli("rm", str(bundle))
     assert not bundle.exists()
+
+
+def _assert_second_container_is_a_clone(
+    cli: Cli, backend: Backend, layout: Path, tmp_path: Path, layers: int
+) -> None:
+    """Issue 6's acceptance on a real pool: one ZFS snapshot per layer, and a second container
+    of the cached image is a clone of the top layer's snapshot that runc runs."""
+    dataset = backend.open_options["zfs_dataset"]
+    second = tmp_path / "bundle-second"
+    output = cli("create", *backend.options(), f"oci:{layout}:{TAG}", str(second)).stderr
+    assert output.count(": cached") == layers
+    listing = subprocess.run(
+        ["zfs", "list", "-H", "-o", "name,origin", "-t", "filesystem,snapshot", "-r", dataset],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    rows = [line.split("\t") for line in listing]
+    assert len([name for name, _ in rows if "@" in name]) == layers
+    # Each layer is a clone of the one below; the top layer's snapshot is the origin of both
+    # containers, so exactly one snapshot has two clones.
+    origins = Counter(origin for name, origin in rows if "@" not in name and origin != "-")
+    assert sorted(origins.values()) == [1] * (layers - 1) + [2]
+    seen = runc_run(second, tmp_path / "runc-second")
+    assert seen["RELEASE"][0].startswith("12.")
+    cli("rm", str(second))
