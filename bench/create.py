@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,12 @@ def create_pair(snapshotter: str, layout: Path, work: Path, zfs_dataset: str | N
     """First and second create into a fresh store and snapshot directory; both removed after."""
     env = ocikit_env(work)
     options = ["--snapshotter", snapshotter]
+    fresh_dataset = None
     if snapshotter == "zfs" and zfs_dataset:
-        options += ["--zfs-dataset", zfs_dataset]
+        # A dataset of its own per round: zfs keeps its layers in the pool, not in ``work``,
+        # and a first create must not find the last round's layers.
+        fresh_dataset = f"{zfs_dataset}/round-{uuid.uuid4().hex[:8]}"
+        options += ["--zfs-dataset", fresh_dataset]
     image = f"oci:{layout}:{TAG}"
     bundles = [work / "bundle1", work / "bundle2"]
     try:
@@ -104,7 +109,18 @@ def create_pair(snapshotter: str, layout: Path, work: Path, zfs_dataset: str | N
         existing = [str(b) for b in bundles if b.exists()]
         if existing:
             subprocess.run(ocikit("rm", *existing), env=env, check=True, stdout=subprocess.DEVNULL)
+        if fresh_dataset is not None:
+            _destroy(fresh_dataset)
     return first, second
+
+
+def _destroy(dataset: str) -> None:
+    """``zfs destroy -r``, again while zfs-fuse still calls the datasets busy after unmounting."""
+    for _ in range(20):
+        if subprocess.run(["zfs", "destroy", "-r", dataset], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"could not destroy {dataset}")
 
 
 def umoci_unpack(layout: Path, work: Path) -> Sample:
