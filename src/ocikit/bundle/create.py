@@ -23,7 +23,7 @@ import msgspec
 
 from ..snapshot import NotFoundError, SnapshotError, Snapshotter, mount, unmount
 from ..snapshot.trees import fsync_dir, open_dir, remove_tree
-from ..spec.models import ImageConfig
+from ..spec.models import Descriptor, ImageConfig
 from ..spec.runtime import RuntimeConfig, dump_runtime_config
 from .config import Overrides, runtime_config
 from .errors import BundleError
@@ -42,6 +42,10 @@ class BundleState(msgspec.Struct, kw_only=True):
     parent: str | None = None
     #: The snapshotter's state directory, so that ``ocikit rm`` finds it again.
     root: str | None = None
+    #: The image the rootfs was made from (its store name, and its manifest even when it came
+    #: from an index), so that ``ocikit commit`` can append the bundle's changes to it.
+    image: str | None = None
+    manifest: Descriptor | None = None
 
 
 def write_atomic(directory: Path, name: str, data: bytes) -> None:
@@ -93,6 +97,8 @@ def create_bundle(
     overrides: Overrides | None = None,
     *,
     key: str | None = None,
+    image_name: str | None = None,
+    manifest: Descriptor | None = None,
 ) -> RuntimeConfig:
     """Make the bundle: an active snapshot over the committed ``chain_key`` (None: an image
     without layers) mounted at ``rootfs``, and ``config.json`` converted from ``image``.
@@ -108,7 +114,12 @@ def create_bundle(
     try:
         # The state goes first: a bundle interrupted from here on can still be removed.
         state = BundleState(
-            snapshotter=snapshotter.name, key=key, parent=chain_key, root=str(snapshotter.root)
+            snapshotter=snapshotter.name,
+            key=key,
+            parent=chain_key,
+            root=str(snapshotter.root),
+            image=image_name,
+            manifest=manifest,
         )
         write_atomic(path, STATE_FILE, msgspec.json.encode(state))
         mounts = snapshotter.prepare(key, chain_key, labels={BUNDLE_LABEL: str(path)})

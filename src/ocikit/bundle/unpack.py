@@ -20,7 +20,7 @@ from ..layers import ApplyOptions, ApplyReport, apply_layer
 from ..snapshot import AlreadyExistsError, Kind, Mount, NotFoundError, Snapshotter, mount, unmount
 from ..store.images import StoredImage, StoredLayer
 
-__all__ = ["LAYER_LABEL", "unpack_image"]
+__all__ = ["LAYER_LABEL", "mounted_snapshot", "snapshot_root", "unpack_image"]
 
 #: Label of a committed layer snapshot: the layer's diffID (for humans and garbage collection).
 LAYER_LABEL = "ocikit.layer.diffid"
@@ -36,7 +36,7 @@ def _is_committed(snapshotter: Snapshotter, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def _mounted(snapshotter: Snapshotter, mounts: Sequence[Mount]) -> Iterator[str]:
+def mounted_snapshot(snapshotter: Snapshotter, mounts: Sequence[Mount]) -> Iterator[str]:
     """A directory showing the active snapshot. A lone bind mount is used in place, which
     also lets an unprivileged caller unpack with the ``dir`` backend."""
     if len(mounts) == 1 and mounts[0].type == "bind":
@@ -63,7 +63,7 @@ def _apply_one(
     key = f"unpack-{uuid.uuid4().hex}"
     mounts = snapshotter.prepare(key, parent)
     try:
-        with _mounted(snapshotter, mounts) as target, layer.open() as blob:
+        with mounted_snapshot(snapshotter, mounts) as target, layer.open() as blob:
             report = apply_layer(
                 target, blob, layer.descriptor.media_type, layer.descriptor.digest, layer.diff_id, options
             )

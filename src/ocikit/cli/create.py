@@ -123,7 +123,15 @@ def run(args: argparse.Namespace) -> int:
         snapshotter = open_chosen_snapshotter(args)
         try:
             chain = unpack_image(image, snapshotter, ApplyOptions(), on_layer=_report)
-            create_bundle(args.bundle, image.config.value, snapshotter, chain, overrides_from(args))
+            create_bundle(
+                args.bundle,
+                image.config.value,
+                snapshotter,
+                chain,
+                overrides_from(args),
+                image_name=image.name,
+                manifest=image.descriptor,
+            )
         except _ERRORS as exc:
             print(f"ocikit create: {exc}", file=sys.stderr)
             return 1

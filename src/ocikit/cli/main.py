@@ -27,6 +27,10 @@ COMMANDS: Final = (
     "logout",
     "create",
     "rm",
+    "diff",
+    "commit",
+    "squash",
+    "config",
 )
 
 
