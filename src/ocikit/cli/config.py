@@ -17,6 +17,13 @@ from .create import stored_image
 COMMAND_FORMS = "a JSON array (exec form) or a string run by /bin/sh -c"
 
 
+def _command(text: str) -> list[str]:
+    try:
+        return parse_command(text)
+    except TransportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "config",
@@ -30,9 +37,9 @@ def register(commands: Any) -> None:
     parser.add_argument("newref", metavar="NEWREF", help=NEWREF_HELP)
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host)")
     edit = parser.add_argument_group("edits")
-    edit.add_argument("--entrypoint", type=parse_command, help=f"Entrypoint: {COMMAND_FORMS}")
+    edit.add_argument("--entrypoint", type=_command, help=f"Entrypoint: {COMMAND_FORMS}")
     edit.add_argument("--clear-entrypoint", action="store_true", help="remove Entrypoint")
-    edit.add_argument("--cmd", type=parse_command, help=f"Cmd: {COMMAND_FORMS}")
+    edit.add_argument("--cmd", type=_command, help=f"Cmd: {COMMAND_FORMS}")
     edit.add_argument("--clear-cmd", action="store_true", help="remove Cmd")
     edit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable")
     edit.add_argument("--env-rm", action="append", default=[], metavar="NAME", help="remove a variable")
