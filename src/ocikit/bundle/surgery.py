@@ -168,21 +168,18 @@ def squash_image(
     draft = Draft(image)
     key = f"squash-{uuid.uuid4().hex}"
     mounts = snapshotter.prepare(key, lower)
+    applied: list[str] = []  # what the scratch snapshot could not hold (xattrs on zfs-fuse...)
     try:
         with mounted_snapshot(snapshotter, mounts) as target:
             for layer in image.layers[start:]:
                 with layer.open() as blob:
-                    apply_layer(
-                        target,
-                        blob,
-                        layer.descriptor.media_type,
-                        layer.descriptor.digest,
-                        layer.diff_id,
-                        options,
-                    )
+                    media_type, digest = layer.descriptor.media_type, layer.descriptor.digest
+                    result = apply_layer(target, blob, media_type, digest, layer.diff_id, options)
+                applied.extend(result.warnings)
         written, report = write_snapshot_layer(
             snapshotter, key, lower, store, draft.layer_media_type(compression)
         )
+        report.warnings[:0] = applied
     finally:
         with contextlib.suppress(SnapshotError):
             snapshotter.remove(key)
