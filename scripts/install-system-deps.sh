@@ -13,6 +13,7 @@ packages=(
   apache2-utils    # htpasswd: bcrypt password files for docker-registry
   openssl          # keys, certificates and token signatures in the client tests
   zfs-fuse         # a real ZFS pool for the zfs snapshotter tests
+  time             # GNU time: peak memory of each tool in bench/surgery.py
 )
 missing=()
 for package in "${packages[@]}"; do
