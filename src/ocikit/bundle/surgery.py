@@ -36,7 +36,7 @@ from ..snapshot import SnapshotError, Snapshotter
 from ..spec import Descriptor
 from ..store.compose import Draft
 from ..store.images import ImageStore, StoredImage
-from .create import read_state
+from .create import BundleState, read_state
 from .errors import BundleError
 from .unpack import mounted_snapshot, unpack_image
 
@@ -95,8 +95,7 @@ def write_snapshot_layer(
         return writer.finish(), report
 
 
-def _open_bundle_image(bundle: str, store: ImageStore) -> StoredImage:
-    state = read_state(bundle)
+def _open_bundle_image(bundle: str, state: BundleState, store: ImageStore) -> StoredImage:
     if state.manifest is None:
         raise BundleError(
             f"{bundle} does not record the image it was made from (made by an older ocikit create); "
@@ -129,7 +128,7 @@ def commit_bundle(
         raise BundleError(
             f"{bundle} was made with the {state.snapshotter} snapshotter, not {snapshotter.name}"
         )
-    image = _open_bundle_image(bundle, store)
+    image = _open_bundle_image(bundle, state, store)
     draft = Draft(image)
     try:
         layer, report = write_snapshot_layer(

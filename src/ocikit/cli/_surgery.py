@@ -11,11 +11,19 @@ import argparse
 import sys
 from typing import Any
 
+from ..bundle import BundleError
 from ..client.options import add_client_arguments, client_options_from_args
 from ..client.transports import TransportSpec, copy_between, parse_transport
+from ..layers import LayerError
+from ..layers.diff import DiffReport
+from ..layers.write import WrittenLayer
+from ..snapshot import SnapshotError
 from ..spec import Descriptor
 from ..store.transport import TransportError
 from ._shared import add_store_option
+
+#: Failures of commit and squash that are the input's or the system's, reported in one line.
+SURGERY_ERRORS = (BundleError, LayerError, SnapshotError)
 
 NEWREF_HELP = (
     "where the new image goes: NAME:TAG in the local store, or oci:DIR:REF, oci-archive:FILE:REF, "
@@ -57,6 +65,17 @@ async def deliver(manifest: Descriptor, spec: TransportSpec, args: argparse.Name
     print(manifest.digest)
 
 
-def warn(command: str, warnings: list[str]) -> None:
-    for warning in warnings:
+async def publish(
+    command: str,
+    result: tuple[Descriptor, WrittenLayer, DiffReport],
+    spec: TransportSpec,
+    args: argparse.Namespace,
+) -> int:
+    """Report the new layer (and what could not go into it), then deliver the image."""
+    manifest, layer, report = result
+    for warning in report.warnings:
         print(f"ocikit {command}: warning: {warning}", file=sys.stderr)
+    size = f"{layer.entries} entries, {layer.descriptor.size} bytes"
+    print(f"layer {layer.diff_id.encoded[:12]}: {size}", file=sys.stderr)
+    await deliver(manifest, spec, args)
+    return 0

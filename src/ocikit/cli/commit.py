@@ -6,16 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from ..bundle import BundleError, read_state
+from ..bundle import read_state
 from ..bundle.surgery import commit_bundle
 from ..bundle.unpack import snapshot_root
-from ..layers import LayerError
-from ..snapshot import SnapshotError, open_snapshotter
+from ..snapshot import open_snapshotter
 from ..store.images import ImageStore
 from ._shared import run_command
-from ._surgery import NEWREF_HELP, add_output_options, deliver, store_name, target, warn
-
-_ERRORS = (BundleError, LayerError, SnapshotError)
+from ._surgery import NEWREF_HELP, SURGERY_ERRORS, add_output_options, publish, store_name, target
 
 
 def register(commands: Any) -> None:
@@ -45,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             snapshotter = open_snapshotter(state.snapshotter, state.root or snapshot_root(state.snapshotter))
             try:
                 with ImageStore(args.store) as store:
-                    manifest, layer, report = commit_bundle(
+                    result = commit_bundle(
                         args.bundle,
                         store,
                         snapshotter,
@@ -56,15 +53,9 @@ def run(args: argparse.Namespace) -> int:
                     )
             finally:
                 snapshotter.close()
-        except _ERRORS as exc:
+        except SURGERY_ERRORS as exc:
             print(f"ocikit commit: {exc}", file=sys.stderr)
             return 1
-        warn("commit", report.warnings)
-        print(
-            f"layer {layer.diff_id.encoded[:12]}: {layer.entries} entries, {layer.descriptor.size} bytes",
-            file=sys.stderr,
-        )
-        await deliver(manifest, spec, args)
-        return 0
+        return await publish("commit", result, spec, args)
 
     return run_command("commit", work())

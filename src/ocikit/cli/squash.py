@@ -6,17 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from ..bundle import BundleError
 from ..bundle.surgery import squash_image
 from ..client.transports import parse_transport
-from ..layers import LayerError
-from ..snapshot import SnapshotError
 from ..store.images import ImageStore
 from ._shared import run_command
-from ._surgery import NEWREF_HELP, add_output_options, deliver, store_name, target, warn
+from ._surgery import NEWREF_HELP, SURGERY_ERRORS, add_output_options, publish, store_name, target
 from .create import add_snapshotter_options, open_chosen_snapshotter, stored_image
-
-_ERRORS = (BundleError, LayerError, SnapshotError)
 
 
 def register(commands: Any) -> None:
@@ -50,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             snapshotter = open_chosen_snapshotter(args)
             try:
                 with ImageStore(args.store) as store:
-                    manifest, layer, report = squash_image(
+                    result = squash_image(
                         image,
                         store,
                         snapshotter,
@@ -60,15 +55,9 @@ def run(args: argparse.Namespace) -> int:
                     )
             finally:
                 snapshotter.close()
-        except _ERRORS as exc:
+        except SURGERY_ERRORS as exc:
             print(f"ocikit squash: {exc}", file=sys.stderr)
             return 1
-        warn("squash", report.warnings)
-        print(
-            f"layer {layer.diff_id.encoded[:12]}: {layer.entries} entries, {layer.descriptor.size} bytes",
-            file=sys.stderr,
-        )
-        await deliver(manifest, spec, args)
-        return 0
+        return await publish("squash", result, spec, args)
 
     return run_command("squash", work())

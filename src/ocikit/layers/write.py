@@ -201,6 +201,7 @@ class LayerWriter:
         self._thread = threading.Thread(target=self._run, name="ocikit-layer-writer", daemon=True)
         self._thread.start()
         self._closed = False
+        self._published = False
 
     # --- the compression thread ---------------------------------------------------------
 
@@ -279,6 +280,7 @@ class LayerWriter:
         self._fd = -1
         digest = self._blob.digest()
         self._layout.publish_staged(self._incoming, self._name, digest)
+        self._published = True
         self._close_incoming()
         descriptor = Descriptor(media_type=self.media_type, digest=digest, size=self._blob.size)
         return WrittenLayer(descriptor, self._diff.digest(), self._diff.size, self._entries)
@@ -301,6 +303,7 @@ class LayerWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if not self._published and self._incoming >= 0:
             with contextlib.suppress(OSError):
                 os.unlink(self._name, dir_fd=self._incoming)
         self._close_incoming()
