@@ -136,6 +136,11 @@ def test_commit_round_trip(store: Path, tmp_path: Path, snapshotter: str, bundle
 
     unpacked = umoci_unpack(out, "committed", tmp_path / "umoci")
     assert snapshot(unpacked, with_times=False) == expected
+    names = layer_names(out, "committed")
+    assert "opt/app/.wh..wh..opq" in names, "a directory replaced wholesale is opaque"
+    assert {"data/.wh.seed", "srv/.wh.www"} <= set(names)
+    assert "bin/busybox" not in names, "unchanged entries are not written"
+    assert "bin/show" in names
 
     inspected = skopeo_inspect(f"oci:{out}:committed")
     assert inspected["Digest"] == digest
