@@ -8,8 +8,9 @@ with the same compressor, the same blob digest:
   (``SCHILY.xattr.NAME``, the form GNU tar, Go and umoci read). No GNU extensions.
 * **Numeric owners only**: user and group names are left empty (the image-spec ignores them,
   and looking them up would make the layer depend on the host's ``/etc/passwd``).
-* **Times in whole seconds** in the header, atime and ctime never recorded: they change on
-  every read and would make two writes of one tree differ.
+* **The mtime to the nanosecond**: whole seconds in the ustar field, and a PAX ``mtime``
+  record when the file system had a fraction (a squashed image unpacks to the same times as
+  the original). atime and ctime are never recorded: they change on every read.
 * **Directories end with ``/``**, hardlinks are link entries to the first name written, and
   the caller gives entries in a fixed order (:mod:`.diff` sorts them).
 * **gzip without a name or time in its header** (isal writes mtime 0), zstd single-threaded.
@@ -103,6 +104,16 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return b"%d" % length + body
 
 
+def _pax_time(nanoseconds: int) -> bytes:
+    """``seconds[.fraction]`` with the fraction's trailing zeros dropped, as PAX writes it."""
+    sign = b"-" if nanoseconds < 0 else b""
+    whole, fraction = divmod(abs(nanoseconds), 1_000_000_000)
+    text = b"%d" % whole
+    if fraction:
+        text += (b".%09d" % fraction).rstrip(b"0")
+    return sign + text
+
+
 def _ustar(name: bytes, flag: bytes, entry: TarEntry, size: int, mtime: int, link: bytes) -> bytes:
     header = bytearray(BLOCK)
     header[0 : len(name)] = name
@@ -139,7 +150,7 @@ def tar_header(entry: TarEntry) -> bytes:
     )
     link = entry.linkname if entry.kind in (LNK, SYM) else b""
     size = entry.size if entry.kind == REG else 0
-    mtime = entry.mtime_ns // 1_000_000_000
+    mtime = max(entry.mtime_ns, 0) // 1_000_000_000
     records: list[bytes] = []
     if len(name) > _NAME_FIELD:
         records.append(_pax_record(b"path", name))
@@ -150,8 +161,8 @@ def tar_header(entry: TarEntry) -> bytes:
             records.append(_pax_record(owner, b"%d" % value))
     if _octal(size, 12) is None:
         records.append(_pax_record(b"size", b"%d" % size))
-    if _octal(mtime, 12) is None:
-        records.append(_pax_record(b"mtime", b"%d" % mtime))
+    if _octal(mtime, 12) is None or entry.mtime_ns % 1_000_000_000:
+        records.append(_pax_record(b"mtime", _pax_time(entry.mtime_ns)))
     for key, data in sorted((entry.xattrs or {}).items()):
         records.append(_pax_record(b"SCHILY.xattr." + key, data))
     main = _ustar(name[:_NAME_FIELD], _FLAGS[entry.kind], entry, size, mtime, link[:_NAME_FIELD])
