@@ -36,6 +36,7 @@ Named decisions:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -164,9 +165,13 @@ class _Walker:
 
     def run(self, upper: str | os.PathLike[str], lower: str | os.PathLike[str] | None) -> DiffReport:
         stack: list[_Frame] = []
+        upper_fd = _open_root(upper, "upper")
         try:
-            upper_fd = _open_root(upper, "upper")
             lower_fd = _open_root(lower, "lower") if lower is not None else None
+        except BaseException:
+            os.close(upper_fd)
+            raise
+        try:
             root_info = os.fstat(upper_fd)
             self.device = root_info.st_dev
             root_change = None
@@ -191,11 +196,16 @@ class _Walker:
         return DiffReport(self.changes, self.warnings)
 
     def _frame(self, path: bytes, upper: int, lower: int | None, change: Change | None) -> _Frame:
-        names = sorted((os.fsencode(n) for n in os.listdir(upper)), reverse=True)
-        frame = _Frame(path, upper, lower, names, change, children=len(names))
-        if lower is not None and not self.overlay:
-            present = set(names)
-            frame.deleted = sorted(n for n in map(os.fsencode, os.listdir(lower)) if n not in present)
+        """A frame owning ``upper`` and ``lower`` (closed here when it cannot be made)."""
+        try:
+            names = sorted((os.fsencode(n) for n in os.listdir(upper)), reverse=True)
+            frame = _Frame(path, upper, lower, names, change, children=len(names))
+            if lower is not None and not self.overlay:
+                present = set(names)
+                frame.deleted = sorted(n for n in map(os.fsencode, os.listdir(lower)) if n not in present)
+        except BaseException:
+            _close(upper, lower)
+            raise
         return frame
 
     def _compare_root(self, upper: int, lower: int, info: os.stat_result) -> Change | None:
@@ -255,16 +265,15 @@ class _Walker:
             )
         if not stat.S_ISDIR(info.st_mode):
             return None
-        upper_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.upper)
-        lower_fd = None
+        lower_fd = None  # no lower directory: everything below is added
         if frame.lower is not None and lower is not None and stat.S_ISDIR(lower.st_mode):
-            try:
+            with contextlib.suppress(OSError):
                 lower_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.lower)
-            except OSError:
-                lower_fd = None
-        if not self.overlay and replaced:
-            _close(None, lower_fd)
-            lower_fd = None  # a new or retyped directory: everything below is added
+        try:
+            upper_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.upper)
+        except BaseException:
+            _close(lower_fd)
+            raise
         return self._frame(path, upper_fd, lower_fd, change)
 
     @staticmethod
