@@ -14,6 +14,7 @@ packages=(
   openssl          # keys, certificates and token signatures in the client tests
   zfs-fuse         # a real ZFS pool for the zfs snapshotter tests
   lxc              # lxc-execute and lxc-start run what ocikit create --format lxc makes
+  time             # GNU time: peak memory of each tool in bench/surgery.py
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -25,7 +25,7 @@ import msgspec
 
 from ..snapshot import Mount, NotFoundError, SnapshotError, Snapshotter, mount, unmount
 from ..snapshot.trees import fsync_dir, open_dir, remove_tree
-from ..spec.models import ImageConfig
+from ..spec.models import Descriptor, ImageConfig
 from ..spec.runtime import RuntimeConfig, dump_runtime_config
 from .config import Overrides, runtime_config
 from .errors import BundleError
@@ -57,6 +57,10 @@ class BundleState(msgspec.Struct, kw_only=True):
     root: str | None = None
     #: What the directory is for: ``oci`` (a runtime bundle) or ``lxc`` (an LXC container).
     format: str = "oci"
+    #: The image the rootfs was made from (its store name, and its manifest even when it came
+    #: from an index), so that ``ocikit commit`` can append the bundle's changes to it.
+    image: str | None = None
+    manifest: Descriptor | None = None
 
 
 def write_atomic(directory: Path, name: str, data: bytes) -> None:
@@ -120,6 +124,8 @@ def create_bundle(
     overrides: Overrides | None = None,
     *,
     key: str | None = None,
+    image_name: str | None = None,
+    manifest: Descriptor | None = None,
 ) -> RuntimeConfig:
     """Make the bundle: an active snapshot over the committed ``chain_key`` (None: an image
     without layers) mounted at ``rootfs``, and ``config.json`` converted from ``image``.
@@ -139,7 +145,9 @@ def create_bundle(
         write_atomic(path, "config.json", dump_runtime_config(config))
         return config
 
-    return make_container_dir(bundle, snapshotter, chain_key, configure, key=key)
+    return make_container_dir(
+        bundle, snapshotter, chain_key, configure, key=key, image_name=image_name, manifest=manifest
+    )
 
 
 def make_container_dir(
@@ -150,6 +158,8 @@ def make_container_dir(
     *,
     key: str | None = None,
     container_format: str = "oci",
+    image_name: str | None = None,
+    manifest: Descriptor | None = None,
 ) -> T:
     """What every container directory ocikit makes shares: the directory (new, or empty),
     the state file, an active snapshot over ``chain_key`` mounted at ``rootfs``; then
@@ -170,6 +180,8 @@ def make_container_dir(
             parent=chain_key,
             root=str(snapshotter.root),
             format=container_format,
+            image=image_name,
+            manifest=manifest,
         )
         write_atomic(path, STATE_FILE, msgspec.json.encode(state))
         mounts = snapshotter.prepare(key, chain_key, labels={BUNDLE_LABEL: str(path)})

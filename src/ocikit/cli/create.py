@@ -148,7 +148,15 @@ def run(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
             else:
-                create_bundle(args.bundle, image.config.value, snapshotter, chain, overrides_from(args))
+                create_bundle(
+                    args.bundle,
+                    image.config.value,
+                    snapshotter,
+                    chain,
+                    overrides_from(args),
+                    image_name=image.name,
+                    manifest=image.descriptor,
+                )
         except _ERRORS as exc:
             print(f"ocikit create: {exc}", file=sys.stderr)
             return 1

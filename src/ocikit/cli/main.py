@@ -28,6 +28,10 @@ COMMANDS: Final = (
     "create",
     "rm",
     "export",
+    "diff",
+    "commit",
+    "squash",
+    "config",
 )
 
 

@@ -130,6 +130,11 @@ class Snapshotter(Protocol):
         """The mounts of an active snapshot or view (again, e.g. after a reboot)."""
         ...
 
+    def path_of(self, key: str) -> Path:
+        """The directory holding the snapshot's own data: a complete tree (``dir``, ``zfs``) or
+        the layer's diff (``overlay``'s upper directory). For tools that read snapshots."""
+        ...
+
     def cleanup(self) -> None:
         """Remove what crashed operations left behind (half-prepared or half-removed data)."""
         ...

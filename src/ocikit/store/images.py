@@ -228,20 +228,28 @@ class ImageStore:
             descriptor = self._choose(top, platform or host_platform(), name)
         elif top.media_type not in mt.MANIFEST_TYPES:
             raise TransportError(f"{name} is a {top.media_type}, not an image")
+        stored_name = None if refs.is_digest(name) else normalize_name(name)
+        return self.load(descriptor, stored_name, index)
+
+    def load(
+        self, descriptor: Descriptor, name: str | None = None, index: Descriptor | None = None
+    ) -> StoredImage:
+        """The image of the manifest ``descriptor`` (named or not, e.g. a platform's manifest
+        recorded earlier by digest)."""
         manifest = self._parse(descriptor, ImageManifest)
         config = self._parse(manifest.value.config, ImageConfig)
         diff_ids = config.value.rootfs.diff_ids
         if len(diff_ids) != len(manifest.value.layers):
             raise TransportError(
-                f"{name}: the config lists {len(diff_ids)} diffIDs for {len(manifest.value.layers)} layers"
+                f"{name or descriptor.digest}: the config lists {len(diff_ids)} diffIDs for "
+                f"{len(manifest.value.layers)} layers"
             )
         chains = chain_ids(diff_ids)
         layers = tuple(
             StoredLayer(layer, Digest(diff_id), chain, self.layout.blob_path(layer.digest))
             for layer, diff_id, chain in zip(manifest.value.layers, diff_ids, chains, strict=True)
         )
-        stored_name = None if refs.is_digest(name) else normalize_name(name)
-        return StoredImage(stored_name, descriptor, index, manifest, config, layers)
+        return StoredImage(name, descriptor, index, manifest, config, layers)
 
     def platforms(self, name: str) -> list[Platform]:
         """The platforms an image offers: those of its index, or its config's."""

@@ -279,6 +279,20 @@ class OCILayout:
         """An fd of the staging directory (for purging files of crashed writes)."""
         return self._incoming()
 
+    def publish_staged(self, incoming: int, name: str, digest: Digest) -> None:
+        """Rename the staging file ``name`` of :meth:`incoming_dir` to the blob ``digest``.
+
+        The caller computed ``digest`` over exactly what it wrote and ``fsync``ed the file:
+        a :class:`BlobWriter` checking a descriptor, or a writer producing new content whose
+        digest is only known at its end (a layer ocikit makes). The rename is atomic.
+        """
+        algorithm_fd = self._algorithm_dir(digest.algorithm)
+        try:
+            os.rename(name, digest.encoded, src_dir_fd=incoming, dst_dir_fd=algorithm_fd)
+            fsync_dir(algorithm_fd)
+        finally:
+            os.close(algorithm_fd)
+
     def blob_writer(self, descriptor: Descriptor) -> BlobWriter:
         return BlobWriter(self, descriptor)
 
@@ -397,12 +411,7 @@ class BlobWriter:
         if actual != self._digest:
             raise VerificationError(f"digest mismatch: expected {self._digest}, got {actual}")
         os.fsync(self.fd)
-        algorithm_fd = self._layout._algorithm_dir(self._digest.algorithm)
-        try:
-            os.rename(self._name, self._digest.encoded, src_dir_fd=self._incoming, dst_dir_fd=algorithm_fd)
-            fsync_dir(algorithm_fd)
-        finally:
-            os.close(algorithm_fd)
+        self._layout.publish_staged(self._incoming, self._name, self._digest)
         self._done = True
         self._release()
 
