@@ -39,7 +39,10 @@ from ocikit.client import (
 from ocikit.client.errors import AuthenticationError, RegistryError, RegistryNotFound
 from ocikit.client.source import referrers_tag
 from ocikit.spec import Descriptor, VerificationError, mediatype, parse_reference
+from ocikit.store.copy import copy_image
+from ocikit.store.layout import OCILayout
 from ocikit.store.transport import ImageDestination, ImageSource, MountsBlobs, TransportError
+from store_helpers import build_image, write_layout
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -689,6 +692,42 @@ def test_distribution_drops_a_broken_upload_later_chunks_raise_upload_lost(
         assert proxy.cut_count == 1
     finally:
         proxy.stop()
+
+
+def test_the_copy_engine_sends_a_lost_blob_again(distribution: Distribution, tmp_path: Path) -> None:
+    """The case above inside a copy: the engine re-sends the blob and the copy completes."""
+    layout = tmp_path / "layout"
+    built = build_image("lost", payload=12 * MiB, platforms=("amd64",))  # one incompressible layer
+    write_layout(layout, {"v1": built})
+    host, port = distribution.host.split(":")
+    second_chunk = f"Content-Range: {4 * MiB}-".encode()
+    proxy = CuttingProxy((host, int(port)), after=2 * MiB, direction="up", marker=second_chunk).start()
+    name = repo()
+    try:
+
+        async def copy() -> None:
+            source = OCILayout.open(layout).source(owned=True)
+            reference = parse_reference(f"{proxy.host}/{name}:v1")
+            destination = RegistryDestination(reference, chunk_size=4 * MiB, monolithic_limit=0)
+            try:
+                await copy_image(source, destination, "v1", tags=["v1"])
+            finally:
+                await destination.close()
+                await source.close()
+
+        run(copy())
+        assert proxy.cut_count == 1
+    finally:
+        proxy.stop()
+    assert run(_manifest_digest(distribution.host, name)) == built.top.digest
+
+
+async def _manifest_digest(host: str, name: str) -> str:
+    source = RegistrySource(parse_reference(f"{host}/{name}:v1"))
+    try:
+        return str((await source.resolve("v1")).digest)
+    finally:
+        await source.close()
 
 
 def test_sha512_blobs_round_trip(registry: ServerProcess) -> None:

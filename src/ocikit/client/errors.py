@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from ..store.transport import NotFound, TransportError
+from ..store.transport import BlobLost, NotFound, TransportError
 from .http import Response
 
 __all__ = ["AuthenticationError", "RegistryError", "RegistryNotFound", "UploadLost", "error_from_response"]
@@ -34,7 +34,7 @@ class RegistryNotFound(RegistryError, NotFound):
     """The repository, manifest, blob or upload does not exist (404)."""
 
 
-class UploadLost(TransportError):
+class UploadLost(BlobLost):
     """The registry dropped a blob upload that cannot be resumed from memory; a copy can start
     the blob again from its source."""
 

@@ -34,6 +34,7 @@ from ..spec.digest import verify_bytes
 from .transport import (
     BlobFileDestination,
     BlobFileSource,
+    BlobLost,
     ImageDestination,
     ImageSource,
     MountsBlobs,
@@ -45,6 +46,8 @@ from .transport import (
 __all__ = ["CopyError", "CopyEvent", "CopyResult", "ProgressCallback", "copy_image", "parse_document"]
 
 DEFAULT_CONCURRENCY: Final = 4
+#: How often a blob is sent when the destination keeps losing it part-way (BlobLost).
+_BLOB_ATTEMPTS: Final = 3
 EventKind = Literal["blob-start", "blob-progress", "blob-done", "blob-skipped", "manifest"]
 
 
@@ -237,7 +240,7 @@ class _Copier:
                 return
             self.progress(CopyEvent("blob-start", descriptor.digest, descriptor.media_type, descriptor.size))
             try:
-                await self._put(descriptor)
+                await self._put_again_if_lost(descriptor)
             except NotFound:
                 if descriptor.media_type in mt.NONDISTRIBUTABLE_LAYER_TYPES or descriptor.urls:
                     self.progress(event)  # may legitimately live elsewhere (its urls)
@@ -247,6 +250,17 @@ class _Copier:
             self.result.bytes_copied += descriptor.size
             size = descriptor.size
             self.progress(CopyEvent("blob-done", descriptor.digest, descriptor.media_type, size, size))
+
+    async def _put_again_if_lost(self, descriptor: Descriptor) -> None:
+        """A destination that lost a partial blob (a registry dropping a broken upload) gets
+        the blob again from its start, a few times, since the source still has it."""
+        for attempt in range(1, _BLOB_ATTEMPTS + 1):
+            try:
+                await self._put(descriptor)
+                return
+            except BlobLost:
+                if attempt == _BLOB_ATTEMPTS:
+                    raise
 
     async def _put(self, descriptor: Descriptor) -> None:
         if isinstance(self.source, BlobFileSource) and isinstance(self.destination, BlobFileDestination):

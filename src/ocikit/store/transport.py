@@ -33,6 +33,11 @@ class NotFound(TransportError):
     """The reference, manifest or blob does not exist at this transport."""
 
 
+class BlobLost(TransportError):
+    """A destination lost a blob part-way through writing it and cannot continue from where it
+    was; sending the blob again from its start can succeed (the copy engine does so)."""
+
+
 @runtime_checkable
 class ImageSource(Protocol):
     """Somewhere images are read from."""
@@ -133,6 +138,7 @@ class MountsBlobs(Protocol):
 __all__ = [
     "BlobFileDestination",
     "BlobFileSource",
+    "BlobLost",
     "ImageDestination",
     "ImageSource",
     "MountsBlobs",
