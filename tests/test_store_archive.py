@@ -126,6 +126,19 @@ def test_compressed_archives_are_read_too(tmp_path: Path, compress: Callable[[by
     assert layout_files(tmp_path / "dst") == image.blobs
 
 
+def test_a_decompression_bomb_is_stopped_at_the_limit(tmp_path: Path) -> None:
+    image = build_image("bomb")
+    write_layout(tmp_path / "src", {"v1": image})
+    _to_archive(tmp_path / "src", "v1", tmp_path / "plain.tar", "v1")
+    plain = (tmp_path / "plain.tar").read_bytes()
+    # The archive followed by 64 MiB of zeros: 64 KiB compressed, far past a 1 MiB limit.
+    (tmp_path / "bomb.tar.gz").write_bytes(gzip.compress(plain + bytes(64 << 20)))
+    with pytest.raises(TransportError, match="decompresses to more than 1048576 bytes"):
+        ArchiveSource(tmp_path / "bomb.tar.gz", max_size=1 << 20)
+    source = ArchiveSource(tmp_path / "bomb.tar.gz")  # within the default limit it reads
+    asyncio.run(source.close())
+
+
 def test_foreign_files_are_refused_clearly(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(TransportError, match=r"not a tar archive|no image layout"):

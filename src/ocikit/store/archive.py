@@ -52,6 +52,14 @@ _COMPRESSED_MAGIC: Final = {
 }
 
 
+#: The most a compressed archive may decompress to (the same bound as one layer's content).
+MAX_DECOMPRESSED_SIZE: Final = 64 << 30
+_CHUNK: Final = 1 << 20
+#: How often (in bytes written) the temporary filesystem's free space is looked at.
+_SPACE_CHECK_EVERY: Final = 256 << 20
+_FREE_SPACE_RESERVE: Final = 512 << 20
+
+
 def _member_name(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
@@ -68,24 +76,43 @@ def _decompressor(kind: str, handle: BinaryIO) -> BinaryIO:
     return cast(BinaryIO, bz2.BZ2File(handle))
 
 
-def _decompressed_copy(fd: int, kind: str, where: Path) -> int:
+def _decompressed_copy(fd: int, kind: str, where: Path, max_size: int) -> int:
     """An fd of an anonymous temporary file holding the decompressed archive: a compressed tar
-    cannot be read at offsets, the plain one can. Nothing is left on disk, whatever happens."""
+    cannot be read at offsets, the plain one can. Nothing is left on disk, whatever happens.
+
+    A hostile archive can decompress to far more than it weighs (a "bomb"): the copy stops
+    past ``max_size`` bytes, or before it would leave the temporary filesystem nearly full."""
     with tempfile.TemporaryFile() as spool:
         try:
             with os.fdopen(os.dup(fd), "rb") as handle, _decompressor(kind, handle) as plain:
-                shutil.copyfileobj(plain, spool, 1 << 20)
+                _bounded_copy(plain, spool, max_size, where)
         except (OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as exc:
             raise TransportError(f"{where}: cannot decompress the {kind} archive: {exc}") from None
         spool.flush()
         return os.dup(spool.fileno())
 
 
+def _bounded_copy(plain: BinaryIO, spool: BinaryIO, max_size: int, where: Path) -> None:
+    copied = 0
+    while chunk := plain.read(_CHUNK):
+        copied += len(chunk)
+        if copied > max_size:
+            raise TransportError(f"{where}: the archive decompresses to more than {max_size} bytes")
+        if copied % _SPACE_CHECK_EVERY < len(chunk):
+            free = os.statvfs(spool.fileno())
+            if free.f_bavail * free.f_frsize < _FREE_SPACE_RESERVE:
+                raise TransportError(
+                    f"{where}: decompressing the archive would fill the temporary directory "
+                    f"({tempfile.gettempdir()}; set TMPDIR to a larger one)"
+                )
+        spool.write(chunk)
+
+
 class ArchiveSource(IndexedSource):
     """The images of an ``oci-archive`` file. A plain tar (what skopeo writes) is read in
     place; a compressed one is first decompressed into an anonymous temporary file."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_size: int = MAX_DECOMPRESSED_SIZE) -> None:
         self.path = Path(path)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -95,7 +122,7 @@ class ArchiveSource(IndexedSource):
             head = os.pread(self._fd, 8, 0)
             kind = next((k for magic, k in _COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
             if kind is not None:
-                plain = _decompressed_copy(self._fd, kind, self.path)
+                plain = _decompressed_copy(self._fd, kind, self.path, max_size)
                 os.close(self._fd)
                 self._fd = plain
             self._members = self._scan()
