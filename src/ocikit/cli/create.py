@@ -60,7 +60,10 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("bundle", metavar="BUNDLE")
-    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG", help="replace the image's Cmd")
+    command_args = parser.add_argument(
+        "args", nargs=argparse.REMAINDER, metavar="ARG", help="replace the image's Cmd"
+    )
+    command_args.required = False  # argparse counts a REMAINDER as required; no ARG keeps the image's Cmd
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from an index (default: this host)")
     parser.add_argument("--entrypoint", metavar="PROGRAM", help="replace Entrypoint (drops Cmd)")
     parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="set a var")
