@@ -27,6 +27,7 @@ holds the lock shared, so clean-up never races a prepare in flight.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import json
@@ -121,14 +122,15 @@ def check_mountable(key: str, kind: Kind) -> None:
         raise InvalidStateError(f"snapshot {key!r} is committed; mount it through a view or an active child")
 
 
-class Front:
+class Front(abc.ABC):
     """What every backend's class shares whatever keeps its state: ``prepare`` and ``view``
     are one creation with two kinds, and a snapshotter closes as a context manager."""
 
+    @abc.abstractmethod
     def _create(
         self, kind: Kind, key: str, parent: str | None, labels: Mapping[str, str] | None
     ) -> list[Mount]:
-        raise NotImplementedError
+        """Make a snapshot of ``kind`` (active or view) over the committed ``parent``."""
 
     def prepare(
         self, key: str, parent: str | None = None, *, labels: Mapping[str, str] | None = None
@@ -140,8 +142,9 @@ class Front:
     ) -> list[Mount]:
         return self._create(Kind.VIEW, key, parent, labels)
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release what the snapshotter holds open (database, lock)."""
 
     def __enter__(self) -> Self:
         return self
@@ -185,12 +188,13 @@ class SnapshotterBase(Front):
     def _check_root(self, root: Path) -> None:
         """Refuse a root the backend cannot work in (called before anything is created)."""
 
+    @abc.abstractmethod
     def _populate(self, kind: Kind, target: Path, chain: list[Record]) -> None:
         """Fill the new snapshot directory ``target``; ``chain`` is the parent first, then its parents."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _mounts(self, record: Record, chain: list[Record]) -> list[Mount]:
-        raise NotImplementedError
+        """The mounts that show the snapshot ``record`` over its ``chain``."""
 
     def _data_dir(self, record: Record) -> Path:
         """The directory whose size is the snapshot's own usage."""
