@@ -8,13 +8,14 @@ nobody vetted, a shared folder) can never redirect a read or a write outside of 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import mmap
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,11 +29,17 @@ __all__ = [
     "fsync_dir",
     "open_dir",
     "open_regular",
+    "pwritev_all",
     "replace_file",
+    "write_batched",
 ]
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK: Final = 1 << 20
+#: Bytes handed to a worker thread at once by :func:`write_batched`.
+_WRITE_BATCH: Final = 4 << 20
+#: Below IOV_MAX (1024), so one ``pwritev`` takes a whole batch of small chunks.
+_IOV_BATCH: Final = 512
 
 
 @dataclass(slots=True)
@@ -187,3 +194,64 @@ def digest_span(fd: int, offset: int, size: int, algorithm: str) -> Digest:
                 view.release()
         position = start + length
     return digester.digest()
+
+
+def pwritev_all(fd: int, chunks: Sequence[bytes], position: int) -> int:
+    """Write ``chunks`` at ``position`` with one ``pwritev`` (a short write, rare on local
+    files, is finished plainly); the number of bytes written."""
+    total = sum(map(len, chunks))
+    written = os.pwritev(fd, chunks, position)
+    if written < total:
+        rest = memoryview(b"".join(chunks))[written:]
+        while rest:
+            done = os.pwrite(fd, rest, position + written)
+            written += done
+            rest = rest[done:]
+    return total
+
+
+async def write_batched(chunks: AsyncIterator[bytes], write: Callable[[list[bytes], int], None]) -> int:
+    """Hand ``chunks`` to ``write(batch, offset)`` in batches of about 4 MiB, each in a worker
+    thread while the next batch is received (at most two batches in memory, no bytes copied);
+    ``offset`` is where the batch starts in the stream. Returns the bytes written.
+
+    Batches are written in order, one at a time. Whatever happens, no write is still running
+    when this returns or raises, so the caller may close its file at once.
+    """
+    pending: asyncio.Future[None] | None = None
+    written = 0
+    try:
+        batch: list[bytes] = []
+        batched = 0
+        async for chunk in chunks:
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= _WRITE_BATCH or len(batch) >= _IOV_BATCH:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(write, batch, written))
+                written += batched
+                batch, batched = [], 0
+        if pending is not None:
+            await pending
+        if batch:
+            await asyncio.to_thread(write, batch, written)
+            written += batched
+        return written
+    finally:
+        if pending is not None:
+            await _settled(pending)
+
+
+async def _settled(future: asyncio.Future[None]) -> None:
+    """Wait until ``future`` is done, even through a cancellation (re-raised afterwards)."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break
+    if cancelled:
+        raise asyncio.CancelledError

@@ -40,7 +40,9 @@ from .files import (
     fsync_dir,
     open_dir,
     open_regular,
+    pwritev_all,
     replace_file,
+    write_batched,
 )
 from .layout_check import validate_layout
 from .source import IndexedSource
@@ -52,11 +54,6 @@ LAYOUT_VERSION: Final = "1.0.0"
 _PRIVATE: Final = ".ocikit"
 _INCOMING: Final = "incoming"
 _LOCK: Final = "index.lock"
-
-#: Bytes a worker thread hashes and writes at once while the next batch arrives.
-_WRITE_BATCH: Final = 4 << 20
-#: Below IOV_MAX (1024), so one writev takes a whole batch of small chunks.
-_IOV_BATCH: Final = 512
 
 
 class OCILayout:
@@ -378,9 +375,11 @@ class BlobWriter:
     def write(self, chunk: bytes) -> None:
         self.write_many([chunk])
 
-    def write_many(self, chunks: list[bytes]) -> None:
-        """Hash and append ``chunks`` (one ``writev``); safe to run in a worker thread, where
-        hashing and writing overlap the network (both release the GIL)."""
+    def write_many(self, chunks: list[bytes], offset: int | None = None) -> None:
+        """Hash and append ``chunks`` (one ``pwritev``); safe to run in a worker thread, where
+        hashing and writing overlap the network (both release the GIL). ``offset`` is where
+        they start (default: after what was written so far)."""
+        start = self._digester.size if offset is None else offset
         for chunk in chunks:
             self._digester.update(chunk)
         if self._digester.size > self._descriptor.size:
@@ -388,12 +387,7 @@ class BlobWriter:
                 f"size mismatch for {self._descriptor.digest}: expected {self._descriptor.size} bytes, "
                 "got more"
             )
-        total = sum(map(len, chunks))
-        written = os.writev(self.fd, chunks)
-        if written < total:  # a short write: finish the rest plainly
-            rest = memoryview(b"".join(chunks))[written:]
-            while rest:
-                rest = rest[os.write(self.fd, rest) :]
+        pwritev_all(self.fd, chunks, start)
 
     def commit(self, *, verify_file: bool = False) -> None:
         """Verify (the hash of what was written, or with ``verify_file`` of the staged file
@@ -445,30 +439,12 @@ class LayoutDestination:
         return self.layout.has_blob(descriptor, touch=self._touch)
 
     async def put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> None:
-        """Chunks are gathered into batches that a worker thread hashes and writes while the
-        next batch arrives (at most two batches in memory)."""
+        """Chunks are hashed and written by a worker thread while the next ones arrive."""
         writer = self.layout.blob_writer(descriptor)
-        pending: asyncio.Future[None] | None = None
         try:
-            batch: list[bytes] = []
-            batched = 0
-            async for chunk in chunks:
-                batch.append(chunk)
-                batched += len(chunk)
-                if batched >= _WRITE_BATCH or len(batch) >= _IOV_BATCH:
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.ensure_future(asyncio.to_thread(writer.write_many, batch))
-                    batch, batched = [], 0
-            if pending is not None:
-                await pending
-            if batch:
-                writer.write_many(batch)
+            await write_batched(chunks, writer.write_many)
             await asyncio.to_thread(writer.commit)
         except BaseException:
-            if pending is not None and not pending.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(pending)  # never close the file under a running write
             writer.abort()
             raise
 

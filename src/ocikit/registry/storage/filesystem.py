@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Final
 
 from ...spec.digest import Digest, Digester, VerificationError, digest_error
+from ...store.files import pwritev_all, write_batched
 from .base import UploadOffsetError
 
 __all__ = ["FilesystemBlobStore"]
 
 _READ_CHUNK: Final = 1 << 20
-_WRITE_BATCH: Final = 4 << 20
-#: Below IOV_MAX (1024), so one pwritev takes a whole batch of small chunks.
-_IOV_BATCH: Final = 512
 _HASH_CACHE_LIMIT: Final = 256
 
 
@@ -132,7 +130,6 @@ class FilesystemBlobStore:
 
     async def upload_append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> int:
         fd = os.open(self._upload_path(upload_id), os.O_WRONLY)
-        pending: asyncio.Future[int] | None = None
         try:
             # Serialise writers of one upload across worker processes.
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
@@ -140,38 +137,19 @@ class FilesystemBlobStore:
             if size != offset:
                 raise UploadOffsetError(size)
             digester = self._digester_at(upload_id, size)
-            # Chunks are gathered, not concatenated: one pwritev per batch and no copy of the bytes.
-            # The write of one batch overlaps the receiving of the next (at most two in memory).
-            position = size
-            batch: list[bytes] = []
-            batched = 0
-            async for chunk in chunks:
-                batch.append(chunk)
-                batched += len(chunk)
-                if batched >= _WRITE_BATCH or len(batch) >= _IOV_BATCH:
-                    if pending is not None:
-                        await pending
-                    write = asyncio.to_thread(self._write, fd, position, batch, digester)
-                    pending = asyncio.ensure_future(write)
-                    position += batched
-                    batch, batched = [], 0
-            if pending is not None:
-                await pending
-            if batch:
-                position = await asyncio.to_thread(self._write, fd, position, batch, digester)
-            return position
+
+            def write(batch: list[bytes], start: int) -> None:
+                pwritev_all(fd, batch, size + start)
+                if digester is not None:
+                    for chunk in batch:
+                        digester.update(chunk)
+
+            return size + await write_batched(chunks, write)
         except BaseException:
             self._hashes.pop(upload_id, None)  # the bytes on disk may be ahead of the digester
             raise
         finally:
-            # Never close the descriptor under a write still running in its thread.
-            if pending is not None and not pending.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(pending)
-            if pending is not None and not pending.done():
-                pending.add_done_callback(lambda _: os.close(fd))
-            else:
-                os.close(fd)
+            os.close(fd)  # write_batched returns only once no write is running
 
     def _digester_at(self, upload_id: str, size: int) -> Digester | None:
         digester = self._hashes.get(upload_id)
@@ -183,21 +161,6 @@ class FilesystemBlobStore:
             self._hashes[upload_id] = digester
             return digester
         return None
-
-    @staticmethod
-    def _write(fd: int, position: int, chunks: list[bytes], digester: Digester | None) -> int:
-        total = sum(map(len, chunks))
-        written = os.pwritev(fd, chunks, position)
-        if written < total:  # a short write (rare on local files): finish the rest plainly
-            rest = memoryview(b"".join(chunks))[written:]
-            while rest:
-                done = os.pwrite(fd, rest, position + written)
-                written += done
-                rest = rest[done:]
-        if digester is not None:
-            for chunk in chunks:
-                digester.update(chunk)
-        return position + total
 
     async def upload_truncate(self, upload_id: str, size: int) -> None:
         self._hashes.pop(upload_id, None)
