@@ -17,10 +17,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..layers import ApplyOptions, ApplyReport, apply_layer
-from ..snapshot import AlreadyExistsError, Kind, Mount, NotFoundError, Snapshotter, mount, unmount
+from ..snapshot import (
+    AlreadyExistsError,
+    Kind,
+    Mount,
+    NotFoundError,
+    Snapshotter,
+    mount,
+    open_snapshotter,
+    unmount,
+)
+from ..store.files import data_dir
 from ..store.images import StoredImage, StoredLayer
+from .create import BundleState
 
-__all__ = ["LAYER_LABEL", "mounted_snapshot", "snapshot_root", "unpack_image"]
+__all__ = ["LAYER_LABEL", "bundle_snapshotter", "mounted_snapshot", "snapshot_root", "unpack_image"]
 
 #: Label of a committed layer snapshot: the layer's diffID (for humans and garbage collection).
 LAYER_LABEL = "ocikit.layer.diffid"
@@ -104,9 +115,11 @@ def snapshot_root(backend: str, base: str | os.PathLike[str] | None = None) -> P
     """Where a backend keeps its state: ``$OCIKIT_SNAPSHOTS/<backend>``, by default under the
     user's data folder next to the image store."""
     if base is None:
-        base = os.environ.get("OCIKIT_SNAPSHOTS") or os.path.join(
-            os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share"),
-            "ocikit",
-            "snapshots",
-        )
+        base = os.environ.get("OCIKIT_SNAPSHOTS") or data_dir("snapshots")
     return Path(base) / backend
+
+
+def bundle_snapshotter(state: BundleState) -> Snapshotter:
+    """The snapshotter a bundle (or LXC container directory) was made with, at the state
+    directory it recorded (older bundles: the default one)."""
+    return open_snapshotter(state.snapshotter, state.root or snapshot_root(state.snapshotter))

@@ -8,8 +8,7 @@ from typing import Any
 
 from ..bundle import read_state
 from ..bundle.surgery import commit_bundle
-from ..bundle.unpack import snapshot_root
-from ..snapshot import open_snapshotter
+from ..bundle.unpack import bundle_snapshotter
 from ..store.images import ImageStore
 from ._shared import run_command
 from ._surgery import NEWREF_HELP, SURGERY_ERRORS, add_output_options, publish, store_name, target
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         spec = target(args.newref)
         try:
             state = read_state(args.bundle)
-            snapshotter = open_snapshotter(state.snapshotter, state.root or snapshot_root(state.snapshotter))
+            snapshotter = bundle_snapshotter(state)
             try:
                 with ImageStore(args.store) as store:
                     result = commit_bundle(

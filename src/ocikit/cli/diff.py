@@ -9,10 +9,10 @@ from typing import Any
 
 from ..bundle import BundleError, read_state
 from ..bundle.surgery import snapshot_changes
-from ..bundle.unpack import snapshot_root
+from ..bundle.unpack import bundle_snapshotter
 from ..layers import LayerError
 from ..layers.diff import Change
-from ..snapshot import SnapshotError, open_snapshotter
+from ..snapshot import SnapshotError
 from ._shared import add_format_option, print_json
 
 
@@ -41,7 +41,7 @@ def _show(change: Change, as_json: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         state = read_state(args.bundle)
-        snapshotter = open_snapshotter(state.snapshotter, state.root or snapshot_root(state.snapshotter))
+        snapshotter = bundle_snapshotter(state)
         try:
             with snapshot_changes(snapshotter, state.key, state.parent, classify=True) as (_, report):
                 for change in sorted(report.changes, key=Change.sort_key):

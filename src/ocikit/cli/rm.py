@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from ..bundle import BundleError, read_state, remove_bundle
-from ..bundle.unpack import snapshot_root
-from ..snapshot import SnapshotError, open_snapshotter
+from ..bundle.unpack import bundle_snapshotter
+from ..snapshot import SnapshotError
 
 
 def register(commands: Any) -> None:
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     for bundle in args.bundles:
         try:
             state = read_state(bundle)
-            snapshotter = open_snapshotter(state.snapshotter, state.root or snapshot_root(state.snapshotter))
+            snapshotter = bundle_snapshotter(state)
             try:
                 remove_bundle(bundle, snapshotter)
             finally:

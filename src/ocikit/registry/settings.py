@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from ..store.files import data_dir
+
 __all__ = ["SETTINGS", "Settings", "SettingsError", "default_root", "load_settings"]
 
 
@@ -23,8 +25,7 @@ class SettingsError(ValueError):
 
 def default_root() -> str:
     """The user's data folder: ``$XDG_DATA_HOME/ocikit/registry`` (``~/.local/share/...``)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "ocikit", "registry")
+    return str(data_dir("registry"))
 
 
 @dataclass(frozen=True)

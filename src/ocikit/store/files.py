@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from ..spec.digest import Digest, Digester
@@ -24,6 +25,7 @@ from ..spec.digest import Digest, Digester
 __all__ = [
     "BlobFile",
     "copy_range",
+    "data_dir",
     "digest_span",
     "exclusive_lock",
     "fsync_dir",
@@ -255,3 +257,10 @@ async def _settled(future: asyncio.Future[None]) -> None:
             break
     if cancelled:
         raise asyncio.CancelledError
+
+
+def data_dir(name: str) -> Path:
+    """Where ocikit keeps ``name`` (store, snapshots, registry) for this user:
+    ``${XDG_DATA_HOME:-~/.local/share}/ocikit/NAME``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ocikit" / name

@@ -35,6 +35,7 @@ from ..spec import (
 from ..spec import mediatype as mt
 from ..spec.digest import Digest
 from . import refs
+from .files import data_dir
 from .layout import LayoutDestination, OCILayout
 from .source import IndexedSource
 from .transport import NotFound, TransportError
@@ -56,8 +57,7 @@ def default_store_path() -> Path:
     explicit = os.environ.get("OCIKIT_STORE")
     if explicit:
         return Path(explicit)
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "ocikit" / "store"
+    return data_dir("store")
 
 
 def normalize_name(text: str) -> str:
