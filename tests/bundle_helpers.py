@@ -100,6 +100,15 @@ def committed_rootfs(snap: Snapshotter, mnt: Path, name: str = "chain") -> str:
 
 def runc_run(bundle: Path, state: Path) -> dict[str, list[str]]:
     """Run the bundle with the real runc; its output lines KEY=VALUE, grouped by KEY."""
+    seen: dict[str, list[str]] = {}
+    for line in runc_output(bundle, state).splitlines():
+        key, _, value = line.partition("=")
+        seen.setdefault(key, []).append(value)
+    return seen
+
+
+def runc_output(bundle: Path, state: Path) -> str:
+    """Run the bundle with the real runc (deleted afterwards, whatever happens); its output."""
     runc = require_tool("runc", "it runs the bundles")
     name = f"ocikit-test-{uuid.uuid4().hex[:12]}"
     try:
@@ -115,8 +124,4 @@ def runc_run(bundle: Path, state: Path) -> dict[str, list[str]]:
             [runc, "--root", str(state), "delete", "--force", name], capture_output=True, check=False
         )
     assert result.returncode == 0, result.stderr
-    seen: dict[str, list[str]] = {}
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition("=")
-        seen.setdefault(key, []).append(value)
-    return seen
+    return result.stdout

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -86,26 +85,6 @@ def skopeo_inspect(location: str, *, config: bool = False, tls: bool = True) -> 
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)
     return document
-
-
-def runc_run(bundle: Path, state: Path) -> str:
-    """Run the bundle with the real runc; its standard output."""
-    runc = require_tool("runc", "it runs the new images")
-    name = f"ocikit-surgery-{uuid.uuid4().hex[:12]}"
-    try:
-        result = subprocess.run(
-            [runc, "--root", str(state), "run", "--bundle", str(bundle), name],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        subprocess.run(
-            [runc, "--root", str(state), "delete", "--force", name], capture_output=True, check=False
-        )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def layer_names(layout: Path, ref: str, index: int = -1) -> list[str]:

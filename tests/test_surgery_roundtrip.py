@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bundle_helpers import runc_output
 from conftest import ServerProcess, require_tool
 from layer_helpers import snapshot, write_layout
 from snapshot_helpers import _no_mounts_left  # noqa: F401  (autouse: unmounts what a failed test left)
@@ -22,7 +23,6 @@ from surgery_helpers import (
     make_base_store,
     non_empty,
     ocikit,
-    runc_run,
     skopeo_inspect,
     umoci_unpack,
 )
@@ -167,7 +167,7 @@ def test_commit_round_trip(store: Path, tmp_path: Path, snapshotter: str, bundle
         "/new.txt",
         "/opt/app/fresh",
     )
-    assert runc_run(second, tmp_path / "runc") == "added by the test\nfresh\n"
+    assert runc_output(second, tmp_path / "runc") == "added by the test\nfresh\n"
 
 
 def test_commit_into_the_store_and_again(
@@ -191,7 +191,7 @@ def test_commit_into_the_store_and_again(
     third = tmp_path / "third"
     bundles.append(third)
     create(store, f"localhost/surgery/c2-{snapshotter}:1", third, snapshotter, snapshots, "/bin/ls", "/")
-    listing = runc_run(third, tmp_path / "runc").split()
+    listing = runc_output(third, tmp_path / "runc").split()
     assert "two" in listing
     assert "one" not in listing
 
@@ -270,7 +270,7 @@ def test_squash_runs(store: Path, tmp_path: Path, bundles: list[Path]) -> None:
         "/etc/motd",
         "/srv/www/index.htm",
     )
-    assert runc_run(bundle, tmp_path / "runc") == "welcome\n<html></html>"
+    assert runc_output(bundle, tmp_path / "runc") == "welcome\n<html></html>"
 
 
 def test_config_edits(store: Path, tmp_path: Path, bundles: list[Path]) -> None:
@@ -351,7 +351,7 @@ def test_config_edits(store: Path, tmp_path: Path, bundles: list[Path]) -> None:
     bundle = tmp_path / "bundle"
     bundles.append(bundle)
     create(store, "localhost/surgery/edited:2", bundle, "overlay", tmp_path / "s")
-    seen = runc_run(bundle, tmp_path / "runc").splitlines()
+    seen = runc_output(bundle, tmp_path / "runc").splitlines()
     assert seen[:3] == ["ARGV0=/bin/show", "ARG=first", "ARG=second"]
     assert "CWD=/work" in seen
     assert "Uid=1000\t1000\t1000\t1000" in seen
