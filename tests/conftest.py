@@ -3,6 +3,7 @@ with ``OCIKIT_REQUIRE_ALL=1``, fail) when absent."""
 
 from __future__ import annotations
 
+import doctest
 import os
 import shutil
 import signal
@@ -120,3 +121,17 @@ def fresh_registry(tmp_path: Path) -> Iterator[ServerProcess]:
     server = start_registry(tmp_path / "data")
     yield server
     server.stop()
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def run_page_examples(page: str) -> doctest.TestResults:
+    """Run the doctest examples of ``docs/PAGE`` (``...`` and whitespace are lenient)."""
+    return doctest.testfile(
+        str(DOCS / page),
+        module_relative=False,
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        raise_on_error=False,
+        verbose=False,
+    )
