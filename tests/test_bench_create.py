@@ -7,23 +7,16 @@ this test checks that the script works, never how fast anything is.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench_helpers import only_with_bench, run_quick
 from conftest import require_tool
 from snapshot_helpers import unmount_all_under
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "create.py"
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("OCIKIT_BENCH") != "1",
-    reason="benchmarks run only with OCIKIT_BENCH=1 (they take time and are never timed tests)",
-)
+pytestmark = only_with_bench
 
 
 def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
@@ -33,25 +26,11 @@ def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     try:
-        completed = subprocess.run(
-            [
-                sys.executable,
-                str(BENCH),
-                "--quick",
-                "--json",
-                "--cache",
-                str(tmp_path / "cache"),
-                "--tmpdir",
-                str(work),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
+        report = run_quick(
+            "create.py", "--cache", str(tmp_path / "cache"), "--tmpdir", str(work), timeout=600
         )
     finally:
         unmount_all_under(work)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout)
     assert report["mode"] == "quick"
     summary = report["summary"]
     assert set(summary) == {"umoci", "dir", "overlay"}

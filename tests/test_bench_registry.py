@@ -6,35 +6,18 @@ this test checks that the script works, never how fast anything is.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
+from bench_helpers import only_with_bench, run_quick
 from conftest import require_tool
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "registry.py"
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("OCIKIT_BENCH") != "1",
-    reason="benchmarks run only with OCIKIT_BENCH=1 (they take time and are never timed tests)",
-)
+pytestmark = only_with_bench
 
 
 def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
     require_tool("wrk", "bench/registry.py drives it for the manifest GET load")
     require_tool("docker-registry", "bench/registry.py compares ocikit with it")
-    completed = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", "--tmpdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout)
+    report = run_quick("registry.py", "--tmpdir", str(tmp_path), timeout=240)
     assert report["mode"] == "quick"
     assert report["ocikit_workers"] == 2
     summary = report["summary"]

@@ -7,22 +7,15 @@ this test checks that the script works, never how fast anything is.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench_helpers import only_with_bench, run_quick
 from conftest import require_tool
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "unpack.py"
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("OCIKIT_BENCH") != "1",
-    reason="benchmarks run only with OCIKIT_BENCH=1 (they take time and are never timed tests)",
-)
+pytestmark = only_with_bench
 
 
 def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
@@ -32,23 +25,7 @@ def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
         pytest.skip("bench/unpack.py runs umoci unpack and mounts a tmpfs: it needs root")
     work = tmp_path / "work"
     work.mkdir()
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--quick",
-            "--json",
-            "--cache",
-            str(tmp_path / "cache"),
-            "--tmpdir",
-            str(work),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout)
+    report = run_quick("unpack.py", "--cache", str(tmp_path / "cache"), "--tmpdir", str(work), timeout=600)
     assert report["mode"] == "quick"
     assert report["image"]["layers"] == 3
     summary = report["summary"]

@@ -15,7 +15,7 @@ included):
 
 Figures are seconds (median of ``--rounds``) and ratios ocikit / skopeo (below 1: ocikit faster).
 
-    .venv/bin/python bench/copy.py [--quick] [--rounds N] [--json]
+    .venv/bin/python bench/push_pull.py [--quick] [--rounds N] [--json]
 """
 
 from __future__ import annotations
