@@ -15,6 +15,8 @@ packages=(
   zfs-fuse         # a real ZFS pool for the zfs snapshotter tests
   lxc              # lxc-execute and lxc-start run what ocikit create --format lxc makes
   time             # GNU time: peak memory of each tool in bench/surgery.py
+  postgresql       # the scale-out metadata store: a private cluster per test session
+  haproxy          # the load balancer in front of the scale-out replicas
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -33,5 +35,5 @@ if [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
 fi
 trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
