@@ -213,9 +213,11 @@ def assert_identical(source: Layout, tag: str, copied: Layout, copied_tag: str) 
 
 
 def access_log(server: ServerProcess, repository: str) -> list[str]:
-    """(method, path, status) of every request the registry logged for a repository."""
+    """``METHOD PATH STATUS BYTES DURATION`` of every request the registry logged for a
+    repository (the client address and user that open each line left out)."""
     marker = f" /v2/{repository}/"
-    return [line.split(" INFO ", 1)[1] for line in server.log.read_text().splitlines() if marker in line]
+    lines = server.log.read_text().splitlines()
+    return [line.split(" INFO ", 1)[1].split(" ", 2)[2] for line in lines if marker in line]
 
 
 def test_push_then_pull_is_byte_identical(

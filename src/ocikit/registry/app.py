@@ -13,14 +13,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-import msgspec
-
 from ..spec.digest import Digest, DigestError
 from ..spec.reference import is_valid_repository
 from . import maintenance
 from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
-from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
+from .http import ClientDisconnected, ClientStalled, Receive, Request, Response, Scope, Send
+from .logs import AccessLog
 from .settings import Settings
 from .storage import blob_store_for, metadata_store_for
 from .storage.base import BlobStore, MetadataStore, StorageUnavailable
@@ -28,12 +27,15 @@ from .storage.base import BlobStore, MetadataStore, StorageUnavailable
 __all__ = ["Registry", "create_app"]
 
 log = logging.getLogger("ocikit.registry")
-access_log = logging.getLogger("ocikit.registry.access")
 
 Handler = Callable[["Registry", Request, str, str], Awaitable[Response]]
 
 _API_VERSION: Final = ("docker-distribution-api-version", "registry/2.0")
 _MAX_WARNING_BYTES: Final = 4096
+_CLOSE: Final = ("connection", "close")
+_OVERLOADED: Final = RegistryError(
+    "TOOMANYREQUESTS", "the server is at its connection limit, retry shortly", status=503
+)
 
 _ROUTES: Final = [
     (re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/?$"), "uploads"),
@@ -92,6 +94,8 @@ class Registry:
         self._open_lock = asyncio.Lock()
         self._background: list[asyncio.Task[None]] = []
         self._static_warnings = _warning_headers(self.settings.warnings)
+        self._access_log = AccessLog(self.settings.log_format) if self.settings.access_log else None
+        self._active = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,6 +118,8 @@ class Registry:
             await self.metadata.close()
             await self.blobs.close()
             self._opened = False
+        if self._access_log is not None:
+            self._access_log.flush()
 
     async def __aenter__(self) -> Registry:
         await self.startup()
@@ -152,41 +158,53 @@ class Registry:
         if not self._opened:
             await self.startup()
         started = time.perf_counter()
-        request = Request(scope, receive)
-        response = await self._respond(request)
+        if self._active >= self.settings.max_connections:
+            response = self._error_response(_OVERLOADED)
+            response.headers += [("retry-after", "1"), _CLOSE]
+        else:
+            self._active += 1
+            try:
+                response = await self._respond(Request(scope, receive, self.settings.body_timeout))
+            finally:
+                self._active -= 1
         response.headers.append(_API_VERSION)
         response.headers.extend(self._static_warnings)
-        sent = await response.send(send, head=request.method == "HEAD")
-        if self.settings.access_log:
-            self._log(request, response, sent, time.perf_counter() - started)
+        sent = await response.send(send, head=scope["method"] == "HEAD")
+        if self._access_log is not None:
+            self._access_log.record(scope, response.status, sent, time.perf_counter() - started)
+
+    @staticmethod
+    def _error_response(error: RegistryError) -> Response:
+        return Response(
+            status=error.status,
+            headers=[("content-type", "application/json"), *error.headers],
+            body=error.body(),
+        )
 
     async def _respond(self, request: Request) -> Response:
+        """The handler's response; an error's, with the connection closed when the client
+        stalled or left an unread body too large to wait for."""
         try:
             return await self._dispatch(request)
         except RegistryError as error:
-            response = Response(
-                status=error.status,
-                headers=[("content-type", "application/json"), *error.headers],
-                body=error.body(),
-            )
+            response = self._error_response(error)
+        except ClientStalled:
+            return Response(status=408, headers=[_CLOSE])
         except ClientDisconnected:
             return Response(status=400)
         except StorageUnavailable as exc:
             log.warning("%s %s: %s", request.method, request.path, exc)
-            unavailable = RegistryError("UNAVAILABLE", str(exc))
-            response = Response(
-                status=503,
-                headers=[("content-type", "application/json"), ("retry-after", "1")],
-                body=unavailable.body(),
-            )
+            response = self._error_response(RegistryError("UNAVAILABLE", str(exc)))
+            response.headers.append(("retry-after", "1"))
         except Exception:
             log.exception("unhandled error for %s %s", request.method, request.path)
-            internal = RegistryError("UNSUPPORTED", "internal error", status=500)
-            response = Response(
-                status=500, headers=[("content-type", "application/json")], body=internal.body()
-            )
-        with contextlib.suppress(ClientDisconnected):
-            await request.drain()
+            response = self._error_response(RegistryError("UNSUPPORTED", "internal error", status=500))
+        try:
+            reusable = await request.drain()
+        except ClientDisconnected:
+            reusable = False
+        if not reusable:
+            response.headers.append(_CLOSE)
         return response
 
     async def _dispatch(self, request: Request) -> Response:
@@ -229,25 +247,6 @@ class Registry:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    def _log(self, request: Request, response: Response, sent: int, duration: float) -> None:
-        if self.settings.log_format == "json":
-            access_log.info(
-                msgspec.json.encode(
-                    {  # plain values only
-                        "time": time.time(),
-                        "method": request.method,
-                        "path": request.path,
-                        "status": response.status,
-                        "bytes": sent,
-                        "duration_ms": round(duration * 1000, 3),
-                    }
-                ).decode()
-            )
-        else:
-            access_log.info(
-                "%s %s %d %d %.1fms", request.method, request.path, response.status, sent, duration * 1000
-            )
 
 
 def _warning_headers(texts: Sequence[str]) -> list[tuple[str, str]]:

@@ -6,9 +6,10 @@ no capability: these helpers read headers and stream bodies in and out.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 import msgspec
@@ -17,7 +18,7 @@ from ..spec.models import enc_hook
 
 _json = msgspec.json.Encoder(enc_hook=enc_hook)
 
-__all__ = ["Receive", "Request", "Response", "Scope", "Send"]
+__all__ = ["ClientDisconnected", "ClientStalled", "Receive", "Request", "Response", "Scope", "Send"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,8 +26,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+#: The most unread body a response waits for (so that a client that sends its body after the
+#: answer still reads the answer rather than a reset); beyond it the connection is closed.
+DRAIN_LIMIT: Final = 64 * 1024
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
+
+
+class ClientStalled(ClientDisconnected):
+    """The client sent nothing of its body for longer than the body timeout."""
 
 
 class BodyTooLarge(Exception):
@@ -34,16 +44,28 @@ class BodyTooLarge(Exception):
 
 
 class Request:
-    __slots__ = ("_body_consumed", "_headers", "_query", "method", "path", "receive", "scope")
+    __slots__ = (
+        "_body_complete",
+        "_body_consumed",
+        "_headers",
+        "_query",
+        "body_timeout",
+        "method",
+        "path",
+        "receive",
+        "scope",
+    )
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, body_timeout: float | None = None) -> None:
         self.scope = scope
         self.receive = receive
+        self.body_timeout = body_timeout
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self._headers: dict[str, str] | None = None
         self._query: dict[str, list[str]] | None = None
         self._body_consumed = False
+        self._body_complete = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -75,23 +97,39 @@ class Request:
             return None
         return int(value)
 
+    async def _next_message(self) -> Message:
+        """Security decision: a client may pause its body for at most ``body_timeout`` seconds
+        between two reads (a slow upload that keeps sending is never cut), so that connections
+        that announce a body and never send it cannot pile up until the worker is full."""
+        if self.body_timeout is None:
+            return await self.receive()
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await self.receive()
+        except TimeoutError:
+            raise ClientStalled() from None
+
     async def stream(self) -> AsyncIterator[bytes]:
         """The request body, chunk by chunk, in constant memory."""
         if self._body_consumed:
             return
         self._body_consumed = True
         while True:
-            message = await self.receive()
+            message = await self._next_message()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected()
             chunk = message.get("body", b"")
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
+                self._body_complete = True
                 return
 
     async def body(self, limit: int) -> bytes:
-        """The whole body, refusing (without reading on) one longer than ``limit``."""
+        """The whole body, refusing one longer than ``limit``: by its Content-Length before
+        reading a byte, else (chunked) as soon as it grows past the limit."""
+        if (self.content_length or 0) > limit:
+            raise BodyTooLarge()
         parts = bytearray()
         async for chunk in self.stream():
             parts += chunk
@@ -99,10 +137,19 @@ class Request:
                 raise BodyTooLarge()
         return bytes(parts)
 
-    async def drain(self) -> None:
-        """Read and drop whatever body remains, so the connection can be reused."""
-        async for _ in self.stream():
-            pass
+    async def drain(self) -> bool:
+        """Read and drop what remains of a small body, so the connection can be reused; False
+        when the body is larger than :data:`DRAIN_LIMIT` and the connection should close."""
+        if self._body_consumed:
+            return self._body_complete
+        if (self.content_length or 0) > DRAIN_LIMIT:
+            return False
+        dropped = 0
+        async for chunk in self.stream():
+            dropped += len(chunk)
+            if dropped > DRAIN_LIMIT:
+                return False
+        return True
 
 
 @dataclass

@@ -1,58 +1,64 @@
 """Running the registry on Granian, in one or several worker processes.
 
-Workers are separate processes that import :func:`app_from_environment`; the parent hands
-them its fully resolved settings through one environment variable so that every worker runs
-with exactly the settings the parent validated.
+The parent checks everything that can fail before any worker starts (the root, the storage,
+the address) and raises :class:`StartupError` with one line that says what is wrong. It binds
+the listening socket itself and hands it to the workers, which inherit it. Workers import
+:func:`app_from_environment`; the parent hands them its fully resolved settings through one
+environment variable so that every worker runs with exactly the settings the parent validated.
 """
 
 from __future__ import annotations
 
-import atexit
+import asyncio
+import ctypes
 import dataclasses
+import errno
 import json
 import logging
-import logging.handlers
 import os
-import queue
+import resource
+import signal
+import socket
+import sqlite3
 import sys
-from typing import Final
+from typing import Any, Final
 
 from .app import Registry, create_app
+from .logs import formatter, logging_config
 from .settings import Settings
+from .storage import SchemaError, StorageUnavailable, blob_store_for, metadata_store_for
 
-__all__ = ["app_from_environment", "serve"]
+__all__ = ["StartupError", "app_from_environment", "serve"]
 
 _SETTINGS_VARIABLE: Final = "OCIKIT_RESOLVED_SETTINGS"
-_listener: logging.handlers.QueueListener | None = None
+_PARENT_VARIABLE: Final = "OCIKIT_SERVER_PID"
+_BACKLOG: Final = 2048
+_SHUTDOWN_GRACE: Final = 10  # seconds a worker has to finish its requests when stopped
+_FD_RESERVE: Final = 256  # descriptors a worker keeps for files, the database and logs
+_PR_SET_PDEATHSIG: Final = 1
+
+log = logging.getLogger("ocikit.registry")
 
 
-class _DeferredQueueHandler(logging.handlers.QueueHandler):
-    """Hands records to the writer thread unformatted: formatting and the write to stderr then
-    cost the event loop nothing (an access line per request measured ~28% of a manifest GET).
-    Safe because ocikit logs only plain values as arguments."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
-
-
-@atexit.register  # flushes what is still queued when the process ends
-def _stop_listener() -> None:
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+class StartupError(Exception):
+    """The server cannot start; the message is one line for the user."""
 
 
 def _configure_logging(settings: Settings) -> None:
-    fmt = "%(message)s" if settings.log_format == "json" else "%(asctime)s %(name)s %(levelname)s %(message)s"
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(logging.Formatter(fmt))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    global _listener
-    _stop_listener()
-    _listener = logging.handlers.QueueListener(records, writer)
-    _listener.start()
-    logging.basicConfig(level=logging.INFO, handlers=[_DeferredQueueHandler(records)], force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(settings.log_format))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Security decision: a worker whose main process is gone (even by ``kill -9``) is killed
+    by the kernel at once, rather than serving on, unsupervised, beside a new server on the
+    same port. Storage is crash-safe, so an immediate kill loses no stored data."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def app_from_environment() -> Registry:
@@ -60,26 +66,116 @@ def app_from_environment() -> Registry:
     values = json.loads(os.environ[_SETTINGS_VARIABLE])
     values["warnings"] = tuple(values.get("warnings", ()))
     settings = Settings(**values)
+    if sys.platform == "linux":
+        _die_with_parent(int(os.environ[_PARENT_VARIABLE]))
     _configure_logging(settings)
     return create_app(settings)
 
 
-def serve(settings: Settings) -> None:
-    """Serve until interrupted."""
-    from granian import Granian
-    from granian.constants import Interfaces
+# ------------------------------------------------------------------ start-up checks
 
-    os.makedirs(settings.root, exist_ok=True)
-    os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
-    _configure_logging(settings)
-    logging.getLogger("ocikit.registry").info(
-        "ocikit registry on http://%s:%d, data in %s, %d worker(s)",
-        settings.host,
-        settings.port,
-        settings.root,
-        settings.workers,
-    )
-    server = Granian(
+
+def _prepare_root(root: str) -> None:
+    try:
+        os.makedirs(root, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StartupError(f"root {root} is not a directory") from None
+    except OSError as exc:
+        raise StartupError(f"cannot create root {root}: {exc.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StartupError(f"root {root} is not writable by this user")
+
+
+async def _open_stores(settings: Settings) -> None:
+    blobs, metadata = blob_store_for(settings), metadata_store_for(settings)
+    try:
+        await blobs.open()
+        await metadata.open()
+    finally:
+        await metadata.close()
+        await blobs.close()
+
+
+def _check_storage(settings: Settings) -> None:
+    """Open both stores once before any worker starts, so that bad credentials, an unreachable
+    database, a schema to migrate or a root the storage cannot use end the command with one
+    line rather than a worker's traceback."""
+    try:
+        asyncio.run(_open_stores(settings))
+    except (StorageUnavailable, SchemaError) as exc:
+        raise StartupError(str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(f"cannot open the storage in {settings.root}: {exc}") from None
+
+
+def _raise_fd_limit() -> int:
+    """Lift the soft limit on open files to the hard one, as Go servers do: every connection
+    is a descriptor, and the usual soft limit of 1024 would cap a worker far below its
+    ``max_connections``. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard if hard != resource.RLIM_INFINITY else 1 << 20
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The listening socket, bound here so that a failure is the parent's one line.
+
+    Security decision: no ``SO_REUSEPORT``. Granian sets it on the sockets it binds, which
+    lets a second server (another ocikit, another program) bind the same port and silently
+    take part of the traffic; without it the kernel refuses any second listener. Only
+    ``SO_REUSEADDR`` is set, so a restart need not wait for old connections in TIME_WAIT."""
+    address = f"{settings.host}:{settings.port}"
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(_bind_failure(address, settings.port, exc)) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_failure(address: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"{address} is already in use"
+    if exc.errno == errno.EACCES:
+        hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if port < 1024 else ""
+        return f"permission denied to listen on {address}{hint}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {address}: not an address of this machine"
+    return f"cannot listen on {address}: {exc.strerror}"
+
+
+# ------------------------------------------------------------------------- serving
+
+
+def _granian_server(listener: socket.socket, settings: Settings, fd_limit: int) -> Any:
+    """Granian on ``listener`` rather than on sockets of its own (see :func:`_listen`)."""
+    from granian._granian import SocketHolder
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server import MPServer
+
+    holder: Any = SocketHolder  # (fd, is_unix_socket, backlog), which its stub omits
+
+    class Server(MPServer):
+        def _init_shared_socket(self) -> None:  # what Granian does on platforms without fork
+            fd = listener.fileno()
+            vars(self).update(_ssp=None, _sfd=fd, _shd=holder(fd, False, _BACKLOG), _sso=listener)
+
+    # Granian stops accepting at ``backpressure`` connections a worker holds open; above it a
+    # client would hang in the kernel's queue. Room above max_connections lets the worker
+    # accept and answer 503 instead, within the descriptors it has.
+    accepted = min(settings.max_connections * 2, max(fd_limit - _FD_RESERVE, 64))
+    return Server(
         "ocikit.registry.server:app_from_environment",
         address=settings.host,
         port=settings.port,
@@ -87,6 +183,28 @@ def serve(settings: Settings) -> None:
         workers=settings.workers,
         factory=True,
         log_access=False,
-        backlog=2048,
+        log_dictconfig=logging_config(settings.log_format),
+        backlog=_BACKLOG,
+        backpressure=accepted,
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout * 1000)),
+        workers_kill_timeout=_SHUTDOWN_GRACE,
     )
-    server.serve()
+
+
+def serve(settings: Settings) -> None:
+    """Serve until interrupted; :class:`StartupError` when the server cannot start."""
+    _configure_logging(settings)
+    _prepare_root(settings.root)
+    _check_storage(settings)
+    fd_limit = _raise_fd_limit()
+    listener = _listen(settings)
+    os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
+    os.environ[_PARENT_VARIABLE] = str(os.getpid())
+    log.info(
+        "ocikit registry on http://%s:%d, data in %s, %d worker(s)",
+        settings.host,
+        settings.port,
+        settings.root,
+        settings.workers,
+    )
+    _granian_server(listener, settings, fd_limit).serve()

@@ -28,6 +28,12 @@ def default_root() -> str:
     return str(data_dir("registry"))
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and ``taskset``
+    narrow), not the machine's count: one worker per CPU the process can actually use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the registry can be told. Durations are in seconds, sizes in bytes."""
@@ -39,7 +45,7 @@ class Settings:
     s3_endpoint: str = ""
     s3_region: str = ""
     blob_redirect: bool = True
-    workers: int = 1
+    workers: int = field(default_factory=available_cpus)
     log_format: str = "text"
     access_log: bool = True
     delete_blobs: bool = True
@@ -53,6 +59,9 @@ class Settings:
     gc_grace: float = 3600
     page_size: int = 1000
     warnings: tuple[str, ...] = ()
+    header_timeout: float = 30
+    body_timeout: float = 60
+    max_connections: int = 4096
 
     @property
     def host(self) -> str:
@@ -89,7 +98,7 @@ SETTINGS: Final = (
     SettingInfo("s3_endpoint", "S3 endpoint URL for s3:// storage (default: AWS)"),
     SettingInfo("s3_region", "S3 region for s3:// storage"),
     SettingInfo("blob_redirect", "answer blob GETs with a redirect to the object store when it has URLs"),
-    SettingInfo("workers", "worker processes"),
+    SettingInfo("workers", "worker processes (default: the CPUs available to the process)"),
     SettingInfo("log_format", "request log lines as 'text' or 'json'"),
     SettingInfo("access_log", "log one line per request (true/false)"),
     SettingInfo("delete_blobs", "allow DELETE of blobs (405 when false)"),
@@ -106,6 +115,9 @@ SETTINGS: Final = (
     SettingInfo("gc_grace", "seconds a new blob or untagged manifest is safe from garbage collection"),
     SettingInfo("page_size", "most tags, repositories or referrers in one response"),
     SettingInfo("warnings", "Warning headers to send on every response (comma-separated in the env)"),
+    SettingInfo("header_timeout", "seconds a client has to send a request's headers"),
+    SettingInfo("body_timeout", "seconds a request body may pause between two reads before a 408"),
+    SettingInfo("max_connections", "requests a worker serves at once; above it, a fast 503"),
 )
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -179,8 +191,10 @@ def load_settings(
     _split_listen(settings.listen)
     if settings.log_format not in ("text", "json"):
         raise SettingsError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
-    if settings.workers < 1 or settings.page_size < 1:
-        raise SettingsError("workers and page_size must be at least 1")
+    if min(settings.workers, settings.page_size, settings.max_connections) < 1:
+        raise SettingsError("workers, page_size and max_connections must be at least 1")
+    if min(settings.header_timeout, settings.body_timeout) <= 0:
+        raise SettingsError("header_timeout and body_timeout must be more than 0 seconds")
     _check_url("storage", settings.storage, ("file", "s3"))
     _check_url("metadata", settings.metadata, ("sqlite", "postgresql", "postgres"))
     return settings
