@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark ``ocikit serve`` against CNCF distribution (Debian's ``docker-registry``).
+"""Benchmark ``ocikit serve`` against CNCF distribution v3 (its current release), and against
+Debian's distribution 2.8 (``docker-registry``) as a second column when it is installed.
 
-Both registries run side by side on free loopback ports with temporary roots (removed
-afterwards; the servers are always stopped), receive the same content, and are measured with
-the same clients. Every figure is reported as an absolute value and as a ratio
-ocikit / distribution:
+Every registry runs on its defaults (ocikit: one worker per available CPU, access log on;
+distribution: a minimal filesystem configuration, access log on) on free loopback ports with
+temporary roots (removed afterwards; the servers are always stopped), receives the same
+content, and is measured with the same clients, in turns. Every figure is reported as an
+absolute value and as a ratio ocikit / distribution v3:
 
 a) manifest GET by tag: requests/s with 64 concurrent connections, by ``wrk`` (plain GET with
    the OCI manifest Accept header), a fixed duration after a warm-up;
@@ -21,8 +23,10 @@ Run from the repository root after ``make test-deps``::
     .venv/bin/python bench/registry.py --quick    # smoke run
     .venv/bin/python bench/registry.py --json     # machine-readable output
 
-Needs only public tools: Python (stdlib), ``wrk`` and ``docker-registry`` (both Debian
-packages; ``make test-deps`` installs them as root).
+Needs ``wrk`` (a Debian package; ``make test-deps`` installs it as root) and the
+distribution v3 ``registry`` binary (the official release): ``--distribution PATH``, else
+``$OCIKIT_BENCH_DISTRIBUTION``, else ``../shared/tools/distribution-v3/registry`` beside the
+project.
 """
 
 from __future__ import annotations
@@ -57,7 +61,10 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 REPOSITORY = "bench/app"
 TAG = "latest"
-OCIKIT_WORKERS = 2
+PROJECT = Path(__file__).resolve().parent.parent
+DEFAULT_DISTRIBUTION = PROJECT.parent / "shared" / "tools" / "distribution-v3" / "registry"
+REFERENCE = "distribution"  # v3, the column every ratio is taken against
+DEBIAN = "distribution-2.8"
 WRK_CONNECTIONS = 64
 TARGETS: dict[
     str, tuple[str, Callable[[float, float], bool]]
@@ -109,6 +116,11 @@ def find_tool(name: str) -> str | None:
     if found is None and os.path.exists(f"/usr/bin/{name}"):
         found = f"/usr/bin/{name}"
     return found
+
+
+def ocikit_workers() -> int:
+    """What ``ocikit serve`` defaults to: the CPUs available to the process."""
+    return len(os.sched_getaffinity(0))
 
 
 def missing_tools_message(missing: list[str]) -> str:
@@ -214,46 +226,35 @@ def start_ocikit(workdir: Path) -> Server:
         f"127.0.0.1:{port}",
         "--root",
         str(server.root),
-        "--workers",
-        str(OCIKIT_WORKERS),
     ]
     env = dict(os.environ)
     src = Path(__file__).resolve().parent.parent / "src"
     if (src / "ocikit").is_dir():  # run the checkout this script belongs to
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
-    for attempt in range(1, 4):
-        try:
-            server.start(argv, env)
-            return server
-        except RuntimeError as exc:
-            # Workers racing to create metadata.db on a fresh root can fail with "database is
-            # locked" (see docs/benchmarks.md); record it and retry on a fresh root.
-            server.stop()
-            if attempt == 3 or "database is locked" not in str(exc):
-                raise
-            server.notes.append(f"start attempt {attempt} failed: database is locked; retried")
-            shutil.rmtree(server.root, ignore_errors=True)
-            server.log.write_text("")
-    raise AssertionError("unreachable")
+    server.start(argv, env)
+    return server
 
 
-def start_distribution(workdir: Path, binary: str) -> Server:
+def start_distribution(workdir: Path, binary: str, name: str) -> Server:
+    """Distribution on its defaults (access log on). For Debian's 2.8: its packaged
+    configuration, minus auth and the health check. Both on a private root and port."""
     port = free_port()
-    server = Server("distribution", "127.0.0.1", port, workdir / "distribution", workdir / "distribution.log")
+    server = Server(name, "127.0.0.1", port, workdir / name, workdir / f"{name}.log")
     server.root.mkdir(parents=True)
-    config = workdir / "distribution.yml"
-    # Debian's packaged configuration, minus auth and the health check, on a private root and port.
+    config = workdir / f"{name}.yml"
+    cache = "  cache:\n    blobdescriptor: inmemory\n" if name == DEBIAN else ""
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: info\n  fields:\n    service: registry\n"
-        "storage:\n"
-        "  cache:\n    blobdescriptor: inmemory\n"
+        f"storage:\n{cache}"
         f"  filesystem:\n    rootdirectory: {server.root}\n"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
         "  headers:\n    X-Content-Type-Options: [nosniff]\n"
     )
-    server.start([binary, "serve", str(config)])
+    server.start(
+        [binary, "serve", str(config)], env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    )
     return server
 
 
@@ -615,22 +616,23 @@ def machine() -> dict[str, Any]:
     }
 
 
-def versions(distribution: str) -> dict[str, str]:
+def versions(references: dict[str, str]) -> dict[str, str]:
     out = {}
     with contextlib.suppress(Exception):
         import granian
 
         out["granian"] = granian.__version__
-    with contextlib.suppress(Exception):
-        text = subprocess.run([distribution, "--version"], capture_output=True, text=True).stdout
-        out["distribution"] = text.strip().split()[-1]
+    for name, binary in references.items():
+        with contextlib.suppress(Exception):
+            text = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+            out[name] = text.strip().split()[-1]
     with contextlib.suppress(Exception):
         text = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
         out["wrk"] = text.split()[1]
     return out
 
 
-METRICS = [  # key, label, field, unit, ratio: ocikit/distribution ("higher is better")
+METRICS = [  # key, label, field, unit, ratio: ocikit/distribution v3 ("higher is better")
     ("manifest_get", f"manifest GET by tag, {WRK_CONNECTIONS} connections", "requests_per_s", "req/s"),
     ("blob_get", "blob GET", "mb_per_s", "MB/s"),
     ("blob_put", "monolithic blob PUT", "mb_per_s", "MB/s"),
@@ -644,7 +646,7 @@ def summarise(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[s
         if key not in results:
             continue
         ocikit = results[key]["ocikit"][name]
-        dist = results[key]["distribution"][name]
+        dist = results[key][REFERENCE][name]
         ratio = ocikit / dist if dist else float("inf")
         target, check = TARGETS[key]
         summary[key] = {
@@ -655,6 +657,10 @@ def summarise(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[s
             "target": target,
             "met": bool(check(ratio, ocikit)),
         }
+        if DEBIAN in results[key]:
+            debian = results[key][DEBIAN][name]
+            summary[key][DEBIAN] = debian
+            summary[key]["ratio_2_8"] = ocikit / debian if debian else float("inf")
     return summary
 
 
@@ -670,8 +676,9 @@ def print_report(report: dict[str, Any]) -> None:
         f"after {report['load_average_after']}"
     )
     print(
-        f"ocikit serve --workers {OCIKIT_WORKERS} (the machine has {m['nproc']} cores); "
-        f"distribution with Debian's default settings (inmemory blob descriptor cache)"
+        f"ocikit serve on its defaults ({report['ocikit_workers']} workers: the CPUs available); "
+        f"distribution v3 on a minimal filesystem configuration; distribution 2.8 (if present) "
+        f"with Debian's default settings (inmemory blob descriptor cache); access logs on"
     )
     print(
         f"wrk: {WRK_CONNECTIONS} connections, {report['wrk_threads']} threads, "
@@ -683,14 +690,18 @@ def print_report(report: dict[str, Any]) -> None:
         f"streamed upload {plan['stream_size'] // MiB} MiB"
     )
     print()
-    header = f"{'measure':<44} {'ocikit':>12} {'distribution':>13} {'ratio':>7}  {'target':<16} met"
+    header = (
+        f"{'measure':<44} {'ocikit':>10} {'dist v3':>10} {'ratio':>7}  {'target':<16} met"
+        f" {'dist 2.8':>10} {'ratio':>7}"
+    )
     print(header)
     print("-" * len(header))
     labels = {key: f"{label} ({unit})" for key, label, _, unit in METRICS}
     for key, row in report["summary"].items():
+        debian = f" {row[DEBIAN]:>10.1f} {row['ratio_2_8']:>6.2f}x" if DEBIAN in row else ""
         print(
-            f"{labels[key]:<44} {row['ocikit']:>12.1f} {row['distribution']:>13.1f} {row['ratio']:>6.2f}x  "
-            f"{row['target']:<16} {'yes' if row['met'] else 'NO'}"
+            f"{labels[key]:<44} {row['ocikit']:>10.1f} {row['distribution']:>10.1f} {row['ratio']:>6.2f}x  "
+            f"{row['target']:<16} {'yes' if row['met'] else 'NO ':<3}{debian}"
         )
     print()
     details = report["results"]
@@ -725,6 +736,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--tmpdir", help="where the temporary registry roots go (default: $TMPDIR or /tmp)")
     parser.add_argument(
+        "--distribution",
+        default=os.environ.get("OCIKIT_BENCH_DISTRIBUTION", str(DEFAULT_DISTRIBUTION)),
+        help="the distribution v3 `registry` binary [env OCIKIT_BENCH_DISTRIBUTION; "
+        f"default: {DEFAULT_DISTRIBUTION}]",
+    )
+    parser.add_argument(
+        "--no-debian", action="store_true", help="leave out Debian's distribution 2.8 (docker-registry)"
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=[m[0] for m in METRICS],
@@ -732,13 +752,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    wrk, distribution = find_tool("wrk"), find_tool("docker-registry")
-    missing = [name for name, path in (("wrk", wrk), ("docker-registry", distribution)) if path is None]
-    if missing:
-        print(missing_tools_message(missing), file=sys.stderr)
+    wrk = find_tool("wrk")
+    if wrk is None:
+        print(missing_tools_message(["wrk"]), file=sys.stderr)
         return 2
-    assert wrk is not None
-    assert distribution is not None
+    if not os.access(args.distribution, os.X_OK):
+        print(
+            f"bench/registry.py: no distribution v3 binary at {args.distribution}: pass --distribution "
+            "PATH or set OCIKIT_BENCH_DISTRIBUTION (the `registry` binary of the official release)",
+            file=sys.stderr,
+        )
+        return 2
+    references = {REFERENCE: args.distribution}
+    debian = None if args.no_debian else find_tool("docker-registry")
+    if debian is not None:
+        references[DEBIAN] = debian
     plan = Plan.quick() if args.quick else Plan.full()
     wanted = args.only or [m[0] for m in METRICS]
     progress: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -755,12 +783,12 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     results: dict[str, dict[str, dict[str, Any]]] = {}
     try:
-        progress(f"starting ocikit serve (--workers {OCIKIT_WORKERS}) and docker-registry in {workdir}")
+        progress(f"starting ocikit serve and {', '.join(references)} in {workdir}")
         servers.append(start_ocikit(workdir))
-        servers.append(start_distribution(workdir, distribution))
+        servers.extend(start_distribution(workdir, binary, name) for name, binary in references.items())
         layer = os.urandom(64 * 1024)
         manifests = {push_image(s, layer) for s in servers}
-        assert len(manifests) == 1, "both registries must serve the same manifest"
+        assert len(manifests) == 1, "every registry must serve the same manifest"
         steps: list[tuple[str, str, Callable[[], dict[str, dict[str, Any]]]]] = [
             ("manifest_get", "manifest GET (wrk)", lambda: manifest_get(wrk, servers, plan)),
             ("blob_get", "blob GET", lambda: blob_get(servers, plan)),
@@ -782,8 +810,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "machine": machine(),
-        "versions": versions(distribution),
-        "ocikit_workers": OCIKIT_WORKERS,
+        "versions": versions(references),
+        "ocikit_workers": ocikit_workers(),
         "wrk_threads": min(2, os.cpu_count() or 1),
         "wrk_connections": WRK_CONNECTIONS,
         "mode": "quick" if args.quick else "full",

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,10 +215,15 @@ def assert_identical(source: Layout, tag: str, copied: Layout, copied_tag: str) 
 
 def access_log(server: ServerProcess, repository: str) -> list[str]:
     """``METHOD PATH STATUS BYTES DURATION`` of every request the registry logged for a
-    repository (the client address and user that open each line left out)."""
-    marker = f" /v2/{repository}/"
-    lines = server.log.read_text().splitlines()
-    return [line.split(" INFO ", 1)[1].split(" ", 2)[2] for line in lines if marker in line]
+    repository (the client address and user that open each line left out), once the lines
+    written in batches (at most 0.2 s apart) have stopped coming."""
+    marker, seen = f" /v2/{repository}/", -1
+    while True:
+        lines = [line for line in server.log.read_text().splitlines() if marker in line]
+        if len(lines) == seen:
+            return [line.split(" INFO ", 1)[1].split(" ", 2)[2] for line in lines]
+        seen = len(lines)
+        time.sleep(0.5)
 
 
 def test_push_then_pull_is_byte_identical(

@@ -239,7 +239,9 @@ def test_an_error_answer_does_not_wait_for_a_large_unread_body(registry: ServerP
 def serve_once(*args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
     """``ocikit serve`` that is expected to fail at start-up (it is killed if it does not)."""
     drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] if as_nobody else []
-    return subprocess.run([*drop, *OCIKIT, "serve", *args], capture_output=True, text=True, timeout=30, cwd="/")
+    return subprocess.run(
+        [*drop, *OCIKIT, "serve", *args], capture_output=True, text=True, timeout=30, cwd="/"
+    )
 
 
 def assert_one_line_failure(result: subprocess.CompletedProcess[str], expected: str) -> None:
@@ -319,7 +321,8 @@ def test_root_that_is_a_file(tmp_path: Path) -> None:
 def test_bad_flag_value() -> None:
     result = serve_once("--workers", "two")
     assert_one_line_failure(
-        result, "ocikit serve: setting workers: 'two' is not valid: invalid literal for int() with base 10: 'two'"
+        result,
+        "ocikit serve: setting workers: 'two' is not valid: invalid literal for int() with base 10: 'two'",
     )
     assert_one_line_failure(
         serve_once("--body-timeout", "0"),
@@ -381,4 +384,6 @@ def test_privileged_port_as_an_unprivileged_user(as_nobody: Path) -> None:
 
 def test_address_not_of_this_machine(tmp_path: Path) -> None:
     result = serve_once("--listen", "192.0.2.1:5000", "--root", str(tmp_path / "data"))
-    assert_one_line_failure(result, "ocikit serve: cannot listen on 192.0.2.1:5000: not an address of this machine")
+    assert_one_line_failure(
+        result, "ocikit serve: cannot listen on 192.0.2.1:5000: not an address of this machine"
+    )

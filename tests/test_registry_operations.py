@@ -140,7 +140,9 @@ def test_json_access_log_has_one_line_per_request(tmp_path: Path) -> None:
     assert (get["method"], get["status"], get["bytes"]) == ("GET", 200, len(b"logged"))
     assert (missing["path"], missing["status"]) == (f"/v2/{repo}/manifests/absent", 404)
     assert all(isinstance(e["duration_ms"], float) and e["duration_ms"] >= 0 for e in (upload, get, missing))
-    assert all(str(e["client"]).startswith("127.0.0.1:") and e["user"] is None for e in (upload, get, missing))
+    assert all(
+        str(e["client"]).startswith("127.0.0.1:") and e["user"] is None for e in (upload, get, missing)
+    )
 
 
 def test_sparse_manifests_setting_accepts_absent_blobs_and_keeps_later_pushes(tmp_path: Path) -> None:
