@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import OCIKIT, ServerProcess, free_port, require_tool, start_registry
 from registry_helpers import digest, error_codes, push_blob, repo_name
 
@@ -271,7 +272,7 @@ def test_no_program_can_share_the_port_of_a_running_registry(registry: ServerPro
     host, port = registry.host.rsplit(":", 1)
     with socket.socket() as intruder:
         intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        with pytest.raises(OSError) as refused:
+        with pytest.raises(OSError, match="in use") as refused:
             intruder.bind((host, int(port)))
     assert refused.value.errno == errno.EADDRINUSE
 
