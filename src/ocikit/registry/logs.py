@@ -27,12 +27,19 @@ ACCESS_LOGGER: Final = "ocikit.registry.access"
 _BATCH_LINES: Final = 256
 _BATCH_DELAY: Final = 0.2  # seconds a line may wait for the batch's write
 
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+
+
+_second: list[Any] = [None, ""]  # the last second formatted, and its text
 
 
 def _timestamp(epoch: float) -> str:
-    """Local time with milliseconds, as :class:`logging.Formatter` writes it."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) + f",{int(epoch % 1 * 1000):03d}"
+    """Local time with milliseconds, as :class:`logging.Formatter` writes it (each second is
+    formatted once: a batch of lines mostly shares it)."""
+    second = int(epoch)
+    if _second[0] != second:
+        _second[:] = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+    return f"{_second[1]},{int(epoch % 1 * 1000):03d}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,7 +55,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return _encode(entry).decode()
+        return _encoder.encode(entry).decode()
 
 
 def formatter(log_format: str) -> logging.Formatter:
@@ -76,7 +83,11 @@ def _printable(text: str) -> str:
     return text.encode("unicode_escape").decode().replace(" ", "\\x20")
 
 
-_Line = tuple[float, str, str | None, str, str, int, int, float]
+_Line = tuple[float, tuple[str, int] | None, str | None, str, str, int, int, float]
+
+
+def _address(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 class AccessLog:
@@ -89,11 +100,10 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
 
     def record(self, scope: Scope, status: int, sent: int, duration: float) -> None:
-        client = scope.get("client")
         self._pending.append(
             (
                 time.time(),
-                f"{client[0]}:{client[1]}" if client else "-",
+                scope.get("client"),
                 scope.get("ocikit.user"),  # set by the authentication layer; None: anonymous
                 scope["method"],
                 scope["path"],
@@ -114,7 +124,10 @@ class AccessLog:
         lines, self._pending = self._pending, []
         if not lines:
             return
-        data = "".join(map(self._json_line if self._json else self._text_line, lines)).encode()
+        if self._json:
+            data = _encoder.encode_lines(list(map(self._json_entry, lines)))
+        else:
+            data = "".join(map(self._text_line, lines)).encode()
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
@@ -123,18 +136,18 @@ class AccessLog:
     def _text_line(line: _Line) -> str:
         at, client, user, method, path, status, sent, duration = line
         return (
-            f"{_timestamp(at)} {ACCESS_LOGGER} INFO {client} {_printable(user or '-')} "
+            f"{_timestamp(at)} {ACCESS_LOGGER} INFO {_address(client)} {_printable(user or '-')} "
             f"{method} {_printable(path)} {status} {sent} {duration * 1000:.1f}ms\n"
         )
 
     @staticmethod
-    def _json_line(line: _Line) -> str:
+    def _json_entry(line: _Line) -> Mapping[str, Any]:
         at, client, user, method, path, status, sent, duration = line
-        entry: Mapping[str, Any] = {
+        return {
             "time": _timestamp(at),
             "level": "INFO",
             "logger": ACCESS_LOGGER,
-            "client": client,
+            "client": _address(client),
             "user": user,
             "method": method,
             "path": path,
@@ -142,4 +155,3 @@ class AccessLog:
             "bytes": sent,
             "duration_ms": round(duration * 1000, 3),
         }
-        return _encode(entry).decode() + "\n"
