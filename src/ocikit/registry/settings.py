@@ -61,7 +61,7 @@ class Settings:
     warnings: tuple[str, ...] = ()
     header_timeout: float = 30
     body_timeout: float = 60
-    max_connections: int = 4096
+    max_connections: int = 10000
 
     @property
     def host(self) -> str:
