@@ -4,6 +4,7 @@ killed main process, and every start-up failure as one line on stderr."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -387,3 +389,90 @@ def test_address_not_of_this_machine(tmp_path: Path) -> None:
     assert_one_line_failure(
         result, "ocikit serve: cannot listen on 192.0.2.1:5000: not an address of this machine"
     )
+
+
+# ------------------------------------------------------------------ fast defaults
+
+
+def test_workers_default_to_the_cpus_available_to_the_process(tmp_path: Path) -> None:
+    first_cpu = min(os.sched_getaffinity(0))
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [*OCIKIT, "serve", "--listen", f"127.0.0.1:{free_port()}", "--root", str(tmp_path / "data")],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, {first_cpu}),  # as `taskset -c` would
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "Started worker" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ", 1 worker(s)" in log.read_text()
+        assert len(worker_pids(process.pid)) == 1
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+
+
+def logged_lines(server: ServerProcess, marker: str) -> list[str]:
+    """The server's log lines holding ``marker``, once batched request lines have been written."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [line for line in server.log.read_text().splitlines() if marker in line]
+        if lines:
+            return lines
+        time.sleep(0.1)
+    return []
+
+
+def test_a_path_cannot_forge_a_line_in_the_text_log(registry: ServerProcess) -> None:
+    marker = repo_name("forge").replace("/", "-")
+    with registry.client() as c:
+        c.get(f"/v2/{marker}%0A2026-01-01 00:00:00,000 ocikit.registry.access INFO forged%20/tags/list")
+    [line] = logged_lines(registry, marker)
+    fields = line.split(" ")  # date, time, logger, level, client, user, method, path, ...
+    assert (fields[4].startswith("127.0.0.1:"), fields[5], fields[6]) == (True, "-", "GET")
+    assert f"/v2/{marker}\\n2026-01-01\\x2000:00:00,000\\x20ocikit.registry.access" in line
+    lines = registry.log.read_text().splitlines()
+    assert not any(line.startswith("2026-01-01 00:00:00,000") for line in lines)
+
+
+def test_the_access_line_names_the_user_the_auth_layer_put_in_the_scope(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from ocikit.registry import create_app
+    from ocikit.registry.settings import Settings
+
+    async def request(app: Any, user: str | None) -> None:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/v2/",
+            "headers": [],
+            "client": ("192.0.2.7", 40000),
+            "ocikit.user": user,
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 200
+
+    async def run() -> None:
+        async with create_app(Settings(root=str(tmp_path / "data"), log_format="json")) as app:
+            await request(app, "alice")
+            await request(app, None)
+
+    asyncio.run(run())  # shutting down writes the batch
+    entries = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert [(e["client"], e["user"], e["path"], e["status"]) for e in entries] == [
+        ("192.0.2.7:40000", "alice", "/v2/", 200),
+        ("192.0.2.7:40000", None, "/v2/", 200),
+    ]
