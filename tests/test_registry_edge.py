@@ -320,6 +320,15 @@ def test_root_that_is_a_file(tmp_path: Path) -> None:
         assert_one_line_failure(result, f"ocikit serve: root {root} is not a directory")
 
 
+def test_root_whose_database_cannot_be_opened(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "metadata.db").mkdir(parents=True)
+    result = serve_once("--listen", f"127.0.0.1:{free_port()}", "--root", str(root))
+    assert_one_line_failure(
+        result, f"ocikit serve: cannot open the storage in {root}: unable to open database file"
+    )
+
+
 def test_bad_flag_value() -> None:
     result = serve_once("--workers", "two")
     assert_one_line_failure(
