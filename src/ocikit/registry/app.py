@@ -18,7 +18,7 @@ from ..spec.reference import is_valid_repository
 from . import maintenance
 from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
-from .http import ClientDisconnected, ClientStalled, Receive, Request, Response, Scope, Send
+from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
 from .logs import AccessLog
 from .settings import Settings
 from .storage import blob_store_for, metadata_store_for
@@ -188,10 +188,8 @@ class Registry:
             return await self._dispatch(request)
         except RegistryError as error:
             response = self._error_response(error)
-        except ClientStalled:
-            return Response(status=408, headers=[_CLOSE])
-        except ClientDisconnected:
-            return Response(status=400)
+        except ClientDisconnected:  # the body is incomplete: the connection cannot be reused
+            return Response(status=408 if request.stalled else 400, headers=[_CLOSE])
         except StorageUnavailable as exc:
             log.warning("%s %s: %s", request.method, request.path, exc)
             response = self._error_response(RegistryError("UNAVAILABLE", str(exc)))

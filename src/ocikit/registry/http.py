@@ -18,7 +18,7 @@ from ..spec.models import enc_hook
 
 _json = msgspec.json.Encoder(enc_hook=enc_hook)
 
-__all__ = ["ClientDisconnected", "ClientStalled", "Receive", "Request", "Response", "Scope", "Send"]
+__all__ = ["ClientDisconnected", "Receive", "Request", "Response", "Scope", "Send"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,10 +33,6 @@ DRAIN_LIMIT: Final = 64 * 1024
 
 class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
-
-
-class ClientStalled(ClientDisconnected):
-    """The client sent nothing of its body for longer than the body timeout."""
 
 
 class BodyTooLarge(Exception):
@@ -54,6 +50,7 @@ class Request:
         "path",
         "receive",
         "scope",
+        "stalled",
     )
 
     def __init__(self, scope: Scope, receive: Receive, body_timeout: float | None = None) -> None:
@@ -66,6 +63,8 @@ class Request:
         self._query: dict[str, list[str]] | None = None
         self._body_consumed = False
         self._body_complete = False
+        #: The client sent nothing of its body for longer than the body timeout.
+        self.stalled = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -107,7 +106,8 @@ class Request:
             async with asyncio.timeout(self.body_timeout):
                 return await self.receive()
         except TimeoutError:
-            raise ClientStalled() from None
+            self.stalled = True
+            raise ClientDisconnected(f"no body bytes for {self.body_timeout:g} s") from None
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The request body, chunk by chunk, in constant memory."""
