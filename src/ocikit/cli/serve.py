@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     flags = {info.name: getattr(args, info.name) for info in SETTINGS}
     try:
         settings = load_settings(flags, config_file=args.config)
+        serve(settings)
     except SettingsError as exc:
         print(f"ocikit serve: {exc}", file=sys.stderr)
         return 2
-    serve(settings)
     return 0

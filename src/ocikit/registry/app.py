@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import time
@@ -18,7 +19,10 @@ import msgspec
 
 from ..spec.digest import Digest, DigestError
 from ..spec.reference import is_valid_repository
-from . import maintenance
+from . import audit, maintenance
+from .auth.access import AccessControl
+from .auth.configure import access_from_settings
+from .auth.endpoint import TokenEndpoint
 from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
 from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
@@ -34,6 +38,10 @@ Handler = Callable[["Registry", Request, str, str], Awaitable[Response]]
 
 _API_VERSION: Final = ("docker-distribution-api-version", "registry/2.0")
 _MAX_WARNING_BYTES: Final = 4096
+#: The request being answered, for event hooks that record who did what.
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "ocikit_request", default=None
+)
 
 _ROUTES: Final = [
     (re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/?$"), "uploads"),
@@ -79,7 +87,7 @@ class Registry:
         *,
         blobs: BlobStore | None = None,
         metadata: MetadataStore | None = None,
-        authorize: Authorizer = allow_all,
+        authorize: Authorizer | None = None,
         event_hooks: Sequence[EventHook] = (),
     ) -> None:
         self.settings = settings or Settings()
@@ -91,6 +99,14 @@ class Registry:
         self.metadata: MetadataStore = (
             metadata if metadata is not None else SQLiteMetadataStore(root / "metadata.db")
         )
+        #: The access control built from the settings (None: open, or ``authorize`` was given).
+        self.access: AccessControl | None = None
+        self.token_endpoint: TokenEndpoint | None = None
+        if authorize is None:
+            configured = access_from_settings(self.settings)
+            if configured is not None:
+                self.access, self.token_endpoint = configured.access, configured.token_endpoint
+            authorize = self.access or allow_all
         self.authorize_hook = authorize
         self.event_hooks = list(event_hooks)
         self._handlers = _handlers()
@@ -133,7 +149,26 @@ class Registry:
     async def authorize(self, request: Request, repository: str | None, action: Action) -> None:
         await self.authorize_hook(request, repository, action)
 
+    @property
+    def filters_listings(self) -> bool:
+        """Whether listings must be cut to what the caller may pull (not for ``allow_all``)."""
+        return self.authorize_hook is not allow_all
+
+    async def may(self, request: Request, repository: str, action: Action) -> bool:
+        """Whether the caller may, for filtering listings; refusals are not errors here."""
+        if isinstance(self.authorize_hook, AccessControl):
+            return await self.authorize_hook.may(request, repository, action)
+        try:
+            await self.authorize_hook(request, repository, action)
+        except RegistryError as error:
+            if error.code in ("UNAUTHORIZED", "DENIED"):
+                return False
+            raise
+        return True
+
     async def emit(self, event: Event) -> None:
+        if self.settings.audit_log:
+            audit.record(event, current_request.get())
         for hook in self.event_hooks:
             try:
                 await hook(event)
@@ -167,6 +202,7 @@ class Registry:
             self._log(request, response, sent, time.perf_counter() - started)
 
     async def _respond(self, request: Request) -> Response:
+        current_request.set(request)
         try:
             return await self._dispatch(request)
         except RegistryError as error:
@@ -200,6 +236,8 @@ class Registry:
             if request.method != "GET":
                 raise RegistryError("UNSUPPORTED", f"{request.method} is not allowed here")
             return await discovery.catalog(self, request, "", "")
+        if path == "/token" and self.token_endpoint is not None:
+            return await self.token_endpoint(request)
         for pattern, route in _ROUTES:
             match = pattern.match(path)
             if match is None:
@@ -265,8 +303,12 @@ def create_app(
     *,
     blobs: BlobStore | None = None,
     metadata: MetadataStore | None = None,
-    authorize: Authorizer = allow_all,
+    authorize: Authorizer | None = None,
     event_hooks: Sequence[EventHook] = (),
 ) -> Registry:
-    """The registry as an ASGI application, on the embedded storage unless others are given."""
+    """The registry as an ASGI application, on the embedded storage unless others are given.
+
+    Without ``authorize`` access control follows the settings (``htpasswd``, ``policy``,
+    ``token_*``, ``rate_limit_*``; open when none is set); its two halves stay replaceable as
+    ``app.access.authenticate`` and ``app.access.permits``."""
     return Registry(settings, blobs=blobs, metadata=metadata, authorize=authorize, event_hooks=event_hooks)

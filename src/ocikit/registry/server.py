@@ -15,7 +15,8 @@ import logging.handlers
 import os
 import queue
 import sys
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 from .app import Registry, create_app
 from .settings import Settings
@@ -64,16 +65,50 @@ def app_from_environment() -> Registry:
     return create_app(settings)
 
 
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    """Granian's TLS: TLS 1.2 at least (clients such as skopeo and Docker still use it), and
+    with ``tls_client_ca`` every connection must show a certificate issued by that CA.
+    Granian 2.8 does not pass the client's certificate to the application, so it admits a
+    connection but does not name a user: users still sign in with a password or a token."""
+    if not settings.tls_cert:
+        return {}
+    from granian.constants import SSLProtocols
+
+    options: dict[str, Any] = {
+        "ssl_cert": Path(settings.tls_cert),
+        "ssl_key": Path(settings.tls_key),
+        "ssl_protocol_min": SSLProtocols.tls12,
+    }
+    if settings.tls_client_ca:
+        options |= {"ssl_ca": Path(settings.tls_client_ca), "ssl_client_verify": True}
+    return options
+
+
+def _prepare_access(settings: Settings) -> None:
+    """Build the access control once before the workers start: a bad htpasswd, policy or
+    key fails here with a clear message, and the generated signing key exists before several
+    workers could race to make it."""
+    from .auth.configure import access_from_settings
+    from .settings import SettingsError
+
+    try:
+        access_from_settings(settings)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"access control: {exc}") from None
+
+
 def serve(settings: Settings) -> None:
     """Serve until interrupted."""
     from granian import Granian
     from granian.constants import Interfaces
 
     os.makedirs(settings.root, exist_ok=True)
+    _prepare_access(settings)
     os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
     _configure_logging(settings)
     logging.getLogger("ocikit.registry").info(
-        "ocikit registry on http://%s:%d, data in %s, %d worker(s)",
+        "ocikit registry on %s://%s:%d, data in %s, %d worker(s)",
+        "https" if settings.tls_cert else "http",
         settings.host,
         settings.port,
         settings.root,
@@ -88,5 +123,6 @@ def serve(settings: Settings) -> None:
         factory=True,
         log_access=False,
         backlog=2048,
+        **_tls_options(settings),
     )
     server.serve()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,6 +48,22 @@ class Settings:
     gc_grace: float = 3600
     page_size: int = 1000
     warnings: tuple[str, ...] = ()
+    htpasswd: str = ""
+    policy: str = ""
+    token_key: str = ""
+    token_realm: str = ""
+    token_issuer: str = ""
+    token_service: str = ""
+    token_certs: str = ""
+    token_jwks: str = ""
+    token_lifetime: int = 300
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    rate_limit_user: float = 0
+    rate_limit_address: float = 0
+    rate_limit_burst: int = 100
+    audit_log: bool = True
 
     @property
     def host(self) -> str:
@@ -92,6 +108,24 @@ SETTINGS: Final = (
     SettingInfo("gc_grace", "seconds a new blob or untagged manifest is safe from garbage collection"),
     SettingInfo("page_size", "most tags, repositories or referrers in one response"),
     SettingInfo("warnings", "Warning headers to send on every response (comma-separated in the env)"),
+    SettingInfo("htpasswd", "bcrypt htpasswd file of users: turns authentication and the /token endpoint on"),
+    SettingInfo("policy", "TOML access policy (first matching rule decides; default: signed-in users all)"),
+    SettingInfo("token_key", "PEM private key (EC or RSA) signing tokens (default: generated in the root)"),
+    SettingInfo("token_realm", "token endpoint URL named in challenges (default: this registry's /token)"),
+    SettingInfo(
+        "token_issuer", "issuer (iss) of tokens issued here (default ocikit) or accepted from outside"
+    ),
+    SettingInfo("token_service", "service name and token audience (aud) (default: ocikit)"),
+    SettingInfo("token_certs", "PEM certificates of an external token server whose tokens are accepted"),
+    SettingInfo("token_jwks", "JWK Set file of an external token server whose tokens are accepted"),
+    SettingInfo("token_lifetime", "seconds an issued access token is valid"),
+    SettingInfo("tls_cert", "PEM certificate (chain) to serve HTTPS with"),
+    SettingInfo("tls_key", "PEM private key of --tls-cert"),
+    SettingInfo("tls_client_ca", "require client certificates issued by this CA (mutual TLS)"),
+    SettingInfo("rate_limit_user", "requests per second per signed-in user, per worker (0: no limit)"),
+    SettingInfo("rate_limit_address", "requests per second per client address, per worker (0: no limit)"),
+    SettingInfo("rate_limit_burst", "requests a user or address may make at once above the rate"),
+    SettingInfo("audit_log", "log every push, mount, tag move and delete with user and address"),
 )
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -167,4 +201,39 @@ def load_settings(
         raise SettingsError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.workers < 1 or settings.page_size < 1:
         raise SettingsError("workers and page_size must be at least 1")
-    return settings
+    return _check_access_settings(settings)
+
+
+_FILE_SETTINGS: Final = (
+    "htpasswd",
+    "policy",
+    "token_key",
+    "token_certs",
+    "token_jwks",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+)
+
+
+def _check_access_settings(settings: Settings) -> Settings:
+    """Consistent access settings, their files made absolute (workers may start elsewhere)."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SettingsError("tls_cert and tls_key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise SettingsError("tls_client_ca needs tls_cert and tls_key")
+    if settings.token_certs and settings.token_jwks:
+        raise SettingsError("give token_certs or token_jwks, not both")
+    if (settings.token_certs or settings.token_jwks) and not (
+        settings.token_realm and settings.token_issuer and settings.token_service
+    ):
+        raise SettingsError("an external token server needs token_realm, token_issuer and token_service")
+    if settings.token_lifetime < 10:
+        raise SettingsError("token_lifetime must be at least 10 seconds")
+    files: dict[str, Any] = {}
+    for name in _FILE_SETTINGS:
+        path = getattr(settings, name)
+        if path and not os.path.isfile(path):
+            raise SettingsError(f"{name}: {path} is not a readable file")
+        files[name] = os.path.abspath(path) if path else ""
+    return replace(settings, **files)
