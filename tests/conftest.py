@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,13 +40,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
+def wait_for_http(
+    url: str,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 20,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
         try:
-            httpx.get(url, timeout=1)
+            httpx.get(url, timeout=1, verify=verify)
             return
         except httpx.TransportError:
             time.sleep(0.05)
@@ -62,8 +68,11 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     log: Path
     args: list[str]
+    ca: Path | None = None  # the CA that signed its TLS certificate (None: plain HTTP)
 
     def client(self, **kwargs: object) -> httpx.Client:
+        if self.ca is not None:
+            kwargs.setdefault("verify", ssl.create_default_context(cafile=str(self.ca)))
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
 
     def kill(self) -> None:
@@ -81,11 +90,15 @@ class ServerProcess:
 
     def restart(self) -> None:
         self.stop()
-        started = start_registry(self.root, extra=self.args, log=self.log)
+        started = start_registry(self.root, extra=self.args, log=self.log, ca=self.ca)
         self.process, self.url, self.host = started.process, started.url, started.host
 
 
-def start_registry(root: Path, extra: list[str] | None = None, log: Path | None = None) -> ServerProcess:
+def start_registry(
+    root: Path, extra: list[str] | None = None, log: Path | None = None, ca: Path | None = None
+) -> ServerProcess:
+    """``ocikit serve`` on a free port; with ``ca`` it serves HTTPS (``extra`` names the
+    certificate that CA signed) and is waited for with that CA trusted."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     log = log or root.parent / f"{root.name}-serve.log"
@@ -97,9 +110,11 @@ def start_registry(root: Path, extra: list[str] | None = None, log: Path | None 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(f"http://{host}", host, root, process, log, args)
+    scheme = "https" if ca is not None else "http"
+    server = ServerProcess(f"{scheme}://{host}", host, root, process, log, args, ca)
     try:
-        wait_for_http(f"{server.url}/v2/", process)
+        verify = ssl.create_default_context(cafile=str(ca)) if ca else True
+        wait_for_http(f"{server.url}/v2/", process, verify=verify)
     except RuntimeError:
         server.stop()
         raise RuntimeError(f"ocikit serve did not start:\n{log.read_text()[-3000:]}") from None

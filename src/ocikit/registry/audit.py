@@ -25,7 +25,7 @@ def record(event: Event, request: Request | None) -> None:
         "action": event.action,
         "kind": event.kind,
         "repository": event.repository,
-        "digest": event.digest,
+        "digest": str(event.digest) if event.digest else None,
         "tag": event.tag,
         "user": user or "anonymous",
         "address": client_address(request) if request is not None else None,

@@ -174,11 +174,11 @@ class AccessControl:
             self._refuse(request, identity, repository, action)
 
     async def may(self, request: Request, repository: str, action: Action) -> bool:
-        """Whether the caller may, without raising: for filtering listings."""
+        """Whether the policy lets the caller, for filtering the catalog: a token's
+        ``registry:catalog:*`` grant stands for every repository its user may see, since
+        no client asks a token for each repository it might list."""
         identity = await self.identify(request)
-        return identity.token_allows(f"repository:{repository}", action) and self.permits(
-            identity.user, repository, action
-        )
+        return self.permits(identity.user, repository, action)
 
     def _check_registry(self, request: Request, identity: Identity, action: Action) -> None:
         """``/v2/`` (any caller who authenticated somehow) and the catalog (filtered later)."""
