@@ -185,6 +185,7 @@ def _header(value: str) -> Attempt:
 
 
 UNAUTHORIZED, DENIED = (401, "UNAUTHORIZED"), (403, "DENIED")
+INSUFFICIENT_SCOPE = DENIED  # with a challenge for the missing scope (RFC 6750)
 CASES = [
     Case("no-credentials", "team-a", _as(None), *UNAUTHORIZED),
     Case("wrong-password", "team-a", _as("alice", "nope"), *UNAUTHORIZED),
@@ -192,13 +193,16 @@ CASES = [
     Case("policy-refuses-basic-push", "team-a", _as("bob"), *DENIED),
     Case("explicit-deny-beats-later-allow", "secret", _as("alice"), *DENIED),
     Case(
-        "token-for-another-repo", "team-a", _token_of("alice", "repository:team-a/x:pull,push"), *UNAUTHORIZED
+        "token-for-another-repo",
+        "team-a",
+        _token_of("alice", "repository:team-a/x:pull,push"),
+        *INSUFFICIENT_SCOPE,
     ),
     Case(
         "pull-only-token",
         "team-a",
         _token_of("bob", "repository:team-a/pull-only-token:pull,push"),
-        *UNAUTHORIZED,
+        *INSUFFICIENT_SCOPE,
     ),
     Case("expired-token", "team-a", with_token(_forged(exp=-3600, nbf=-7200)), *UNAUTHORIZED),
     Case("not-yet-valid-token", "team-a", with_token(_forged(nbf=3600, exp=7200)), *UNAUTHORIZED),
@@ -223,9 +227,10 @@ def test_refused_writes_store_nothing(auth: AuthServer, case: Case) -> None:
     response = case.attempt(auth, repo, data)
     assert response.status_code == case.status, response.text
     assert error_codes(response) == [case.code]
-    if case.status == 401:
+    if case.status == 401 or case.name in ("token-for-another-repo", "pull-only-token"):
         challenge = response.headers["www-authenticate"]
         assert challenge.startswith(f'Bearer realm="{auth.url}/token",service="ocikit"')
+        assert f'scope="repository:{repo}:pull,push"' in challenge
     assert not stored_anywhere(auth, data)
     with auth.client("admin") as admin:
         assert admin.head(f"/v2/{repo}/blobs/{digest(data)}").status_code == 404
@@ -302,7 +307,7 @@ def test_hidden_repositories_are_not_listed_or_readable(auth: AuthServer, hidden
         repositories = client.get("/v2/_catalog").json()["repositories"]
         assert "team-a/listed" in repositories
         assert "secret/hidden" not in repositories
-        assert client.get("/v2/secret/hidden/tags/list").status_code == 401
+        assert client.get("/v2/secret/hidden/tags/list").status_code == 403
     with auth.client("admin") as admin:
         assert "secret/hidden" in admin.get("/v2/_catalog").json()["repositories"]
 
@@ -537,7 +542,7 @@ def test_tokens_from_an_external_token_server(tmp_path: Path, trust: str) -> Non
                 assert upload(erin, "ext/app", b"ext").status_code == 201
             anonymous = httpx.get(service.realm, params=params).json()["token"]
             with server.client(headers={"authorization": f"Bearer {anonymous}"}) as nobody:
-                assert upload(nobody, "ext/app", b"anonymous").status_code == 401
+                assert upload(nobody, "ext/app", b"anonymous").status_code == 403
     finally:
         server.stop()
         service.stop()

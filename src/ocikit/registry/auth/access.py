@@ -141,8 +141,11 @@ class AccessControl:
         self.user_limits = user_limits
         self.address_limits = address_limits
 
-    async def identify(self, request: Request) -> Identity:
-        """The caller, authenticated once per request; rate limits apply here."""
+    async def identify(
+        self, request: Request, repository: str | None = None, action: Action | None = None
+    ) -> Identity:
+        """The caller, authenticated once per request; rate limits apply here. Refused
+        credentials are answered with a challenge for ``repository`` and ``action``."""
         scope = request.scope
         known: Identity | None = scope.get(_IDENTITY_KEY)
         if known is not None:
@@ -154,7 +157,9 @@ class AccessControl:
         try:
             identity = await self.authenticate(request)
         except AuthenticationFailed as exc:
-            raise self.challenge(request, None, None, error="invalid_token", message=str(exc)) from None
+            raise self.challenge(
+                request, repository, action, error="invalid_token", message=str(exc)
+            ) from None
         if self.user_limits is not None and identity.user is not None:
             wait = self.user_limits.take(identity.user)
             if wait:
@@ -164,12 +169,12 @@ class AccessControl:
         return identity
 
     async def __call__(self, request: Request, repository: str | None, action: Action) -> None:
-        identity = await self.identify(request)
+        identity = await self.identify(request, repository, action)
         if repository is None:
             self._check_registry(request, identity, action)
             return
         if not identity.token_allows(f"repository:{repository}", action):
-            raise self.challenge(request, repository, action, error="insufficient_scope")
+            raise self.insufficient_scope(request, repository, action)
         if not self.permits(identity.user, repository, action):
             self._refuse(request, identity, repository, action)
 
@@ -185,7 +190,7 @@ class AccessControl:
         if identity.via == "none" and not self.open_base:
             raise self.challenge(request, None, action)
         if action == "catalog" and not identity.token_allows("registry:catalog", "*"):
-            raise self.challenge(request, None, action, error="insufficient_scope")
+            raise self.insufficient_scope(request, None, action)
 
     def _refuse(self, request: Request, identity: Identity, repository: str, action: Action) -> None:
         if identity.via == "none":  # perhaps allowed once signed in: tell how to sign in
@@ -195,6 +200,12 @@ class AccessControl:
             f"{identity.user or 'anonymous'} may not {action} {repository}",
             detail=[{"Type": "repository", "Name": repository, "Action": action}],
         )
+
+    def insufficient_scope(self, request: Request, repository: str | None, action: Action) -> RegistryError:
+        """A valid token without the grant: 403 with a challenge naming the scope needed, as
+        RFC 6750 asks, so that clients fetch a token for it (oras does so only on a 403)."""
+        error = self.challenge(request, repository, action, error="insufficient_scope")
+        return RegistryError("DENIED", "the token does not grant this", status=403, headers=error.headers)
 
     def challenge(
         self,
