@@ -16,6 +16,7 @@ import jwt
 
 from client_servers import htpasswd_file
 from conftest import ServerProcess, require_tool, start_registry
+from ocikit.client.auth import parse_challenges
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "admin": "admin-pw"}
 
@@ -151,3 +152,38 @@ def start_auth_server(
 def b64url(data: bytes | dict[str, Any]) -> str:
     raw = json.dumps(data).encode() if isinstance(data, dict) else data
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+class BearerFlow(httpx.Auth):
+    """The token flow as registry clients run it: on a 401 (or a 403 naming a missing scope),
+    fetch a token for the challenge's scope from its realm with Basic credentials, retry."""
+
+    def __init__(self, user: str, password: str, verify: Any = True) -> None:
+        self._basic = httpx.BasicAuth(user, password)
+        self._verify = verify
+        self._tokens: dict[str, str] = {}
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        scope = self._scope_of_path(request.url.path)
+        if scope in self._tokens:
+            request.headers["authorization"] = f"Bearer {self._tokens[scope]}"
+        response = yield request
+        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+        bearer = [c for c in challenges if c.scheme == "bearer"]
+        if response.status_code not in (401, 403) or not bearer:
+            return
+        values = bearer[0].params
+        params = {"service": values["service"], "scope": values.get("scope", "")}
+        token = httpx.get(values["realm"], params=params, auth=self._basic, verify=self._verify).json()[
+            "token"
+        ]
+        self._tokens[scope] = token
+        request.headers["authorization"] = f"Bearer {token}"
+        yield request
+
+    @staticmethod
+    def _scope_of_path(path: str) -> str:
+        for marker in ("/blobs/", "/manifests/", "/tags/", "/referrers/"):
+            if marker in path:
+                return path.split(marker)[0]
+        return path

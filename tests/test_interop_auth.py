@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -166,7 +165,7 @@ def test_oras_login_push_and_pull(auth: AuthServer, tmp_path: Path, monkeypatch:
 
     bob = sdk.provider.Registry(hostname=auth.host, tls_verify=str(auth.ca))  # type: ignore[attr-defined]
     bob.auth.set_basic_auth("bob", USERS["bob"])
-    with pytest.raises(Exception, match="(?i)denied|unauthorized|401|403"):
+    with pytest.raises(Exception, match=r"(?i)denied|unauthorized|401|403"):
         bob.push(target=f"{auth.host}/team-a/by-bob:v1", files=[artifact.name], quiet=True)
 
 
@@ -213,4 +212,3 @@ def test_distribution_as_a_pull_through_cache_of_an_authenticated_registry(
         cache.stop()
     log = auth.server.log.read_text()
     assert USERS["alice"] not in log
-    _ = os  # noqa

@@ -155,7 +155,9 @@ class Registry:
         return self.authorize_hook is not allow_all
 
     async def may(self, request: Request, repository: str, action: Action) -> bool:
-        """Whether the caller may, for filtering listings; refusals are not errors here."""
+        """Whether the caller may, where a refusal is no error: filtering listings, choosing a
+        mount's source. With access control this asks the policy for the caller's user, so
+        a token granting push on the target need not list every repository it may mount from."""
         if isinstance(self.authorize_hook, AccessControl):
             return await self.authorize_hook.may(request, repository, action)
         try:

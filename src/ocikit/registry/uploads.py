@@ -124,9 +124,7 @@ async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> 
         size = await reg.metadata.linked_blob_size(repository, digest)
         if size is None or await reg.blobs.size(digest) is None:
             continue
-        try:
-            await reg.authorize(request, repository, "pull")
-        except RegistryError:
+        if not await reg.may(request, repository, "pull"):
             continue  # a source the caller may not read is no source
         async with reg.blobs.publishing():
             await reg.metadata.link_blob(name, digest, size)
