@@ -134,7 +134,12 @@ class AuthServer:
 
 
 def start_auth_server(
-    workdir: Path, *, policy: str = POLICY, extra: list[str] | None = None, tls: bool = True
+    workdir: Path,
+    *,
+    policy: str = POLICY,
+    extra: list[str] | None = None,
+    tls: bool = True,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> AuthServer:
     workdir.mkdir(parents=True, exist_ok=True)
     htpasswd = htpasswd_file(workdir / "htpasswd", USERS)
@@ -145,7 +150,9 @@ def start_auth_server(
     if tls:
         key, cert = issue_certificate(workdir, (ca_key, ca_cert), "registry")
         args += ["--tls-cert", str(cert), "--tls-key", str(key)]
-    server = start_registry(workdir / "data", extra=args, ca=ca_cert if tls else None)
+    server = start_registry(
+        workdir / "data", extra=args, ca=ca_cert if tls else None, client_cert=client_cert
+    )
     return AuthServer(server, ca_cert, htpasswd, policy_file)
 
 

@@ -95,10 +95,15 @@ class ServerProcess:
 
 
 def start_registry(
-    root: Path, extra: list[str] | None = None, log: Path | None = None, ca: Path | None = None
+    root: Path,
+    extra: list[str] | None = None,
+    log: Path | None = None,
+    ca: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> ServerProcess:
     """``ocikit serve`` on a free port; with ``ca`` it serves HTTPS (``extra`` names the
-    certificate that CA signed) and is waited for with that CA trusted."""
+    certificate that CA signed) and is waited for with that CA trusted, and with the client
+    certificate ``(key, cert)`` when it demands one."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     log = log or root.parent / f"{root.name}-serve.log"
@@ -113,7 +118,9 @@ def start_registry(
     scheme = "https" if ca is not None else "http"
     server = ServerProcess(f"{scheme}://{host}", host, root, process, log, args, ca)
     try:
-        verify = ssl.create_default_context(cafile=str(ca)) if ca else True
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
+        if client_cert is not None and isinstance(verify, ssl.SSLContext):
+            verify.load_cert_chain(str(client_cert[1]), str(client_cert[0]))
         wait_for_http(f"{server.url}/v2/", process, verify=verify)
     except RuntimeError:
         server.stop()

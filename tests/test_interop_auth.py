@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from auth_helpers import USERS, AuthServer, start_auth_server
+from auth_helpers import USERS, AuthServer, issue_certificate, make_ca, start_auth_server
 from client_servers import start_distribution
 from conftest import OCIKIT, REQUIRE_ALL, require_tool
 from registry_helpers import push_image
@@ -212,3 +212,33 @@ def test_distribution_as_a_pull_through_cache_of_an_authenticated_registry(
         cache.stop()
     log = auth.server.log.read_text()
     assert USERS["alice"] not in log
+
+
+def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path: Path) -> None:
+    """Granian checks the client certificate at the handshake; it cannot name a user (the
+    certificate does not reach the application), so credentials are still needed."""
+    curl = require_tool("curl", "a plain HTTP client")
+    ca = make_ca(tmp_path, "client-ca")
+    client_key, client_cert = issue_certificate(tmp_path, ca, "client-bob")
+    server = start_auth_server(
+        tmp_path / "server", extra=["--tls-client-ca", str(ca[1])], client_cert=(client_key, client_cert)
+    )
+    try:
+        base = [
+            curl,
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            "--cacert",
+            server.ca,
+        ]
+        url = f"{server.url}/v2/"
+        without = run(*base, url)
+        assert without.returncode != 0  # the handshake fails
+        with_certificate = [*base, "--cert", client_cert, "--key", client_key]
+        assert run(*with_certificate, url).stdout == "401"
+        assert run(*with_certificate, "--user", f"bob:{USERS['bob']}", url).stdout == "200"
+    finally:
+        server.stop()

@@ -11,6 +11,9 @@ import http.client
 import json
 import os
 import ssl
+import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -553,3 +556,20 @@ def test_bad_access_settings_stop_the_server_with_a_message(tmp_path: Path) -> N
     bad.write_text("alice:$apr1$weak$hash\n")
     with pytest.raises(RuntimeError, match="not bcrypt"):
         start_registry(tmp_path / "data", extra=["--htpasswd", str(bad)])
+
+
+def test_processes_starting_together_share_one_generated_key(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "token-key.pem"
+    code = (
+        "import sys; from pathlib import Path; from ocikit.registry.auth.keys import key_id, load_or_create_key;"
+        "print(key_id(load_or_create_key(Path(sys.argv[1])).public_key()))"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    key_ids = {process.communicate(timeout=60)[0].strip() for process in processes}
+    assert len(key_ids) == 1
+    assert "" not in key_ids
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["token-key.pem"]  # no temporary files left
