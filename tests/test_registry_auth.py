@@ -561,7 +561,8 @@ def test_bad_access_settings_stop_the_server_with_a_message(tmp_path: Path) -> N
 def test_processes_starting_together_share_one_generated_key(tmp_path: Path) -> None:
     path = tmp_path / "data" / "token-key.pem"
     code = (
-        "import sys; from pathlib import Path; from ocikit.registry.auth.keys import key_id, load_or_create_key;"
+        "import sys; from pathlib import Path;"
+        "from ocikit.registry.auth.keys import key_id, load_or_create_key;"
         "print(key_id(load_or_create_key(Path(sys.argv[1])).public_key()))"
     )
     processes = [

@@ -9,6 +9,7 @@ the file version it was checked against.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import os
@@ -51,6 +52,10 @@ class HtpasswdFile:
         self._secret = secrets.token_bytes(32)
         self._verified: dict[bytes, bytes] = {}  # HMAC of the credentials -> the hash they matched
 
+    def _usual_cost(self) -> int:
+        hashes = self._file.value.values()
+        return _cost(next(iter(hashes))) if hashes else 5
+
     def exists(self, user: str) -> bool:
         return user in self._file.value
 
@@ -62,8 +67,8 @@ class HtpasswdFile:
         key = hmac.new(self._secret, user.encode() + b"\0" + secret, hashlib.sha256).digest()
         if hashed is not None and self._verified.get(key) == hashed:
             return True  # the same credentials matched this very hash before
-        # An unknown user costs a bcrypt too, so timing does not tell which users exist.
-        target = hashed if hashed is not None else _DUMMY_HASH
+        # An unknown user costs a bcrypt of the same cost, so timing tells no user names.
+        target = hashed if hashed is not None else _dummy_hash(self._usual_cost())
         matched = await asyncio.to_thread(bcrypt.checkpw, secret, target)
         if not matched or hashed is None:
             return False
@@ -73,4 +78,12 @@ class HtpasswdFile:
         return True
 
 
-_DUMMY_HASH: Final = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
+def _cost(hashed: bytes) -> int:
+    """The work factor of a ``$2y$NN$…`` hash."""
+    field = hashed[4:6]
+    return int(field) if field.isdigit() and 4 <= int(field) <= 31 else 5
+
+
+@functools.cache
+def _dummy_hash(cost: int) -> bytes:
+    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
