@@ -574,3 +574,74 @@ def test_processes_starting_together_share_one_generated_key(tmp_path: Path) -> 
     assert "" not in key_ids
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["token-key.pem"]  # no temporary files left
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"tls_cert": "CERT"}, "tls_cert and tls_key go together"),
+        ({"tls_client_ca": "CERT"}, "tls_client_ca needs tls_cert"),
+        ({"token_certs": "CERT"}, "needs token_realm, token_issuer and token_service"),
+        ({"token_certs": "CERT", "token_jwks": "CERT"}, "not both"),
+        ({"htpasswd": "/nonexistent/htpasswd"}, "is not a readable file"),
+        ({"token_lifetime": "5"}, "at least 10 seconds"),
+        ({"rate_limit_user": "-1"}, "must not be negative"),
+    ],
+)
+def test_inconsistent_access_settings_are_refused(
+    tmp_path: Path, flags: dict[str, str], message: str
+) -> None:
+    from ocikit.registry.settings import SettingsError, load_settings
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not read at this stage")
+    values = {name: str(cert) if value == "CERT" else value for name, value in flags.items()}
+    with pytest.raises(SettingsError, match=message):
+        load_settings(values, environ={})
+
+
+def test_relative_access_files_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocikit.registry.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "users").write_text("")
+    settings = load_settings({"htpasswd": "users"}, environ={})
+    assert settings.htpasswd == str(tmp_path / "users")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches", "misses"),
+    [
+        ("team-a/*", ["team-a/app", "team-a/x.y"], ["team-a", "team-a/app/sub", "team-ab/app"]),
+        ("base/**", ["base", "base/a", "base/a/b/c"], ["based/a", "other/base/a"]),
+        ("**/cache", ["cache", "a/cache", "a/b/cache"], ["a/cache/x", "a/mycache"]),
+        ("a.b/*-dev", ["a.b/x-dev"], ["axb/x-dev", "a.b/x/y-dev"]),
+        ("**", ["a", "a/b/c"], []),
+    ],
+)
+def test_policy_globs(pattern: str, matches: list[str], misses: list[str]) -> None:
+    from ocikit.registry.auth.policy import compile_glob
+
+    glob = compile_glob(pattern)
+    assert [name for name in matches if glob.match(name)] == matches
+    assert [name for name in misses if glob.match(name)] == []
+
+
+def test_policy_users_groups_and_anonymous() -> None:
+    from ocikit.registry.auth import parse_policy
+
+    policy = parse_policy(
+        b'[groups]\nops = ["olga"]\n'
+        b'[[rule]]\nusers = ["group:ops"]\nrepositories = ["**"]\nactions = ["delete"]\n'
+        b'[[rule]]\nusers = ["*"]\nrepositories = ["**"]\nactions = ["pull"]\n'
+    )
+    assert policy.permits("olga", "any/repo", "delete")
+    assert not policy.permits("bob", "any/repo", "delete")
+    assert policy.permits("bob", "any/repo", "pull")
+    assert not policy.permits(None, "any/repo", "pull")  # "*" is any signed-in user, not anonymous
+    for broken in (b'[[rule]]\nusers = ["group:nope"]\nrepositories = ["*"]\nactions = ["pull"]\n',
+                   b'[[rule]]\nusers = ["a"]\nrepositories = ["*"]\nactions = ["fly"]\n',
+                   b'[[rule]]\nusers = []\nrepositories = ["*"]\nactions = ["pull"]\n',
+                   b'[rules]\n'):  # fmt: skip
+        with pytest.raises(ValueError, match=r"rule|unknown"):
+            parse_policy(broken)
