@@ -252,7 +252,7 @@ def start_distribution(
     scheme = "https" if tls else "http"
     server = Distribution(f"{scheme}://127.0.0.1:{port}", f"127.0.0.1:{port}", root, log, process)
     try:
-        _wait_for_port(port, process)
+        wait_for_port(port, process)
     except RuntimeError:
         server.stop()
         raise RuntimeError(f"docker-registry did not start:\n{log.read_text()[-3000:]}") from None
@@ -261,7 +261,7 @@ def start_distribution(
     return server
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

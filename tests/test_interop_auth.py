@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from auth_helpers import USERS, AuthServer, issue_certificate, make_ca, start_auth_server
-from client_servers import start_distribution
-from conftest import OCIKIT, REQUIRE_ALL, require_tool
+from client_servers import start_distribution, wait_for_port
+from conftest import OCIKIT, REQUIRE_ALL, free_port, require_tool
 from registry_helpers import push_image
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -242,3 +242,58 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path:
         assert run(*with_certificate, "--user", f"bob:{USERS['bob']}", url).stdout == "200"
     finally:
         server.stop()
+
+
+def test_client_certificates_name_users_through_a_tls_proxy(tmp_path: Path) -> None:
+    """HAProxy verifies client certificates and passes the CN in a header it overwrites; the
+    registry believes that header only from the proxy's address (127.0.0.2 here)."""
+    haproxy = require_tool("haproxy", "a TLS-terminating proxy that passes the client certificate's CN")
+    curl = require_tool("curl", "a plain HTTP client")
+    client_ca = make_ca(tmp_path, "client-ca")
+    bob = issue_certificate(tmp_path, client_ca, "bob")
+    mallory = issue_certificate(tmp_path, client_ca, "mallory")
+    server_ca = make_ca(tmp_path, "proxy-ca")
+    proxy_key, proxy_cert = issue_certificate(tmp_path, server_ca, "proxy")
+    bundle = tmp_path / "proxy.pem"
+    bundle.write_text(proxy_cert.read_text() + proxy_key.read_text())
+    registry = start_auth_server(
+        tmp_path / "registry",
+        tls=False,
+        extra=["--client-cert-header", "X-Client-CN", "--client-cert-proxies", "127.0.0.2"],
+    )
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend tls\n  bind 127.0.0.1:{port} ssl crt {bundle} ca-file {client_ca[1]} verify required\n"
+        "  http-request set-header X-Client-CN %[ssl_c_s_dn(cn)]\n  default_backend registry\n"
+        f"backend registry\n  server ocikit {registry.host} source 127.0.0.2\n"
+    )
+    proxy = subprocess.Popen(
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        url = f"https://127.0.0.1:{port}"
+        wait_for_port(port, proxy)  # type: ignore[arg-type]
+
+        def push(certificate: tuple[Path, Path], repository: str, *extra: str) -> str:
+            data = f"{certificate[1].name} {repository}"
+            digest = "sha256:" + hashlib.sha256(data.encode()).hexdigest()
+            return run(
+                curl, "--silent", "--output", str(tmp_path / "answer"), "--write-out", "%{http_code}",
+                "--cacert", server_ca[1], "--cert", certificate[1], "--key", certificate[0], *extra,
+                "--data-binary", data, "--header", "Content-Type: application/octet-stream",
+                f"{url}/v2/{repository}/blobs/uploads/?digest={digest}",
+            ).stdout  # fmt: skip
+
+        assert push(bob, "team-b/by-certificate") == "201", (tmp_path / "answer").read_text()
+        assert push(mallory, "team-b/by-certificate") == "403"  # mallory has no rule
+        assert push(mallory, "team-b/by-certificate", "--header", "X-Client-CN: bob") == "403"
+        with httpx.Client(base_url=registry.url, headers={"X-Client-CN": "bob"}) as direct:
+            assert direct.get("/v2/").status_code == 401  # the header from elsewhere is refused
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        registry.stop()
+    audit = [line for line in registry.server.log.read_text().splitlines() if "ocikit.registry.audit" in line]
+    assert any('"user":"bob"' in line and "team-b/by-certificate" in line for line in audit)

@@ -7,6 +7,7 @@ variable names and ``ocikit serve --help`` are all derived, so they cannot drift
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +61,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    client_cert_header: str = ""
+    client_cert_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     rate_limit_user: float = 0
     rate_limit_address: float = 0
     rate_limit_burst: int = 100
@@ -122,6 +125,13 @@ SETTINGS: Final = (
     SettingInfo("tls_cert", "PEM certificate (chain) to serve HTTPS with"),
     SettingInfo("tls_key", "PEM private key of --tls-cert"),
     SettingInfo("tls_client_ca", "require client certificates issued by this CA (mutual TLS)"),
+    SettingInfo(
+        "client_cert_header",
+        "header in which a TLS-terminating proxy passes the verified client certificate's CN (the user)",
+    ),
+    SettingInfo(
+        "client_cert_proxies", "addresses or networks of the proxies whose client_cert_header is believed"
+    ),
     SettingInfo("rate_limit_user", "requests per second per signed-in user, per worker (0: no limit)"),
     SettingInfo("rate_limit_address", "requests per second per client address, per worker (0: no limit)"),
     SettingInfo("rate_limit_burst", "requests a user or address may make at once above the rate"),
@@ -228,6 +238,11 @@ def _check_access_settings(settings: Settings) -> Settings:
         settings.token_realm and settings.token_issuer and settings.token_service
     ):
         raise SettingsError("an external token server needs token_realm, token_issuer and token_service")
+    try:
+        for proxy in settings.client_cert_proxies:
+            ipaddress.ip_network(proxy, strict=False)
+    except ValueError as exc:
+        raise SettingsError(f"client_cert_proxies: {exc}") from None
     if settings.token_lifetime < 10:
         raise SettingsError("token_lifetime must be at least 10 seconds")
     files: dict[str, Any] = {}

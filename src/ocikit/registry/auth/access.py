@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from ..errors import RegistryError
@@ -27,6 +28,7 @@ __all__ = [
     "AccessControl",
     "AuthenticationFailed",
     "Authenticator",
+    "CertificateHeader",
     "CredentialAuthenticator",
     "Permits",
     "client_address",
@@ -39,7 +41,8 @@ _IDENTITY_KEY: Final = "ocikit.identity"
 #: Credentials longer than this are refused unread: no client needs more, and an attacker
 #: must not make the registry decode or hash megabytes.
 MAX_AUTHORIZATION_LENGTH: Final = 16 * 1024
-_SAFE_HOST: Final = re.compile(r"^[A-Za-z0-9.\-:\[\]]{1,255}$")
+_SAFE_HOST: Final = re.compile(r"[A-Za-z0-9.\-:\[\]]{1,255}")
+_CERTIFICATE_USER: Final = re.compile(r"[\w.@+-][\w.@+ -]{0,254}")
 
 
 class AuthenticationFailed(Exception):
@@ -71,9 +74,35 @@ def basic_credentials(value: str) -> tuple[str, str]:
     return user, password
 
 
+class CertificateHeader:
+    """The user a TLS-terminating proxy names: the CN of the client certificate it verified,
+    in a header it sets. Believed only from the proxies' own addresses, since any client can
+    send any header; the proxy must overwrite the header, never pass a client's through."""
+
+    def __init__(self, name: str, proxies: Sequence[str]) -> None:
+        self.name = name.lower()
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in proxies]
+
+    def user(self, request: Request) -> str | None:
+        value = request.headers.get(self.name)
+        if value is None:
+            return None
+        try:
+            sender = ipaddress.ip_address(client_address(request))
+        except ValueError:
+            sender = None
+        if sender is None or not any(sender in network for network in self._proxies):
+            raise AuthenticationFailed(f"{self.name} is accepted only from the TLS proxy")
+        user = value.strip()
+        if not _CERTIFICATE_USER.fullmatch(user):
+            raise AuthenticationFailed("the certificate names no usable user")
+        return user
+
+
 class CredentialAuthenticator:
-    """Basic credentials checked against an htpasswd file, and bearer tokens checked by a
-    :class:`TokenVerifier`; no ``Authorization`` header is an anonymous caller."""
+    """Basic credentials checked against an htpasswd file, bearer tokens checked by a
+    :class:`TokenVerifier`, and (without an ``Authorization`` header) the client certificate
+    a TLS proxy verified; none of these is an anonymous caller."""
 
     def __init__(
         self,
@@ -81,15 +110,18 @@ class CredentialAuthenticator:
         htpasswd: HtpasswdFile | None,
         verifier: TokenVerifier | None,
         throttle: LoginThrottle | None = None,
+        certificate: CertificateHeader | None = None,
     ) -> None:
         self.htpasswd = htpasswd
         self.verifier = verifier
         self.throttle = throttle or LoginThrottle()
+        self.certificate = certificate
 
     async def __call__(self, request: Request) -> Identity:
         header = request.headers.get("authorization")
         if header is None:
-            return ANONYMOUS_IDENTITY
+            user = self.certificate.user(request) if self.certificate is not None else None
+            return Identity(user=user, via="certificate") if user else ANONYMOUS_IDENTITY
         if len(header) > MAX_AUTHORIZATION_LENGTH:
             raise AuthenticationFailed("the Authorization header is too long")
         scheme, _, value = header.strip().partition(" ")
@@ -231,7 +263,7 @@ class AccessControl:
         if self.realm:
             return self.realm
         host = request.headers.get("host", "")
-        if not _SAFE_HOST.match(host):
+        if not _SAFE_HOST.fullmatch(host):
             server = request.scope.get("server") or ("127.0.0.1", 80)
             host = f"{server[0]}:{server[1]}"
         scheme = request.scope.get("scheme", "http")

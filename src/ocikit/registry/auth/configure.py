@@ -8,7 +8,7 @@ from typing import Final
 
 from ..hooks import Action
 from ..settings import Settings
-from .access import AccessControl, CredentialAuthenticator, Permits
+from .access import AccessControl, CertificateHeader, CredentialAuthenticator, Permits
 from .endpoint import TokenEndpoint
 from .htpasswd import HtpasswdFile
 from .keys import load_or_create_key, load_signing_key
@@ -43,7 +43,12 @@ def access_from_settings(settings: Settings) -> Configured | None:
     """None when the settings ask for no access control at all (the open registry)."""
     external = bool(settings.token_certs or settings.token_jwks)
     htpasswd = HtpasswdFile(settings.htpasswd) if settings.htpasswd else None
-    signs_in = external or htpasswd is not None
+    certificate = (
+        CertificateHeader(settings.client_cert_header, settings.client_cert_proxies)
+        if settings.client_cert_header
+        else None
+    )
+    signs_in = external or htpasswd is not None or certificate is not None
     limited = settings.rate_limit_user > 0 or settings.rate_limit_address > 0
     if not (signs_in or settings.policy or limited):
         return None
@@ -68,7 +73,7 @@ def access_from_settings(settings: Settings) -> Configured | None:
     permits: Permits = (
         PolicyFile(settings.policy) if settings.policy else signed_in_users_only if signs_in else _everyone
     )
-    authenticator = CredentialAuthenticator(htpasswd=htpasswd, verifier=verifier)
+    authenticator = CredentialAuthenticator(htpasswd=htpasswd, verifier=verifier, certificate=certificate)
     burst = settings.rate_limit_burst
     access = AccessControl(
         authenticate=authenticator,
