@@ -13,13 +13,15 @@ is not an error: it is left out of the token, and the registry refuses the reque
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 from ...spec.reference import is_valid_repository
 from ..errors import RegistryError
+from ..hooks import Action
 from ..http import BodyTooLarge, Request, Response
 from .access import (
+    MAX_AUTHORIZATION_LENGTH,
     AccessControl,
     AuthenticationFailed,
     CredentialAuthenticator,
@@ -29,12 +31,9 @@ from .access import (
 )
 from .tokens import InvalidToken, TokenIssuer
 
-if TYPE_CHECKING:
-    from ..hooks import Action
-
 __all__ = ["TokenEndpoint"]
 
-_REPOSITORY_ACTIONS: Final = ("pull", "push", "delete")
+_REPOSITORY_ACTIONS: Final[tuple[Action, ...]] = ("pull", "push", "delete")
 _MAX_FORM: Final = 64 * 1024
 _MAX_SCOPES: Final = 32
 
@@ -81,7 +80,7 @@ class TokenEndpoint:
     async def _basic_login(self, request: Request, header: str) -> str:
         scheme, _, value = header.strip().partition(" ")
         try:
-            if scheme.lower() != "basic" or len(header) > 16 * 1024:
+            if scheme.lower() != "basic" or len(header) > MAX_AUTHORIZATION_LENGTH:
                 raise AuthenticationFailed("the token endpoint takes Basic credentials")
             user, password = basic_credentials(value)
             await self.authenticator.login(user, password, client_address(request))
@@ -147,18 +146,12 @@ class TokenEndpoint:
             if kind == "registry" and name == "catalog" and "*" in wanted:
                 granted[("registry", "catalog")] = ["*"]
             elif kind == "repository" and is_valid_repository(name):
-                if "*" in wanted:
-                    wanted = list(_REPOSITORY_ACTIONS)
                 have = granted.setdefault(("repository", name), [])
-                for action in wanted:
+                for action in _REPOSITORY_ACTIONS:
                     if (
-                        action in _REPOSITORY_ACTIONS
+                        (action in wanted or "*" in wanted)
                         and action not in have
-                        and self._permits(user, name, action)
+                        and self.access.permits(user, name, action)
                     ):
                         have.append(action)
         return [{"type": k, "name": n, "actions": a} for (k, n), a in granted.items() if a]
-
-    def _permits(self, user: str | None, repository: str, action: str) -> bool:
-        checked: Action = action  # type: ignore[assignment]
-        return self.access.permits(user, repository, checked)
