@@ -17,6 +17,7 @@ from conftest import run_page_examples
         ("snapshots.md", 12),
         ("proxmox-lxc.md", 5),
         ("security.md", 20),
+        ("registry.md", 9),
     ],
 )
 def test_examples_run(page: str, minimum: int) -> None:

@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Final
 
 import msgspec
@@ -27,7 +26,8 @@ from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
 from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
 from .settings import Settings
-from .storage.base import BlobStore, MetadataStore
+from .storage import blob_store_for, metadata_store_for
+from .storage.base import BlobStore, MetadataStore, StorageUnavailable
 
 __all__ = ["Registry", "create_app"]
 
@@ -91,14 +91,8 @@ class Registry:
         event_hooks: Sequence[EventHook] = (),
     ) -> None:
         self.settings = settings or Settings()
-        root = Path(self.settings.root)
-        from .storage.filesystem import FilesystemBlobStore
-        from .storage.sqlite import SQLiteMetadataStore
-
-        self.blobs: BlobStore = blobs if blobs is not None else FilesystemBlobStore(root)
-        self.metadata: MetadataStore = (
-            metadata if metadata is not None else SQLiteMetadataStore(root / "metadata.db")
-        )
+        self.blobs: BlobStore = blobs if blobs is not None else blob_store_for(self.settings)
+        self.metadata: MetadataStore = metadata if metadata is not None else metadata_store_for(self.settings)
         #: The access control built from the settings (None: open, or ``authorize`` was given).
         self.access: AccessControl | None = None
         self.token_endpoint: TokenEndpoint | None = None
@@ -215,6 +209,14 @@ class Registry:
             )
         except ClientDisconnected:
             return Response(status=400)
+        except StorageUnavailable as exc:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            unavailable = RegistryError("UNAVAILABLE", str(exc))
+            response = Response(
+                status=503,
+                headers=[("content-type", "application/json"), ("retry-after", "1")],
+                body=unavailable.body(),
+            )
         except Exception:
             log.exception("unhandled error for %s %s", request.method, request.path)
             internal = RegistryError("UNSUPPORTED", "internal error", status=500)
@@ -308,7 +310,8 @@ def create_app(
     authorize: Authorizer | None = None,
     event_hooks: Sequence[EventHook] = (),
 ) -> Registry:
-    """The registry as an ASGI application, on the embedded storage unless others are given.
+    """The registry as an ASGI application, on the stores given, else on those the settings
+    name (``storage``, ``metadata``: files and SQLite under ``root`` by default).
 
     Without ``authorize`` access control follows the settings (``htpasswd``, ``policy``,
     ``token_*``, ``rate_limit_*``; open when none is set); its two halves stay replaceable as
