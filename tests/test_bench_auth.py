@@ -25,4 +25,5 @@ def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
     assert set(report["manifest_get"]) == {"ocikit", "ocikit-auth", "distribution", "distribution-auth"}
     assert all(rate > 0 for rate in report["manifest_get"].values())
     assert report["token_issuance_per_s"] > 0
+    assert report["authorization_check_us"] > 0
     assert list(tmp_path.iterdir()) == [], "the temporary roots must be removed"

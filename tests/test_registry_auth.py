@@ -509,6 +509,21 @@ def test_brute_force_and_request_rates_are_limited(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_requests_per_address_are_limited_everywhere(tmp_path: Path) -> None:
+    server = start_auth_server(
+        tmp_path, tls=False, extra=["--rate-limit-address", "1", "--rate-limit-burst", "4"]
+    )
+    try:
+        with server.client() as client:
+            statuses = [client.get("/v2/").status_code for _ in range(3)]
+            statuses.append(client.get("/token").status_code)  # the token endpoint counts too
+            statuses += [client.get("/v2/public/x/tags/list").status_code for _ in range(3)]
+        assert statuses[:4] == [401, 401, 401, 200]
+        assert statuses[-1] == 429
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------------ external token server
 
 
