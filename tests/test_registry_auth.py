@@ -511,9 +511,10 @@ def test_brute_force_and_request_rates_are_limited(tmp_path: Path) -> None:
 
 def test_requests_per_address_are_limited_everywhere(tmp_path: Path) -> None:
     server = start_auth_server(
-        tmp_path, tls=False, extra=["--rate-limit-address", "1", "--rate-limit-burst", "4"]
+        tmp_path, tls=False, extra=["--rate-limit-address", "2", "--rate-limit-burst", "4"]
     )
     try:
+        time.sleep(2.5)  # the start-up probes took tokens: let the bucket fill up again
         with server.client() as client:
             statuses = [client.get("/v2/").status_code for _ in range(3)]
             statuses.append(client.get("/token").status_code)  # the token endpoint counts too
