@@ -562,6 +562,17 @@ def test_tokens_from_an_external_token_server(tmp_path: Path, trust: str) -> Non
             anonymous = httpx.get(service.realm, params=params).json()["token"]
             with server.client(headers={"authorization": f"Bearer {anonymous}"}) as nobody:
                 assert upload(nobody, "ext/app", b"anonymous").status_code == 403
+            # The same claims from a token server whose key is not trusted.
+            rogue_key, rogue_cert = make_certificate(tmp_path, "rogue-signer")
+            rogue = TokenService(rogue_key, rogue_cert, {"erin": "erin-pw"}, issuer=service.issuer).start()
+            try:
+                forged = httpx.get(rogue.realm, params=params, auth=("erin", "erin-pw")).json()["token"]
+            finally:
+                rogue.stop()
+            with server.client(headers={"authorization": f"Bearer {forged}"}) as mallory:
+                refused = upload(mallory, "ext/app", b"rogue")
+                assert refused.status_code == 401
+                assert 'error="invalid_token"' in refused.headers["www-authenticate"]
     finally:
         server.stop()
         service.stop()
