@@ -86,6 +86,7 @@ class Settings:
 class SettingInfo:
     name: str
     help: str
+    metavar: str = ""  # what the flag takes, when the name's last word does not say
 
     @property
     def env(self) -> str:
@@ -125,30 +126,68 @@ SETTINGS: Final = (
     SettingInfo("gc_grace", "seconds a new blob or untagged manifest is safe from garbage collection"),
     SettingInfo("page_size", "most tags, repositories or referrers in one response"),
     SettingInfo("warnings", "Warning headers to send on every response (comma-separated in the env)"),
-    SettingInfo("htpasswd", "bcrypt htpasswd file of users: turns authentication and the /token endpoint on"),
-    SettingInfo("policy", "TOML access policy (first matching rule decides; default: signed-in users all)"),
-    SettingInfo("token_key", "PEM private key (EC or RSA) signing tokens (default: generated in the root)"),
-    SettingInfo("token_realm", "token endpoint URL named in challenges (default: this registry's /token)"),
     SettingInfo(
-        "token_issuer", "issuer (iss) of tokens issued here (default ocikit) or accepted from outside"
+        "htpasswd",
+        "bcrypt htpasswd file of users: turns authentication and the /token endpoint on",
+        metavar="FILE",
     ),
-    SettingInfo("token_service", "service name and token audience (aud) (default: ocikit)"),
-    SettingInfo("token_certs", "PEM certificates of an external token server whose tokens are accepted"),
-    SettingInfo("token_jwks", "JWK Set file of an external token server whose tokens are accepted"),
-    SettingInfo("token_lifetime", "seconds an issued access token is valid"),
-    SettingInfo("tls_cert", "PEM certificate (chain) to serve HTTPS with"),
-    SettingInfo("tls_key", "PEM private key of --tls-cert"),
-    SettingInfo("tls_client_ca", "require client certificates issued by this CA (mutual TLS)"),
+    SettingInfo(
+        "policy",
+        "TOML access policy (first matching rule decides; default: signed-in users all)",
+        metavar="FILE",
+    ),
+    SettingInfo(
+        "token_key",
+        "PEM private key (EC or RSA) signing tokens (default: generated in the root)",
+        metavar="FILE",
+    ),
+    SettingInfo(
+        "token_realm",
+        "token endpoint URL named in challenges (default: this registry's /token)",
+        metavar="URL",
+    ),
+    SettingInfo(
+        "token_issuer",
+        "issuer (iss) of tokens issued here (default ocikit) or accepted from outside",
+        metavar="NAME",
+    ),
+    SettingInfo("token_service", "service name and token audience (aud) (default: ocikit)", metavar="NAME"),
+    SettingInfo(
+        "token_certs",
+        "PEM certificates of an external token server whose tokens are accepted",
+        metavar="FILE",
+    ),
+    SettingInfo(
+        "token_jwks", "JWK Set file of an external token server whose tokens are accepted", metavar="FILE"
+    ),
+    SettingInfo("token_lifetime", "seconds an issued access token is valid", metavar="SECONDS"),
+    SettingInfo("tls_cert", "PEM certificate (chain) to serve HTTPS with", metavar="FILE"),
+    SettingInfo("tls_key", "PEM private key of --tls-cert", metavar="FILE"),
+    SettingInfo(
+        "tls_client_ca", "require client certificates issued by this CA (mutual TLS)", metavar="FILE"
+    ),
     SettingInfo(
         "client_cert_header",
         "header in which a TLS-terminating proxy passes the verified client certificate's CN (the user)",
     ),
     SettingInfo(
-        "client_cert_proxies", "addresses or networks of the proxies whose client_cert_header is believed"
+        "client_cert_proxies",
+        "addresses or networks of the proxies whose client_cert_header is believed",
+        metavar="ADDRESSES",
     ),
-    SettingInfo("rate_limit_user", "requests per second per signed-in user, per worker (0: no limit)"),
-    SettingInfo("rate_limit_address", "requests per second per client address, per worker (0: no limit)"),
-    SettingInfo("rate_limit_burst", "requests a user or address may make at once above the rate"),
+    SettingInfo(
+        "rate_limit_user",
+        "requests per second per signed-in user, per worker (0: no limit)",
+        metavar="PER_SECOND",
+    ),
+    SettingInfo(
+        "rate_limit_address",
+        "requests per second per client address, per worker (0: no limit)",
+        metavar="PER_SECOND",
+    ),
+    SettingInfo(
+        "rate_limit_burst", "requests a user or address may make at once above the rate", metavar="REQUESTS"
+    ),
     SettingInfo("audit_log", "log every push, mount, tag move and delete with user and address"),
 )
 
