@@ -274,7 +274,7 @@ def test_client_certificates_name_users_through_a_tls_proxy(tmp_path: Path) -> N
     )
     try:
         url = f"https://127.0.0.1:{port}"
-        wait_for_port(port, proxy)  # type: ignore[arg-type]
+        wait_for_port(port, proxy)
 
         def push(certificate: tuple[Path, Path], repository: str, *extra: str) -> str:
             data = f"{certificate[1].name} {repository}"
