@@ -270,7 +270,7 @@ def test_client_certificates_name_users_through_a_tls_proxy(tmp_path: Path) -> N
         f"backend registry\n  server ocikit {registry.host} source 127.0.0.2\n"
     )
     proxy = subprocess.Popen(
-        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         url = f"https://127.0.0.1:{port}"
