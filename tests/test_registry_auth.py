@@ -672,3 +672,23 @@ def test_policy_users_groups_and_anonymous() -> None:
                    b'[rules]\n'):  # fmt: skip
         with pytest.raises(ValueError, match=r"rule|unknown"):
             parse_policy(broken)
+
+
+def test_the_security_page_shows_valid_policies_and_flags() -> None:
+    """docs/security.md: its TOML policy parses, and its ``ocikit serve`` lines use only
+    flags that exist (the Python examples run in test_docs)."""
+    import re
+
+    from conftest import DOCS
+    from ocikit.registry.auth import parse_policy
+    from ocikit.registry.settings import SETTINGS
+
+    page = (DOCS / "security.md").read_text()
+    policies = re.findall(r"```toml\n(.*?)```", page, re.S)
+    assert policies
+    for policy in policies:
+        assert parse_policy(policy.encode()).rules
+    commands = re.findall(r"ocikit serve((?:[^\n]*\\\n)*[^\n]*)", page)
+    used = {flag for command in commands for flag in re.findall(r"(--[a-z][a-z-]+)", command)}
+    assert {"--htpasswd", "--policy", "--token-certs", "--tls-client-ca", "--client-cert-header"} <= used
+    assert used <= {info.flag for info in SETTINGS}
