@@ -16,7 +16,8 @@ packages=(
   lxc              # lxc-execute and lxc-start run what ocikit create --format lxc makes
   time             # GNU time: peak memory of each tool in bench/surgery.py
   postgresql       # the scale-out metadata store: a private cluster per test session
-  haproxy          # the load balancer in front of the scale-out replicas
+  haproxy          # the load balancer in front of the scale-out replicas; the TLS proxy naming certificate users
+  curl             # a plain HTTP client through the registry's token flow and TLS
 )
 missing=()
 for package in "${packages[@]}"; do

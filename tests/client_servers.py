@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -211,10 +212,17 @@ class Distribution:
 
 
 def start_distribution(
-    workdir: Path, *, auth: str = "", tls: tuple[Path, Path] | None = None
+    workdir: Path,
+    *,
+    auth: str = "",
+    tls: tuple[Path, Path] | None = None,
+    proxy: tuple[str, str, str] | None = None,
+    trust: Path | None = None,
 ) -> Distribution:
     """``docker-registry serve`` on a free port, filesystem storage under ``workdir``, deletes
-    enabled; ``auth`` is a YAML ``auth:`` block (already indented by two spaces)."""
+    enabled; ``auth`` is a YAML ``auth:`` block (already indented by two spaces). With
+    ``proxy`` (remote URL, user, password) it is a pull-through cache of that registry, and
+    ``trust`` is a CA bundle it trusts (Go reads ``SSL_CERT_FILE``)."""
     binary = require_tool("docker-registry", "CNCF distribution, the reference registry")
     port = free_port()
     root = workdir / "distribution-data"
@@ -227,15 +235,24 @@ def start_distribution(
         "storage:\n"
         f"  filesystem:\n    rootdirectory: {root}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n{tls_block}" + (f"auth:\n{auth}" if auth else "")
+        f"http:\n  addr: 127.0.0.1:{port}\n{tls_block}"
+        + (f"auth:\n{auth}" if auth else "")
+        + (
+            f"proxy:\n  remoteurl: {proxy[0]}\n  username: {proxy[1]}\n  password: {proxy[2]}\n"
+            if proxy
+            else ""
+        )
     )
+    env = {**os.environ, "SSL_CERT_FILE": str(trust)} if trust else None
     log = workdir / "distribution.log"
     with open(log, "ab") as sink:
-        process = subprocess.Popen([binary, "serve", str(config)], stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
     scheme = "https" if tls else "http"
     server = Distribution(f"{scheme}://127.0.0.1:{port}", f"127.0.0.1:{port}", root, log, process)
     try:
-        _wait_for_port(port, process)
+        wait_for_port(port, process)
     except RuntimeError:
         server.stop()
         raise RuntimeError(f"docker-registry did not start:\n{log.read_text()[-3000:]}") from None
@@ -244,7 +261,7 @@ def start_distribution(
     return server
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,13 +41,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
+def wait_for_http(
+    url: str,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 20,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
         try:
-            httpx.get(url, timeout=1)
+            httpx.get(url, timeout=1, verify=verify)
             return
         except httpx.TransportError:
             time.sleep(0.05)
@@ -63,8 +69,11 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     log: Path
     args: list[str]
+    ca: Path | None = None  # the CA that signed its TLS certificate (None: plain HTTP)
 
     def client(self, **kwargs: object) -> httpx.Client:
+        if self.ca is not None:
+            kwargs.setdefault("verify", ssl.create_default_context(cafile=str(self.ca)))
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
 
     def kill(self) -> None:
@@ -82,11 +91,20 @@ class ServerProcess:
 
     def restart(self) -> None:
         self.stop()
-        started = start_registry(self.root, extra=self.args, log=self.log)
+        started = start_registry(self.root, extra=self.args, log=self.log, ca=self.ca)
         self.process, self.url, self.host = started.process, started.url, started.host
 
 
-def start_registry(root: Path, extra: list[str] | None = None, log: Path | None = None) -> ServerProcess:
+def start_registry(
+    root: Path,
+    extra: list[str] | None = None,
+    log: Path | None = None,
+    ca: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
+) -> ServerProcess:
+    """``ocikit serve`` on a free port; with ``ca`` it serves HTTPS (``extra`` names the
+    certificate that CA signed) and is waited for with that CA trusted, and with the client
+    certificate ``(key, cert)`` when it demands one."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     log = log or root.parent / f"{root.name}-serve.log"
@@ -98,9 +116,13 @@ def start_registry(root: Path, extra: list[str] | None = None, log: Path | None 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(f"http://{host}", host, root, process, log, args)
+    scheme = "https" if ca is not None else "http"
+    server = ServerProcess(f"{scheme}://{host}", host, root, process, log, args, ca)
     try:
-        wait_for_http(f"{server.url}/v2/", process)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
+        if client_cert is not None and isinstance(verify, ssl.SSLContext):
+            verify.load_cert_chain(str(client_cert[1]), str(client_cert[0]))
+        wait_for_http(f"{server.url}/v2/", process, verify=verify)
     except RuntimeError:
         server.stop()
         raise RuntimeError(f"ocikit serve did not start:\n{log.read_text()[-3000:]}") from None

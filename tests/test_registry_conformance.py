@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from auth_helpers import BearerFlow
+from client_servers import htpasswd_file
 from conftest import ServerProcess, start_registry
 from registry_helpers import (
     OCI_CONFIG,
@@ -32,9 +34,26 @@ from registry_helpers import (
 )
 
 
-@pytest.fixture
-def client(registry: ServerProcess) -> Iterator[httpx.Client]:
-    with registry.client() as c:
+@pytest.fixture(scope="module")
+def signed_in_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A registry with users (an htpasswd file, no policy: a signed-in user may do all)."""
+    workdir = tmp_path_factory.mktemp("signed-in")
+    htpasswd = htpasswd_file(workdir / "htpasswd", {"conformance": "conformance-pw"})
+    server = start_registry(workdir / "data", extra=["--htpasswd", str(htpasswd)])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["open", "signed-in"])
+def client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """Every test runs against the open registry and, through the token flow, against one
+    with access control on."""
+    if request.param == "open":
+        with request.getfixturevalue("registry").client() as c:
+            yield c
+        return
+    server: ServerProcess = request.getfixturevalue("signed_in_registry")
+    with server.client(auth=BearerFlow("conformance", "conformance-pw")) as c:
         yield c
 
 

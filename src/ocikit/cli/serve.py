@@ -32,7 +32,7 @@ def register(commands: Any) -> None:
         parser.add_argument(
             info.flag,
             dest=info.name,
-            metavar="BOOL" if info.name in _BOOLEAN else info.name.split("_")[-1].upper(),
+            metavar="BOOL" if info.name in _BOOLEAN else info.metavar or info.name.split("_")[-1].upper(),
             default=None,
             help=f"{info.help} [env {info.env}; default: {shown}]",
         )

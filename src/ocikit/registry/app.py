@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import time
@@ -15,7 +16,10 @@ from typing import Final
 
 from ..spec.digest import Digest, DigestError
 from ..spec.reference import is_valid_repository
-from . import maintenance
+from . import audit, maintenance
+from .auth.access import AccessControl
+from .auth.configure import access_from_settings
+from .auth.endpoint import TokenEndpoint
 from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
 from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
@@ -35,6 +39,10 @@ _MAX_WARNING_BYTES: Final = 4096
 _CLOSE: Final = ("connection", "close")
 _OVERLOADED: Final = RegistryError(
     "TOOMANYREQUESTS", "the server is at its connection limit, retry shortly", status=503
+)
+#: The request being answered, for event hooks that record who did what.
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "ocikit_request", default=None
 )
 
 _ROUTES: Final = [
@@ -81,12 +89,20 @@ class Registry:
         *,
         blobs: BlobStore | None = None,
         metadata: MetadataStore | None = None,
-        authorize: Authorizer = allow_all,
+        authorize: Authorizer | None = None,
         event_hooks: Sequence[EventHook] = (),
     ) -> None:
         self.settings = settings or Settings()
         self.blobs: BlobStore = blobs if blobs is not None else blob_store_for(self.settings)
         self.metadata: MetadataStore = metadata if metadata is not None else metadata_store_for(self.settings)
+        #: The access control built from the settings (None: open, or ``authorize`` was given).
+        self.access: AccessControl | None = None
+        self.token_endpoint: TokenEndpoint | None = None
+        if authorize is None:
+            configured = access_from_settings(self.settings)
+            if configured is not None:
+                self.access, self.token_endpoint = configured.access, configured.token_endpoint
+            authorize = self.access or allow_all
         self.authorize_hook = authorize
         self.event_hooks = list(event_hooks)
         self._handlers = _handlers()
@@ -133,7 +149,28 @@ class Registry:
     async def authorize(self, request: Request, repository: str | None, action: Action) -> None:
         await self.authorize_hook(request, repository, action)
 
+    @property
+    def filters_listings(self) -> bool:
+        """Whether listings must be cut to what the caller may pull (not for ``allow_all``)."""
+        return self.authorize_hook is not allow_all
+
+    async def may(self, request: Request, repository: str, action: Action) -> bool:
+        """Whether the caller may, where a refusal is no error: filtering listings, choosing a
+        mount's source. With access control this asks the policy for the caller's user, so
+        a token granting push on the target need not list every repository it may mount from."""
+        if isinstance(self.authorize_hook, AccessControl):
+            return await self.authorize_hook.may(request, repository, action)
+        try:
+            await self.authorize_hook(request, repository, action)
+        except RegistryError as error:
+            if error.code in ("UNAUTHORIZED", "DENIED"):
+                return False
+            raise
+        return True
+
     async def emit(self, event: Event) -> None:
+        if self.settings.audit_log:
+            audit.record(event, current_request.get())
         for hook in self.event_hooks:
             try:
                 await hook(event)
@@ -184,6 +221,7 @@ class Registry:
     async def _respond(self, request: Request) -> Response:
         """The handler's response; an error's, with the connection closed when the client
         stalled or left an unread body too large to wait for."""
+        current_request.set(request)
         try:
             return await self._dispatch(request)
         except RegistryError as error:
@@ -218,6 +256,8 @@ class Registry:
             if request.method != "GET":
                 raise RegistryError("UNSUPPORTED", f"{request.method} is not allowed here")
             return await discovery.catalog(self, request, "", "")
+        if path == "/token" and self.token_endpoint is not None:
+            return await self.token_endpoint(request)
         for pattern, route in _ROUTES:
             match = pattern.match(path)
             if match is None:
@@ -264,9 +304,13 @@ def create_app(
     *,
     blobs: BlobStore | None = None,
     metadata: MetadataStore | None = None,
-    authorize: Authorizer = allow_all,
+    authorize: Authorizer | None = None,
     event_hooks: Sequence[EventHook] = (),
 ) -> Registry:
     """The registry as an ASGI application, on the stores given, else on those the settings
-    name (``storage``, ``metadata``: files and SQLite under ``root`` by default)."""
+    name (``storage``, ``metadata``: files and SQLite under ``root`` by default).
+
+    Without ``authorize`` access control follows the settings (``htpasswd``, ``policy``,
+    ``token_*``, ``rate_limit_*``; open when none is set); its two halves stay replaceable as
+    ``app.access.authenticate`` and ``app.access.permits``."""
     return Registry(settings, blobs=blobs, metadata=metadata, authorize=authorize, event_hooks=event_hooks)

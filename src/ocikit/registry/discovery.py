@@ -47,10 +47,25 @@ async def tags(reg: Registry, request: Request, name: str, _: str) -> Response:
     return Response.json({"name": name, "tags": found}, headers=headers)
 
 
+async def _visible_repositories(reg: Registry, request: Request, limit: int, last: str | None) -> list[str]:
+    """Up to ``limit`` repositories after ``last`` that the caller may pull: pages are read
+    until enough are visible, so hidden repositories leave no gaps and no hints."""
+    if not reg.filters_listings:
+        return await reg.metadata.repositories(limit, last)
+    visible: list[str] = []
+    while len(visible) < limit:
+        batch = await reg.metadata.repositories(limit, last)
+        visible += [name for name in batch if await reg.may(request, name, "pull")]
+        if len(batch) < limit:
+            break
+        last = batch[-1]
+    return visible[:limit]
+
+
 async def catalog(reg: Registry, request: Request, _name: str, _arg: str) -> Response:
     await reg.authorize(request, None, "catalog")
     limit, last = _page_size(reg, request), request.param("last")
-    found = await reg.metadata.repositories(limit + 1, last) if limit else []
+    found = await _visible_repositories(reg, request, limit + 1, last) if limit else []
     headers = []
     if len(found) > limit:
         found = found[:limit]

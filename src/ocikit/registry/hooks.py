@@ -1,9 +1,9 @@
 """Extension points: who may do what (authorization) and what happened (events).
 
-Authentication plugs in here later without touching a handler: an authorizer sees every
-request with the repository and the action it needs, and refuses by raising
-:class:`~ocikit.registry.errors.RegistryError` (``UNAUTHORIZED`` with a ``WWW-Authenticate``
-header, or ``DENIED``).
+An authorizer sees every request with the repository and the action it needs, and refuses
+by raising :class:`~ocikit.registry.errors.RegistryError` (``UNAUTHORIZED`` with a
+``WWW-Authenticate`` header, or ``DENIED``). :class:`ocikit.registry.auth.AccessControl` is
+the one the settings build (users, tokens, policies); any async callable will do.
 """
 
 from __future__ import annotations

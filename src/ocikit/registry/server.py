@@ -21,6 +21,7 @@ import signal
 import socket
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any, Final
 
 from .app import Registry, create_app
@@ -157,6 +158,37 @@ def _bind_failure(address: str, port: int, exc: OSError) -> str:
 # ------------------------------------------------------------------------- serving
 
 
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    """Granian's TLS: TLS 1.2 at least (clients such as skopeo and Docker still use it), and
+    with ``tls_client_ca`` every connection must show a certificate issued by that CA.
+    Granian 2.8 does not pass the client's certificate to the application, so it admits a
+    connection but does not name a user: users still sign in with a password or a token."""
+    if not settings.tls_cert:
+        return {}
+    from granian.constants import SSLProtocols
+
+    options: dict[str, Any] = {
+        "ssl_cert": Path(settings.tls_cert),
+        "ssl_key": Path(settings.tls_key),
+        "ssl_protocol_min": SSLProtocols.tls12,
+    }
+    if settings.tls_client_ca:
+        options |= {"ssl_ca": Path(settings.tls_client_ca), "ssl_client_verify": True}
+    return options
+
+
+def _prepare_access(settings: Settings) -> None:
+    """Build the access control once before the workers start: a bad htpasswd, policy or
+    key fails here with a clear message, and the generated signing key exists before several
+    workers could race to make it."""
+    from .auth.configure import access_from_settings
+
+    try:
+        access_from_settings(settings)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"access control: {exc}") from None
+
+
 def _granian_server(listener: socket.socket, settings: Settings, fd_limit: int) -> Any:
     """Granian on ``listener`` rather than on sockets of its own (see :func:`_listen`)."""
     from granian._granian import SocketHolder
@@ -191,6 +223,7 @@ def _granian_server(listener: socket.socket, settings: Settings, fd_limit: int) 
         backpressure=accepted,
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout * 1000)),
         workers_kill_timeout=_SHUTDOWN_GRACE,
+        **_tls_options(settings),
     )
 
 
@@ -199,12 +232,14 @@ def serve(settings: Settings) -> None:
     _configure_logging(settings)
     _prepare_root(settings.root)
     _check_storage(settings)
+    _prepare_access(settings)
     fd_limit = _raise_fd_limit()
     listener = _listen(settings)
     os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
     os.environ[_PARENT_VARIABLE] = str(os.getpid())
     log.info(
-        "ocikit registry on http://%s:%d, data in %s, %d worker(s)",
+        "ocikit registry on %s://%s:%d, data in %s, %d worker(s)",
+        "https" if settings.tls_cert else "http",
         settings.host,
         settings.port,
         settings.root,

@@ -7,10 +7,11 @@ variable names and ``ocikit serve --help`` are all derived, so they cannot drift
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,6 +63,24 @@ class Settings:
     header_timeout: float = 30
     body_timeout: float = 60
     max_connections: int = 10000
+    htpasswd: str = ""
+    policy: str = ""
+    token_key: str = ""
+    token_realm: str = ""
+    token_issuer: str = ""
+    token_service: str = ""
+    token_certs: str = ""
+    token_jwks: str = ""
+    token_lifetime: int = 300
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    client_cert_header: str = ""
+    client_cert_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    rate_limit_user: float = 0
+    rate_limit_address: float = 0
+    rate_limit_burst: int = 100
+    audit_log: bool = True
 
     @property
     def host(self) -> str:
@@ -76,6 +95,7 @@ class Settings:
 class SettingInfo:
     name: str
     help: str
+    metavar: str = ""  # what the flag takes, when the name's last word does not say
 
     @property
     def env(self) -> str:
@@ -118,6 +138,69 @@ SETTINGS: Final = (
     SettingInfo("header_timeout", "seconds a client has to send a request's headers"),
     SettingInfo("body_timeout", "seconds a request body may pause between two reads before a 408"),
     SettingInfo("max_connections", "requests a worker serves at once; above it, a fast 503"),
+    SettingInfo(
+        "htpasswd",
+        "bcrypt htpasswd file of users: turns authentication and the /token endpoint on",
+        metavar="FILE",
+    ),
+    SettingInfo(
+        "policy",
+        "TOML access policy (first matching rule decides; default: signed-in users all)",
+        metavar="FILE",
+    ),
+    SettingInfo(
+        "token_key",
+        "PEM private key (EC or RSA) signing tokens (default: generated in the root)",
+        metavar="FILE",
+    ),
+    SettingInfo(
+        "token_realm",
+        "token endpoint URL named in challenges (default: this registry's /token)",
+        metavar="URL",
+    ),
+    SettingInfo(
+        "token_issuer",
+        "issuer (iss) of tokens issued here (default ocikit) or accepted from outside",
+        metavar="NAME",
+    ),
+    SettingInfo("token_service", "service name and token audience (aud) (default: ocikit)", metavar="NAME"),
+    SettingInfo(
+        "token_certs",
+        "PEM certificates of an external token server whose tokens are accepted",
+        metavar="FILE",
+    ),
+    SettingInfo(
+        "token_jwks", "JWK Set file of an external token server whose tokens are accepted", metavar="FILE"
+    ),
+    SettingInfo("token_lifetime", "seconds an issued access token is valid", metavar="SECONDS"),
+    SettingInfo("tls_cert", "PEM certificate (chain) to serve HTTPS with", metavar="FILE"),
+    SettingInfo("tls_key", "PEM private key of --tls-cert", metavar="FILE"),
+    SettingInfo(
+        "tls_client_ca", "require client certificates issued by this CA (mutual TLS)", metavar="FILE"
+    ),
+    SettingInfo(
+        "client_cert_header",
+        "header in which a TLS-terminating proxy passes the verified client certificate's CN (the user)",
+    ),
+    SettingInfo(
+        "client_cert_proxies",
+        "addresses or networks of the proxies whose client_cert_header is believed",
+        metavar="ADDRESSES",
+    ),
+    SettingInfo(
+        "rate_limit_user",
+        "requests per second per signed-in user, per worker (0: no limit)",
+        metavar="PER_SECOND",
+    ),
+    SettingInfo(
+        "rate_limit_address",
+        "requests per second per client address, per worker (0: no limit)",
+        metavar="PER_SECOND",
+    ),
+    SettingInfo(
+        "rate_limit_burst", "requests a user or address may make at once above the rate", metavar="REQUESTS"
+    ),
+    SettingInfo("audit_log", "log every push, mount, tag move and delete with user and address"),
 )
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -197,7 +280,47 @@ def load_settings(
         raise SettingsError("header_timeout and body_timeout must be more than 0 seconds")
     _check_url("storage", settings.storage, ("file", "s3"))
     _check_url("metadata", settings.metadata, ("sqlite", "postgresql", "postgres"))
-    return settings
+    return _check_access_settings(settings)
+
+
+_FILE_SETTINGS: Final = (
+    "htpasswd",
+    "policy",
+    "token_key",
+    "token_certs",
+    "token_jwks",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+)
+
+
+def _check_access_settings(settings: Settings) -> Settings:
+    """Consistent access settings, their files made absolute (workers may start elsewhere)."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SettingsError("tls_cert and tls_key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise SettingsError("tls_client_ca needs tls_cert and tls_key")
+    if settings.token_certs and settings.token_jwks:
+        raise SettingsError("give token_certs or token_jwks, not both")
+    if (settings.token_certs or settings.token_jwks) and not (
+        settings.token_realm and settings.token_issuer and settings.token_service
+    ):
+        raise SettingsError("an external token server needs token_realm, token_issuer and token_service")
+    try:
+        for proxy in settings.client_cert_proxies:
+            ipaddress.ip_network(proxy, strict=False)
+    except ValueError as exc:
+        raise SettingsError(f"client_cert_proxies: {exc}") from None
+    if settings.token_lifetime < 10:
+        raise SettingsError("token_lifetime must be at least 10 seconds")
+    files: dict[str, Any] = {}
+    for name in _FILE_SETTINGS:
+        path = getattr(settings, name)
+        if path and not os.path.isfile(path):
+            raise SettingsError(f"{name}: {path} is not a readable file")
+        files[name] = os.path.abspath(path) if path else ""
+    return replace(settings, **files)
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

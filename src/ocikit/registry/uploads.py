@@ -303,9 +303,7 @@ async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> 
         size = await reg.metadata.linked_blob_size(repository, digest)
         if size is None:
             continue
-        try:
-            await reg.authorize(request, repository, "pull")
-        except RegistryError:
+        if not await reg.may(request, repository, "pull"):
             continue  # a source the caller may not read is no source
         holder = uuid.uuid4().hex
         if not await reg.metadata.publish_begin(digest, holder, _PUBLISH_WAIT):
