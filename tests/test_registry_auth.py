@@ -488,7 +488,10 @@ def test_audit_log_names_user_address_and_digest_but_no_secret(auth: AuthServer)
 
 def test_brute_force_and_request_rates_are_limited(tmp_path: Path) -> None:
     server = start_auth_server(
-        tmp_path, tls=False, extra=["--rate-limit-user", "1", "--rate-limit-burst", "5"]
+        # one worker: the buckets are per worker (docs/security.md)
+        tmp_path,
+        tls=False,
+        extra=["--workers", "1", "--rate-limit-user", "1", "--rate-limit-burst", "5"],
     )
     try:
         token = server.token("bob", "repository:team-b/x:pull")
