@@ -3,7 +3,9 @@
 A pushed manifest is validated with the image-spec model, stored in the exact bytes received
 and addressed by the digest of those bytes. Its config and layers must already be in the
 repository (``MANIFEST_BLOB_UNKNOWN`` otherwise), as must an index's manifests; a ``subject``
-may point anywhere, so that referrers can be pushed before what they refer to.
+may point anywhere, so that referrers can be pushed before what they refer to. Every
+descriptor whose content the repository holds must describe it truly (``MANIFEST_INVALID``
+otherwise): a registry that stored a wrong size would serve an image no client can pull.
 """
 
 from __future__ import annotations
@@ -129,6 +131,56 @@ def _references(node: dict[str, Any], media_type: str) -> tuple[list[Digest], li
     return blobs, []
 
 
+async def _check_descriptors(reg: Registry, name: str, node: dict[str, Any], media_type: str) -> None:
+    """Refuse descriptors that disagree with what ``name`` stores: a blob's size, a child
+    manifest's size and media type. Content that is absent (a sparse push, a foreign layer, a
+    subject pushed later) is not judged here. Reading before storing is sound: what a digest
+    names never changes, so a check passed now cannot be invalidated by a later write."""
+    if media_type in mt.INDEX_TYPES:
+        for index, child in enumerate(_descriptor_digests(node, "manifests")):
+            await _check_manifest_descriptor(reg, name, child, f"manifests[{index}]")
+    else:
+        await _check_blob_descriptor(reg, name, node["config"], "config")
+        for index, layer in enumerate(_descriptor_digests(node, "layers")):
+            await _check_blob_descriptor(reg, name, layer, f"layers[{index}]")
+    subject = node.get("subject")
+    if isinstance(subject, dict):
+        await _check_manifest_descriptor(reg, name, subject, "subject")
+
+
+async def _check_blob_descriptor(reg: Registry, name: str, descriptor: dict[str, Any], where: str) -> None:
+    stored = await reg.metadata.linked_blob_size(name, Digest(descriptor["digest"]))
+    if stored is not None and stored != descriptor["size"]:
+        raise _disagrees(
+            where, descriptor, f"size {descriptor['size']}, but the stored blob has {stored} bytes"
+        )
+
+
+async def _check_manifest_descriptor(
+    reg: Registry, name: str, descriptor: dict[str, Any], where: str
+) -> None:
+    stored = await reg.metadata.manifest(name, Digest(descriptor["digest"]))
+    if stored is None:
+        return
+    if stored.size != descriptor["size"]:
+        raise _disagrees(
+            where, descriptor, f"size {descriptor['size']}, but the stored manifest has {stored.size} bytes"
+        )
+    declared = descriptor.get("mediaType")
+    if declared != stored.media_type:
+        raise _disagrees(
+            where, descriptor, f"mediaType {declared!r}, but the stored manifest is a {stored.media_type}"
+        )
+
+
+def _disagrees(where: str, descriptor: dict[str, Any], problem: str) -> RegistryError:
+    return RegistryError(
+        "MANIFEST_INVALID",
+        f"descriptor {where} ({descriptor['digest']}) says {problem}",
+        detail={"descriptor": where, "digest": descriptor["digest"]},
+    )
+
+
 def _requested_tags(request: Request, reference: str) -> list[str]:
     tags = [] if _is_digest(reference) else [reference]
     tags += request.query.get("tag", [])
@@ -186,6 +238,7 @@ async def put(reg: Registry, request: Request, name: str, reference: str) -> Res
     digest = digest_of(raw, expected.algorithm if expected else "sha256")
     if expected is not None and digest != expected:
         raise RegistryError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {expected}")
+    await _check_descriptors(reg, name, node, media_type)
     blobs, children = _references(node, media_type)
     record = _record(node, raw, digest, media_type)
     missing = await reg.metadata.put_manifest(

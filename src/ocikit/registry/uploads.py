@@ -12,6 +12,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, VerificationError
+from ..spec.reference import is_valid_repository
 from .errors import RegistryError
 from .hooks import Event
 from .http import Request, Response
@@ -119,6 +120,8 @@ async def _commit(reg: Registry, name: str, upload_id: str, digest: Digest) -> R
 async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> Response | None:
     """Link a blob from another repository; None when it cannot (the caller starts an upload)."""
     source = request.param("from")
+    if source is not None and not is_valid_repository(source):
+        raise RegistryError("NAME_INVALID", f"invalid repository name {source!r} in ?from=")
     candidates = [source] if source else await reg.metadata.blob_repositories(digest)
     for repository in candidates:
         size = await reg.metadata.linked_blob_size(repository, digest)
