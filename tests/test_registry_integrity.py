@@ -119,3 +119,21 @@ def test_a_mount_from_an_invalid_repository_name_is_name_invalid(registry: Serve
             assert response.status_code == 400, (source, response.text)
             assert error_codes(response) == ["NAME_INVALID"]
         assert c.get(f"/v2/{repo}/tags/list").status_code == 404  # and no session, no repository
+
+
+# ---------------------------------------------------------------- referrers tag schema
+
+
+def test_referrers_recorded_under_the_tag_schema_are_found_for_any_algorithm(registry: ServerProcess) -> None:
+    """The registry and its clients build the fallback tag by one rule: for ``sha256+b64u`` the
+    ``+`` becomes ``-``, which is the tag a client pushes the fallback index under."""
+    repo = repo_name("referrers")
+    subject = "sha256+b64u:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564="
+    with registry.client() as c:
+        artifact, body = push_image(c, repo, layers=1)
+        entry = {"mediaType": OCI_MANIFEST, "digest": artifact, "size": len(body), "artifactType": "a/b"}
+        tag = "sha256-b64u-LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564-"
+        assert put_manifest(c, repo, tag, _index(entry), OCI_INDEX).status_code == 201
+        response = c.get(f"/v2/{repo}/referrers/{subject}")
+        assert response.status_code == 200, response.text
+        assert response.json()["manifests"] == [entry]
