@@ -384,6 +384,29 @@ def test_bad_layers_leave_nothing_behind(
         assert set(committed(infos)) <= {image.real_diff_ids[0]}  # the good base layer may stay
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"Env": ["PATH=/bin"]}, "neither Entrypoint nor Cmd"),
+        ({**CONFIG, "WorkingDir": "relative"}, "must be an absolute path"),
+        ({**CONFIG, "Volumes": {"/": {}}}, "would cover the whole root filesystem"),
+    ],
+)
+def test_an_image_that_cannot_become_a_bundle_is_refused_before_any_layer_is_unpacked(
+    config: dict[str, object], message: str, cli: Cli, layers: list[bytes], tmp_path: Path
+) -> None:
+    layout = tmp_path / "layout"
+    write_image(layout, "v1", Image(layers, config))
+    bundle = tmp_path / "bundle"
+    result = cli("create", "--snapshotter", "dir", f"oci:{layout}:v1", str(bundle), check=False)
+    assert message in one_line_error(result)
+    assert "layer " not in result.stderr  # no "layer …: applied N entries" line
+    assert not bundle.exists()
+    assert (
+        not (cli.snapshots / "dir").exists() or committed(snapshots_of(Backend("dir"), cli.snapshots)) == {}
+    )
+
+
 def test_an_escaping_symlink_is_followed_inside_the_rootfs_only(
     cli: Cli, backend: Backend, layers: list[bytes], tmp_path: Path, bundles: list[Path]
 ) -> None:

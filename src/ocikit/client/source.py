@@ -116,6 +116,9 @@ class RegistrySource(RepositoryEndpoint):
         response = await self.client.request(
             "HEAD", self._path("manifests", identifier), scopes=self._scopes, headers=headers
         )
+        if response.status == 404:  # a HEAD answer has no body: GET says which of name or manifest
+            await response.aclose()
+            return await self._resolve_by_get(identifier, what)
         await self.client.expect(response, (200,), what)
         await response.aclose()
         digest = response.headers.get("docker-content-digest")
