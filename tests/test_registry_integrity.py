@@ -5,11 +5,14 @@ floods of upload sessions. Each test fails on a registry that trusts the client.
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from conftest import ServerProcess
+from conftest import ServerProcess, start_registry
 from registry_helpers import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -89,9 +92,7 @@ def test_a_subject_present_in_the_repository_must_be_described_truly(registry: S
         assert put_manifest(c, repo, digest(raw), raw).status_code == 201
 
 
-def test_sparse_manifests_check_only_the_content_that_is_present(tmp_path: Any) -> None:
-    from conftest import start_registry
-
+def test_sparse_manifests_check_only_the_content_that_is_present(tmp_path: Path) -> None:
     server = start_registry(tmp_path / "data", ["--sparse-manifests", "true"])
     repo = repo_name("sparse")
     try:
@@ -137,3 +138,21 @@ def test_referrers_recorded_under_the_tag_schema_are_found_for_any_algorithm(reg
         response = c.get(f"/v2/{repo}/referrers/{subject}")
         assert response.status_code == 200, response.text
         assert response.json()["manifests"] == [entry]
+
+
+# ---------------------------------------------------------------- background errors
+
+
+def test_a_failing_upload_purge_is_logged(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "data", ["--upload-expiry", "1"])
+    try:
+        uploads = server.root / "uploads"
+        shutil.rmtree(uploads)
+        uploads.write_text("not a directory: listing the staged uploads fails")
+        deadline = time.monotonic() + 10
+        while "purging expired uploads failed" not in server.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "purging expired uploads failed" in server.log.read_text()
+        assert "NotADirectoryError" in server.log.read_text()
+    finally:
+        server.stop()

@@ -11,7 +11,6 @@ then re-records the blob after its bytes are gone, rather than losing them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -98,10 +97,12 @@ async def _housekeeping(reg: Registry) -> None:
                 await asyncio.sleep(_tick(reg))
         last_gc = time.time()
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 purged = await purge_expired_uploads(reg)
                 if purged:
                     log.info("purged %d expired uploads", len(purged))
+            except Exception:
+                log.exception("purging expired uploads failed")
             interval = reg.settings.gc_interval
             if interval and time.time() - last_gc >= interval:
                 last_gc = time.time()
