@@ -17,6 +17,7 @@ from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, digest_of
 from ..spec.reference import is_valid_tag
 from ..spec.validate import ValidationFailed, parse_json, validate
 from .app import _warning_headers
+from .descriptors import descriptor_findings, required_references
 from .errors import RegistryError
 from .hooks import Event
 from .http import BodyTooLarge, Request, Response
@@ -119,66 +120,16 @@ def _record(node: dict[str, Any], raw: bytes, digest: Digest, media_type: str) -
     )
 
 
-def _references(node: dict[str, Any], media_type: str) -> tuple[list[Digest], list[Digest]]:
-    """(blobs, child manifests) the manifest needs present; foreign layers need not be."""
-    if media_type in mt.INDEX_TYPES:
-        return [], [Digest(d["digest"]) for d in _descriptor_digests(node, "manifests")]
-    blobs = [Digest(node["config"]["digest"])]
-    for layer in _descriptor_digests(node, "layers"):
-        if layer.get("urls") or layer.get("mediaType") in mt.NONDISTRIBUTABLE_LAYER_TYPES:
-            continue
-        blobs.append(Digest(layer["digest"]))
-    return blobs, []
-
-
 async def _check_descriptors(reg: Registry, name: str, node: dict[str, Any], media_type: str) -> None:
-    """Refuse descriptors that disagree with what ``name`` stores: a blob's size, a child
-    manifest's size and media type. Content that is absent (a sparse push, a foreign layer, a
-    subject pushed later) is not judged here. Reading before storing is sound: what a digest
-    names never changes, so a check passed now cannot be invalidated by a later write."""
-    if media_type in mt.INDEX_TYPES:
-        for index, child in enumerate(_descriptor_digests(node, "manifests")):
-            await _check_manifest_descriptor(reg, name, child, f"manifests[{index}]")
-    else:
-        await _check_blob_descriptor(reg, name, node["config"], "config")
-        for index, layer in enumerate(_descriptor_digests(node, "layers")):
-            await _check_blob_descriptor(reg, name, layer, f"layers[{index}]")
-    subject = node.get("subject")
-    if isinstance(subject, dict):
-        await _check_manifest_descriptor(reg, name, subject, "subject")
-
-
-async def _check_blob_descriptor(reg: Registry, name: str, descriptor: dict[str, Any], where: str) -> None:
-    stored = await reg.metadata.linked_blob_size(name, Digest(descriptor["digest"]))
-    if stored is not None and stored != descriptor["size"]:
-        raise _disagrees(
-            where, descriptor, f"size {descriptor['size']}, but the stored blob has {stored} bytes"
-        )
-
-
-async def _check_manifest_descriptor(
-    reg: Registry, name: str, descriptor: dict[str, Any], where: str
-) -> None:
-    stored = await reg.metadata.manifest(name, Digest(descriptor["digest"]))
-    if stored is None:
-        return
-    if stored.size != descriptor["size"]:
-        raise _disagrees(
-            where, descriptor, f"size {descriptor['size']}, but the stored manifest has {stored.size} bytes"
-        )
-    declared = descriptor.get("mediaType")
-    if declared != stored.media_type:
-        raise _disagrees(
-            where, descriptor, f"mediaType {declared!r}, but the stored manifest is a {stored.media_type}"
-        )
-
-
-def _disagrees(where: str, descriptor: dict[str, Any], problem: str) -> RegistryError:
-    return RegistryError(
-        "MANIFEST_INVALID",
-        f"descriptor {where} ({descriptor['digest']}) says {problem}",
-        detail={"descriptor": where, "digest": descriptor["digest"]},
-    )
+    """Refuse the first descriptor that disagrees with stored content; absent content is
+    ``put_manifest``'s to judge (it knows whether sparse manifests are allowed)."""
+    async for finding in descriptor_findings(reg.metadata, name, node, media_type):
+        if not finding.absent:
+            raise RegistryError(
+                "MANIFEST_INVALID",
+                str(finding),
+                detail={"descriptor": finding.where, "digest": finding.digest},
+            )
 
 
 def _requested_tags(request: Request, reference: str) -> list[str]:
@@ -239,7 +190,7 @@ async def put(reg: Registry, request: Request, name: str, reference: str) -> Res
     if expected is not None and digest != expected:
         raise RegistryError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {expected}")
     await _check_descriptors(reg, name, node, media_type)
-    blobs, children = _references(node, media_type)
+    blobs, children = required_references(node, media_type)
     record = _record(node, raw, digest, media_type)
     missing = await reg.metadata.put_manifest(
         name, record, blobs=blobs, children=children, tags=tags, sparse=reg.settings.sparse_manifests
