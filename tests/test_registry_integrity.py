@@ -156,3 +156,12 @@ def test_a_failing_upload_purge_is_logged(tmp_path: Path) -> None:
         assert "NotADirectoryError" in server.log.read_text()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- upload sessions
+
+
+def test_an_abandoned_upload_session_expires_within_an_hour_by_default() -> None:
+    from ocikit.registry.settings import load_settings
+
+    assert load_settings({}, {}).upload_expiry <= 3600

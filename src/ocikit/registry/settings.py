@@ -43,7 +43,7 @@ class Settings:
     max_manifest_size: int = 4 * 1024 * 1024
     chunk_min_length: int = 0
     sparse_manifests: bool = False
-    upload_expiry: float = 24 * 3600
+    upload_expiry: float = 3600
     gc_interval: float = 0
     gc_grace: float = 3600
     page_size: int = 1000
