@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from conftest import ServerProcess, start_registry
+from conftest import OCIKIT, ServerProcess, start_registry
 from registry_helpers import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -165,3 +166,217 @@ def test_an_abandoned_upload_session_expires_within_an_hour_by_default() -> None
     from ocikit.registry.settings import load_settings
 
     assert load_settings({}, {}).upload_expiry <= 3600
+
+
+def _catalog(client: httpx.Client) -> list[str]:
+    repositories: list[str] = client.get("/v2/_catalog", params={"n": 100000}).json()["repositories"]
+    return repositories
+
+
+def _staged_uploads(server: ServerProcess) -> int:
+    return len(list((server.root / "uploads").iterdir()))
+
+
+def _too_many(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert error_codes(response) == ["TOOMANYREQUESTS"]
+    assert int(response.headers["retry-after"]) > 0
+
+
+def test_one_client_address_cannot_hold_more_than_1000_upload_sessions(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "data")
+    try:
+        with server.client() as c:
+            for index in range(1000):
+                response = c.post(f"/v2/flood/r{index % 7}/blobs/uploads/")
+                assert response.status_code == 202, (index, response.text)
+            _too_many(c.post("/v2/flood/another/blobs/uploads/"))
+            assert _staged_uploads(server) == 1000  # the refused session left nothing
+            assert "flood/another" not in _catalog(c)
+    finally:
+        server.stop()
+
+
+def test_upload_caps_per_repository_and_per_client_are_settings(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "data", ["--uploads-per-repository", "2", "--uploads-per-client", "3"])
+    try:
+        with server.client() as c:
+            first = c.post("/v2/capped/one/blobs/uploads/")
+            assert c.post("/v2/capped/one/blobs/uploads/").status_code == 202
+            _too_many(c.post("/v2/capped/one/blobs/uploads/"))  # the repository's cap
+            assert c.post("/v2/capped/two/blobs/uploads/").status_code == 202
+            _too_many(c.post("/v2/capped/three/blobs/uploads/"))  # the address's cap
+            data = b"a monolithic push counts too"
+            _too_many(
+                c.post("/v2/capped/three/blobs/uploads/", params={"digest": digest(data)}, content=data)
+            )
+            assert c.head(f"/v2/capped/three/blobs/{digest(data)}").status_code == 404
+            assert (
+                c.delete(first.headers["location"]).status_code == 204
+            )  # a finished session frees its place
+            assert c.post("/v2/capped/one/blobs/uploads/").status_code == 202
+            assert _staged_uploads(server) == 3
+            assert _catalog(c) == []
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- nothing refused leaves a trace
+
+
+def test_a_refused_manifest_push_creates_no_repository(registry: ServerProcess) -> None:
+    repo = repo_name("ghost")
+    with registry.client() as c:
+        _, manifest = image(c, repo_name("elsewhere"), layers=1)  # blobs that are not in repo
+        response = put_manifest(c, repo, "v1", json.dumps(manifest).encode())
+        assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
+        index = _index({"mediaType": OCI_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 9})
+        assert error_codes(put_manifest(c, repo, "v2", index, OCI_INDEX)) == ["MANIFEST_BLOB_UNKNOWN"]
+        assert repo not in _catalog(c)
+        tags = c.get(f"/v2/{repo}/tags/list")
+        assert (tags.status_code, error_codes(tags)) == (404, ["NAME_UNKNOWN"])
+        assert error_codes(c.get(f"/v2/{repo}/manifests/v1")) == ["NAME_UNKNOWN"]
+
+
+def test_a_refused_blob_push_leaves_no_repository_link_or_session(fresh_registry: ServerProcess) -> None:
+    repo = repo_name("ghost")
+    with fresh_registry.client() as c:
+        data = b"the content"
+        wrong = digest(b"other content")
+        response = c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": wrong}, content=data)
+        assert error_codes(response) == ["DIGEST_INVALID"]
+        location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        assert c.patch(location, content=data).status_code == 202
+        assert error_codes(c.put(location, params={"digest": wrong})) == ["DIGEST_INVALID"]
+        assert c.get(location).status_code == 404
+        assert c.head(f"/v2/{repo}/blobs/{wrong}").status_code == 404
+        assert c.head(f"/v2/{repo}/blobs/{digest(data)}").status_code == 404
+        assert repo not in _catalog(c)
+        assert _staged_uploads(fresh_registry) == 0
+
+
+def test_gc_removes_repositories_left_empty(fresh_registry: ServerProcess) -> None:
+    repo = repo_name("emptied")
+    with fresh_registry.client() as c:
+        manifest, _ = push_image(c, repo, layers=1)
+        assert c.delete(f"/v2/{repo}/manifests/{manifest}").status_code == 202
+        assert repo in _catalog(c)
+    report = subprocess.run(
+        [*OCIKIT, "gc", "--root", str(fresh_registry.root), "--grace", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"removed empty repository {repo}" in report.stdout
+    with fresh_registry.client() as c:
+        assert repo not in _catalog(c)
+        assert error_codes(c.get(f"/v2/{repo}/tags/list")) == ["NAME_UNKNOWN"]
+
+
+# ---------------------------------------------------------------- deletes that would break an image
+
+
+def _denied(response: httpx.Response, *referrers: str) -> None:
+    assert response.status_code == 409, response.text
+    assert error_codes(response) == ["DENIED"]
+    message = response.json()["errors"][0]["message"]
+    for referrer in referrers:
+        assert referrer in message, message
+
+
+def test_a_blob_that_a_manifest_uses_cannot_be_deleted(registry: ServerProcess) -> None:
+    repo = repo_name("del")
+    with registry.client() as c:
+        body, manifest = image(c, repo, layers=2)
+        assert put_manifest(c, repo, "v1", body).status_code == 201
+        untagged, _ = push_image(c, repo, layers=1)
+        layer = manifest["layers"][1]["digest"]
+        _denied(c.delete(f"/v2/{repo}/blobs/{layer}"), digest(body))
+        _denied(c.delete(f"/v2/{repo}/blobs/{manifest['config']['digest']}"), digest(body))
+        untagged_config = json.loads(c.get(f"/v2/{repo}/manifests/{untagged}").content)["config"]["digest"]
+        _denied(c.delete(f"/v2/{repo}/blobs/{untagged_config}"), untagged)  # untagged still counts
+        assert c.get(f"/v2/{repo}/blobs/{layer}").status_code == 200
+        assert c.get(f"/v2/{repo}/manifests/v1").status_code == 200
+
+
+def test_a_manifest_that_an_index_lists_cannot_be_deleted(registry: ServerProcess) -> None:
+    repo = repo_name("del")
+    with registry.client() as c:
+        child, body = push_image(c, repo, layers=1)
+        index = _index({"mediaType": OCI_MANIFEST, "digest": child, "size": len(body)})
+        assert put_manifest(c, repo, "multi", index, OCI_INDEX).status_code == 201
+        _denied(c.delete(f"/v2/{repo}/manifests/{child}"), digest(index))
+        assert c.get(f"/v2/{repo}/manifests/{child}").status_code == 200
+
+
+def test_deleting_in_client_order_index_then_manifests_then_blobs_works(registry: ServerProcess) -> None:
+    repo = repo_name("del")
+    with registry.client() as c:
+        body, manifest = image(c, repo, layers=2)
+        child = digest(body)
+        assert put_manifest(c, repo, child, body).status_code == 201
+        index = _index({"mediaType": OCI_MANIFEST, "digest": child, "size": len(body)})
+        assert put_manifest(c, repo, "latest", index, OCI_INDEX).status_code == 201
+        assert c.delete(f"/v2/{repo}/manifests/{digest(index)}").status_code == 202
+        assert c.get(f"/v2/{repo}/manifests/latest").status_code == 404  # its tag went with it
+        assert c.delete(f"/v2/{repo}/manifests/{child}").status_code == 202
+        for blob in [manifest["config"], *manifest["layers"]]:
+            assert c.delete(f"/v2/{repo}/blobs/{blob['digest']}").status_code == 202
+            assert c.head(f"/v2/{repo}/blobs/{blob['digest']}").status_code == 404
+
+
+def test_a_tagged_manifest_can_be_deleted_by_digest_and_loses_its_tags(registry: ServerProcess) -> None:
+    repo = repo_name("del")
+    with registry.client() as c:
+        manifest, body = push_image(c, repo, layers=1)
+        assert put_manifest(c, repo, manifest, body, tag=["a", "b"]).status_code == 201
+        assert c.delete(f"/v2/{repo}/manifests/{manifest}").status_code == 202
+        assert c.get(f"/v2/{repo}/tags/list").json()["tags"] == []
+        for reference in ("a", "b", manifest):
+            assert c.get(f"/v2/{repo}/manifests/{reference}").status_code == 404
+
+
+def test_content_used_only_in_another_repository_can_be_deleted(registry: ServerProcess) -> None:
+    repo, other = repo_name("del"), repo_name("del")
+    with registry.client() as c:
+        body, manifest = image(c, repo, layers=1)
+        for blob in (manifest["config"]["digest"], manifest["layers"][0]["digest"]):
+            mounted = c.post(f"/v2/{other}/blobs/uploads/", params={"mount": blob, "from": repo})
+            assert mounted.status_code == 201
+        assert put_manifest(c, other, "v1", body).status_code == 201
+        layer = manifest["layers"][0]["digest"]
+        assert c.delete(f"/v2/{repo}/blobs/{layer}").status_code == 202
+        assert c.get(f"/v2/{other}/blobs/{layer}").status_code == 200
+
+
+def test_referrers_follow_their_subject_and_their_own_deletion(registry: ServerProcess) -> None:
+    """Deleting a referrer removes it from the list; deleting a subject leaves its referrers
+    listed (the referrers API never answers 404), as the spec lets them exist without it."""
+    repo = repo_name("del")
+    with registry.client() as c:
+        subject, subject_body = push_image(c, repo, layers=1)
+        described = {"mediaType": OCI_MANIFEST, "digest": subject, "size": len(subject_body)}
+        kept, _ = push_image(c, repo, layers=1, subject=described, artifactType="a/kept")
+        dropped, _ = push_image(c, repo, layers=1, subject=described, artifactType="a/dropped")
+        assert c.delete(f"/v2/{repo}/manifests/{dropped}").status_code == 202
+        listed = c.get(f"/v2/{repo}/referrers/{subject}").json()["manifests"]
+        assert [entry["digest"] for entry in listed] == [kept]
+        assert c.delete(f"/v2/{repo}/manifests/{subject}").status_code == 202
+        response = c.get(f"/v2/{repo}/referrers/{subject}")
+        assert response.status_code == 200
+        assert [entry["digest"] for entry in response.json()["manifests"]] == [kept]
+
+
+def test_delete_referenced_restores_the_permissive_behaviour(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "data", ["--delete-referenced", "true"])
+    repo = repo_name("del")
+    try:
+        with server.client() as c:
+            child, body = push_image(c, repo, "v1", layers=1)
+            index = _index({"mediaType": OCI_MANIFEST, "digest": child, "size": len(body)})
+            assert put_manifest(c, repo, "multi", index, OCI_INDEX).status_code == 201
+            layer = json.loads(body)["layers"][0]["digest"]
+            assert c.delete(f"/v2/{repo}/blobs/{layer}").status_code == 202
+            assert c.delete(f"/v2/{repo}/manifests/{child}").status_code == 202
+    finally:
+        server.stop()

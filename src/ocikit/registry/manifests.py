@@ -18,7 +18,7 @@ from ..spec.reference import is_valid_tag
 from ..spec.validate import ValidationFailed, parse_json, validate
 from .app import _warning_headers
 from .descriptors import descriptor_findings, required_references
-from .errors import RegistryError
+from .errors import RegistryError, still_referenced
 from .hooks import Event
 from .http import BodyTooLarge, Request, Response
 from .storage.base import ManifestRecord
@@ -219,7 +219,11 @@ async def delete(reg: Registry, request: Request, name: str, reference: str) -> 
         if not reg.settings.delete_manifests:
             raise RegistryError("UNSUPPORTED", "manifest deletion is disabled on this registry")
         digest = reg.parse_digest(reference)
-        outcome = await reg.metadata.delete_manifest(name, digest, refuse_if_listed=False)
+        outcome = await reg.metadata.delete_manifest(
+            name, digest, refuse_if_listed=not reg.settings.delete_referenced
+        )
+        if outcome.referenced_by:
+            raise still_referenced(f"manifest {digest}", "listed by", name, outcome.referenced_by)
         if not outcome.deleted:
             await _unknown(reg, name, f"manifest {digest}")
         await reg.emit(Event("delete", name, "manifest", digest=digest))

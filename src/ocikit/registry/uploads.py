@@ -42,6 +42,8 @@ UPLOAD_LEASE_TTL: Final = 10.0
 _PUBLISH_WAIT: Final = 30.0
 _POLL: Final = 0.05
 _HASH_BATCH: Final = 4 << 20
+#: Seconds a client refused for too many open uploads is asked to wait before trying again.
+_RETRY_AFTER: Final = 30
 # Hashing runs beside the receiving and the writing; OpenSSL releases the GIL.
 _hashing = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ocikit-hash")
 
@@ -347,15 +349,35 @@ async def _create_session(reg: Registry, request: Request, name: str) -> UploadR
         created_at=now,
         updated_at=now,
     )
+    settings = reg.settings
     try:
-        created = await reg.metadata.upload_create(record, per_repository=0, per_client=0)
+        created = await reg.metadata.upload_create(
+            record, per_repository=settings.uploads_per_repository, per_client=settings.uploads_per_client
+        )
     except BaseException:
         await reg.blobs.stage_abort(upload_id, stage)
         raise
     if not created:
         await reg.blobs.stage_abort(upload_id, stage)
-        raise RegistryError("TOOMANYREQUESTS", "too many open uploads", headers=[("retry-after", "60")])
+        raise _too_many_uploads(reg, name)
     return record
+
+
+def _too_many_uploads(reg: Registry, name: str) -> RegistryError:
+    """Open sessions are capped per repository and per client address, so that nobody can
+    pile up sessions (each holds staging space until it expires). A place frees up when a
+    session finishes or is cancelled, at the latest when an abandoned one expires."""
+    settings = reg.settings
+    caps = [
+        f"{settings.uploads_per_repository} in {name}" if settings.uploads_per_repository else "",
+        f"{settings.uploads_per_client} from one address" if settings.uploads_per_client else "",
+    ]
+    return RegistryError(
+        "TOOMANYREQUESTS",
+        f"too many open uploads (at most {' and '.join(filter(None, caps))}): finish or cancel "
+        f"some, or wait for abandoned ones to expire {settings.upload_expiry:g} s after their last chunk",
+        headers=[("retry-after", str(_RETRY_AFTER))],
+    )
 
 
 async def start(reg: Registry, request: Request, name: str, _: str) -> Response:
