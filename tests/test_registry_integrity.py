@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from registry_helpers import (
     digest,
     error_codes,
     image,
+    push_blob,
     push_image,
     put_manifest,
     repo_name,
@@ -380,3 +382,98 @@ def test_delete_referenced_restores_the_permissive_behaviour(tmp_path: Path) -> 
             assert c.delete(f"/v2/{repo}/manifests/{child}").status_code == 202
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- ocikit fsck --root
+
+
+def _fsck(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*OCIKIT, "fsck", "--root", str(root), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_fsck_of_a_registry_root_reports_every_stored_inconsistency(tmp_path: Path) -> None:
+    """Content a sparse registry accepted and a disk that lost a file: each problem one line."""
+    server = start_registry(tmp_path / "data", ["--sparse-manifests", "true"])
+    repo = repo_name("fsck")
+    try:
+        with server.client() as c:
+            healthy, _ = push_image(c, repo, "healthy", layers=1)
+            assert _fsck(server.root).stdout.endswith(
+                "checked 1 repositories, 1 manifests, 1 tags: 0 problems\n"
+            )
+            _, manifest = image(c, repo, layers=1)
+            late = b"pushed after the manifest, with another size than it declared"
+            manifest["layers"].append(descriptor("application/vnd.oci.image.layer.v1.tar", late, size=5))
+            lying = json.dumps(manifest).encode()
+            assert put_manifest(c, repo, "lying", lying).status_code == 201
+            push_blob(c, repo, late)
+            absent = "sha256:" + "5" * 64
+            index = _index({"mediaType": OCI_MANIFEST, "digest": absent, "size": 7})
+            assert put_manifest(c, repo, "partial", index, OCI_INDEX).status_code == 201
+            lost_layer = manifest["layers"][0]["digest"]
+    finally:
+        server.stop()
+    (server.root / "blobs" / "sha256" / lost_layer.split(":")[1]).unlink()
+
+    result = _fsck(server.root)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    expected = [
+        f"{repo}: manifest {digest(lying)}: descriptor layers[1] ({digest(late)}) says size 5, "
+        f"but the stored blob has {len(late)} bytes",
+        f"{repo}: manifest {digest(lying)}: blob {lost_layer} is recorded, but its bytes are missing "
+        "from the blob store",
+        f"{repo}: manifest {digest(index)}: descriptor manifests[0] ({absent}) names content that is "
+        "not in the repository",
+    ]
+    assert sorted(lines[:-1]) == sorted(expected), result.stdout
+    assert lines[-1] == "checked 1 repositories, 3 manifests, 3 tags: 3 problems"
+    assert healthy not in result.stdout
+
+    config = tmp_path / "registry.toml"
+    config.write_text(f'root = "{server.root}"\nsparse_manifests = true\n')
+    sparse = subprocess.run(
+        [*OCIKIT, "fsck", "--config", str(config), "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    problems = json.loads(sparse.stdout)["problems"]
+    assert sparse.returncode == 1
+    assert len(problems) == 2  # absent children are what a sparse registry allows
+    assert {p["item"] for p in problems} == {f"manifest {digest(lying)}"}
+
+
+def test_fsck_reports_a_tag_without_its_manifest_and_bytes_that_are_not_their_digest(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "data")
+    repo = repo_name("fsck")
+    try:
+        with server.client() as c:
+            manifest, _ = push_image(c, repo, "v1", layers=1)
+            other, _ = push_image(c, repo, "v2", layers=1)
+    finally:
+        server.stop()
+    with sqlite3.connect(server.root / "metadata.db") as db:
+        db.execute("PRAGMA foreign_keys = OFF")
+        db.execute("DELETE FROM manifests WHERE digest = ?", (manifest,))
+        db.execute("UPDATE manifests SET content = CAST(? AS BLOB) WHERE digest = ?", (b"{}", other))
+    result = _fsck(server.root)
+    assert result.returncode == 1
+    assert f"{repo}: tag v1: points at manifest {manifest}, which is not stored" in result.stdout
+    assert f"{repo}: manifest {other}: the stored bytes have digest {digest(b'{}')}" in result.stdout
+
+
+def test_fsck_of_a_registry_refuses_delete_and_reports_a_bad_root(tmp_path: Path) -> None:
+    assert _fsck(tmp_path, "--delete").returncode == 2
+    (tmp_path / "a-file").write_text("not a registry root")
+    result = _fsck(tmp_path / "a-file")
+    assert result.returncode == 1
+    assert result.stderr.startswith("ocikit fsck: ")
