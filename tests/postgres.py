@@ -96,8 +96,23 @@ class PostgresServer:
         """Run statements as the superuser (``psql`` over TCP with the admin password)."""
         for statement in statements:
             subprocess.run(
-                ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port)]
-                + ["-U", "postgres", "-d", "postgres", "-c", statement],
+                [
+                    "psql",
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    statement,
+                ],
                 check=True,
                 capture_output=True,
                 timeout=60,
