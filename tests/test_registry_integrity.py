@@ -5,6 +5,7 @@ floods of upload sessions. Each test fails on a registry that trusts the client.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -387,13 +388,14 @@ def test_delete_referenced_restores_the_permissive_behaviour(tmp_path: Path) -> 
 # ---------------------------------------------------------------- ocikit fsck --root
 
 
-def _fsck(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _fsck(root: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [*OCIKIT, "fsck", "--root", str(root), *extra],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -477,3 +479,27 @@ def test_fsck_of_a_registry_refuses_delete_and_reports_a_bad_root(tmp_path: Path
     result = _fsck(tmp_path / "a-file")
     assert result.returncode == 1
     assert result.stderr.startswith("ocikit fsck: ")
+
+
+def test_delete_refusals_caps_and_fsck_on_postgresql(tmp_path: Path, postgres: Any) -> None:
+    """The same rules on the PostgreSQL metadata store: they live in the storage contract."""
+    url = postgres.database()
+    server = start_registry(tmp_path / "data", ["--metadata", url, "--uploads-per-client", "1"])
+    repo = repo_name("pg")
+    try:
+        with server.client() as c:
+            manifest, body = push_image(c, repo, "v1", layers=1)
+            layer = json.loads(body)["layers"][0]["digest"]
+            _denied(c.delete(f"/v2/{repo}/blobs/{layer}"), manifest)
+            assert c.post(f"/v2/{repo}/blobs/uploads/").status_code == 202
+            _too_many(c.post(f"/v2/{repo}/blobs/uploads/"))
+    finally:
+        server.stop()
+    env = {"OCIKIT_METADATA": url}
+    assert _fsck(server.root, env=env).returncode == 0
+    (server.root / "blobs" / "sha256" / layer.split(":")[1]).unlink()
+    result = _fsck(server.root, env=env)
+    assert result.returncode == 1
+    assert (
+        f"{repo}: manifest {manifest}: blob {layer} is recorded, but its bytes are missing" in result.stdout
+    )
