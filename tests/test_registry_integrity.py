@@ -42,6 +42,13 @@ def _index(*children: dict[str, Any]) -> bytes:
     return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(children)}).encode()
 
 
+def _push_index(client: httpx.Client, repo: str, tag: str, child: str, child_body: bytes) -> bytes:
+    """An index listing one pushed manifest, pushed under ``tag``; its bytes."""
+    index = _index({"mediaType": OCI_MANIFEST, "digest": child, "size": len(child_body)})
+    assert put_manifest(client, repo, tag, index, OCI_INDEX).status_code == 201
+    return index
+
+
 def _assert_untagged(client: httpx.Client, repo: str, tag: str) -> None:
     assert client.get(f"/v2/{repo}/manifests/{tag}").status_code == 404
 
@@ -306,8 +313,7 @@ def test_a_manifest_that_an_index_lists_cannot_be_deleted(registry: ServerProces
     repo = repo_name("del")
     with registry.client() as c:
         child, body = push_image(c, repo, layers=1)
-        index = _index({"mediaType": OCI_MANIFEST, "digest": child, "size": len(body)})
-        assert put_manifest(c, repo, "multi", index, OCI_INDEX).status_code == 201
+        index = _push_index(c, repo, "multi", child, body)
         _denied(c.delete(f"/v2/{repo}/manifests/{child}"), digest(index))
         assert c.get(f"/v2/{repo}/manifests/{child}").status_code == 200
 
@@ -318,8 +324,7 @@ def test_deleting_in_client_order_index_then_manifests_then_blobs_works(registry
         body, manifest = image(c, repo, layers=2)
         child = digest(body)
         assert put_manifest(c, repo, child, body).status_code == 201
-        index = _index({"mediaType": OCI_MANIFEST, "digest": child, "size": len(body)})
-        assert put_manifest(c, repo, "latest", index, OCI_INDEX).status_code == 201
+        index = _push_index(c, repo, "latest", child, body)
         assert c.delete(f"/v2/{repo}/manifests/{digest(index)}").status_code == 202
         assert c.get(f"/v2/{repo}/manifests/latest").status_code == 404  # its tag went with it
         assert c.delete(f"/v2/{repo}/manifests/{child}").status_code == 202
@@ -376,8 +381,7 @@ def test_delete_referenced_restores_the_permissive_behaviour(tmp_path: Path) -> 
     try:
         with server.client() as c:
             child, body = push_image(c, repo, "v1", layers=1)
-            index = _index({"mediaType": OCI_MANIFEST, "digest": child, "size": len(body)})
-            assert put_manifest(c, repo, "multi", index, OCI_INDEX).status_code == 201
+            _push_index(c, repo, "multi", child, body)
             layer = json.loads(body)["layers"][0]["digest"]
             assert c.delete(f"/v2/{repo}/blobs/{layer}").status_code == 202
             assert c.delete(f"/v2/{repo}/manifests/{child}").status_code == 202
