@@ -483,6 +483,10 @@ def test_fsck_of_a_registry_refuses_delete_and_reports_a_bad_root(tmp_path: Path
     result = _fsck(tmp_path / "a-file")
     assert result.returncode == 1
     assert result.stderr.startswith("ocikit fsck: ")
+    collected = subprocess.run(
+        [*OCIKIT, "gc", "--root", str(tmp_path / "a-file")], capture_output=True, text=True, check=False
+    )
+    assert (collected.returncode, collected.stderr[:11]) == (1, "ocikit gc: ")
 
 
 def test_delete_refusals_caps_and_fsck_on_postgresql(tmp_path: Path, postgres: Any) -> None:

@@ -76,7 +76,7 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
         finally:
             await registry.metadata.close()
             await registry.blobs.close()
-    except (StorageUnavailable, SchemaError, GCBusy) as exc:
+    except (StorageUnavailable, SchemaError, GCBusy, OSError) as exc:
         print(f"ocikit gc: {exc}", file=sys.stderr)
         return 1
     verb = "would remove" if dry_run else "removed"
