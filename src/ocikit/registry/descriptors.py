@@ -16,7 +16,7 @@ from ..spec import mediatype as mt
 from ..spec.digest import Digest
 from .storage.base import MetadataStore
 
-__all__ = ["Finding", "descriptor_findings", "required_references"]
+__all__ = ["Finding", "descriptor_findings", "descriptors_of", "required_references"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,8 @@ class Finding:
         return f"descriptor {self.where} ({self.digest}) {self.problem}"
 
 
-def _descriptors(node: dict[str, Any], key: str) -> list[dict[str, Any]]:
+def descriptors_of(node: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The descriptors in ``node[key]`` (``layers``, ``manifests``), skipping anything else."""
     value = node.get(key)
     return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
 
@@ -48,11 +49,11 @@ def _described(node: dict[str, Any], media_type: str) -> Iterator[tuple[str, dic
     validated manifest or index. A subject may be pushed later and a foreign layer is fetched
     from elsewhere: neither must be present."""
     if media_type in mt.INDEX_TYPES:
-        for index, child in enumerate(_descriptors(node, "manifests")):
+        for index, child in enumerate(descriptors_of(node, "manifests")):
             yield f"manifests[{index}]", child, True, True
     else:
         yield "config", node["config"], False, True
-        for index, layer in enumerate(_descriptors(node, "layers")):
+        for index, layer in enumerate(descriptors_of(node, "layers")):
             yield f"layers[{index}]", layer, False, not _is_foreign(layer)
     subject = node.get("subject")
     if isinstance(subject, dict):

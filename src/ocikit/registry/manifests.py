@@ -17,7 +17,7 @@ from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, digest_of
 from ..spec.reference import is_valid_tag
 from ..spec.validate import ValidationFailed, parse_json, validate
 from .app import _warning_headers
-from .descriptors import descriptor_findings, required_references
+from .descriptors import descriptor_findings, descriptors_of, required_references
 from .errors import RegistryError, still_referenced
 from .hooks import Event
 from .http import BodyTooLarge, Request, Response
@@ -100,11 +100,6 @@ def _media_type(request: Request, node: Any) -> str:
     return media_type
 
 
-def _descriptor_digests(node: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    value = node.get(key)
-    return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
-
-
 def _record(node: dict[str, Any], raw: bytes, digest: Digest, media_type: str) -> ManifestRecord:
     subject = node.get("subject")
     config = node.get("config")
@@ -149,7 +144,7 @@ def _portability_warnings(node: dict[str, Any], media_type: str) -> list[str]:
     warnings = []
     if media_type in mt.MANIFEST_TYPES and node.get("layers") == []:
         warnings.append("manifest has no layers; for portability it should have at least one")
-    layers = _descriptor_digests(node, "layers")
+    layers = descriptors_of(node, "layers")
     if any(layer.get("mediaType") in mt.NONDISTRIBUTABLE_LAYER_TYPES for layer in layers):
         warnings.append("non-distributable layer media types are deprecated")
     return warnings
