@@ -208,7 +208,9 @@ def test_one_client_address_cannot_hold_more_than_1000_upload_sessions(tmp_path:
 
 
 def test_upload_caps_per_repository_and_per_client_are_settings(tmp_path: Path) -> None:
-    server = start_registry(tmp_path / "data", ["--uploads-per-repository", "2", "--uploads-per-client", "3"])
+    server = start_registry(
+        tmp_path / "data", ["--repository-upload-limit", "2", "--client-upload-limit", "3"]
+    )
     try:
         with server.client() as c:
             first = c.post("/v2/capped/one/blobs/uploads/")
@@ -492,7 +494,7 @@ def test_fsck_of_a_registry_refuses_delete_and_reports_a_bad_root(tmp_path: Path
 def test_delete_refusals_caps_and_fsck_on_postgresql(tmp_path: Path, postgres: Any) -> None:
     """The same rules on the PostgreSQL metadata store: they live in the storage contract."""
     url = postgres.database()
-    server = start_registry(tmp_path / "data", ["--metadata", url, "--uploads-per-client", "1"])
+    server = start_registry(tmp_path / "data", ["--metadata", url, "--client-upload-limit", "1"])
     repo = repo_name("pg")
     try:
         with server.client() as c:

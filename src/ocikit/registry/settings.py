@@ -50,8 +50,8 @@ class Settings:
     chunk_min_length: int = 0
     sparse_manifests: bool = False
     upload_expiry: float = 3600
-    uploads_per_repository: int = 5000
-    uploads_per_client: int = 1000
+    repository_upload_limit: int = 5000
+    client_upload_limit: int = 1000
     gc_interval: float = 0
     gc_grace: float = 3600
     page_size: int = 1000
@@ -111,10 +111,10 @@ SETTINGS: Final = (
     ),
     SettingInfo("upload_expiry", "seconds after its last activity that an upload is purged"),
     SettingInfo(
-        "uploads_per_repository", "most open upload sessions in one repository (0: no cap; 429 above)"
+        "repository_upload_limit", "most open upload sessions in one repository (0: no cap; 429 above)"
     ),
     SettingInfo(
-        "uploads_per_client", "most open upload sessions of one client address (0: no cap; 429 above)"
+        "client_upload_limit", "most open upload sessions of one client address (0: no cap; 429 above)"
     ),
     SettingInfo("gc_interval", "seconds between online garbage collections (0: off)"),
     SettingInfo("gc_grace", "seconds a new blob or untagged manifest is safe from garbage collection"),

@@ -352,7 +352,7 @@ async def _create_session(reg: Registry, request: Request, name: str) -> UploadR
     settings = reg.settings
     try:
         created = await reg.metadata.upload_create(
-            record, per_repository=settings.uploads_per_repository, per_client=settings.uploads_per_client
+            record, per_repository=settings.repository_upload_limit, per_client=settings.client_upload_limit
         )
     except BaseException:
         await reg.blobs.stage_abort(upload_id, stage)
@@ -369,8 +369,8 @@ def _too_many_uploads(reg: Registry, name: str) -> RegistryError:
     session finishes or is cancelled, at the latest when an abandoned one expires."""
     settings = reg.settings
     caps = [
-        f"{settings.uploads_per_repository} in {name}" if settings.uploads_per_repository else "",
-        f"{settings.uploads_per_client} from one address" if settings.uploads_per_client else "",
+        f"{settings.repository_upload_limit} in {name}" if settings.repository_upload_limit else "",
+        f"{settings.client_upload_limit} from one address" if settings.client_upload_limit else "",
     ]
     return RegistryError(
         "TOOMANYREQUESTS",
