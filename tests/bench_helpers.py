@@ -4,7 +4,6 @@ never how fast anything is), and they run a script's ``--quick --json`` mode."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-only_with_bench = pytest.mark.skipif(
-    os.environ.get("OCIKIT_BENCH") != "1",
-    reason="benchmarks run only with OCIKIT_BENCH=1 (they take time and are never timed tests)",
-)
+#: Skipped unless ``OCIKIT_BENCH=1`` (conftest), the one skip ``OCIKIT_REQUIRE_ALL=1`` allows.
+only_with_bench = pytest.mark.bench
 
 
 def run_quick(script: str, *args: str, timeout: float) -> dict[str, Any]:

@@ -190,11 +190,14 @@ class Cli:
 
     store: Path
     snapshots: Path
+    #: Another interpreter and import path (an unprivileged user's readable copy).
+    python: str = sys.executable
+    pythonpath: str = str(SRC)
 
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            "PYTHONPATH": str(SRC),
+            "PYTHONPATH": self.pythonpath,
             "OCIKIT_STORE": str(self.store),
             "OCIKIT_SNAPSHOTS": str(self.snapshots),
         }
@@ -203,7 +206,7 @@ class Cli:
         self, *args: str, prefix: Sequence[str] = (), check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [*prefix, sys.executable, "-m", "ocikit.cli.main", *args],
+            [*prefix, self.python, "-m", "ocikit.cli.main", *args],
             env=self.env(),
             capture_output=True,
             text=True,

@@ -198,3 +198,24 @@ def test_a_store_that_cannot_be_read_touches_no_snapshot(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
     with open_snapshotter("dir", snapshots / "dir") as snap:
         assert [info.key for info in snap.walk()] == ["sha256:unused"]
+
+
+def test_a_snapshotter_that_cannot_be_reached_does_not_stop_the_others(tmp_path: Path) -> None:
+    """State left by a zfs snapshotter whose pool is gone: reported, the dir snapshotter is
+    still collected, and the command ends with a summary and a non-zero status."""
+    snapshots = tmp_path / "snapshots"
+    with open_snapshotter("dir", snapshots / "dir") as snap:
+        snap.prepare("l")
+        snap.commit("sha256:unused", "l")
+    zfs_state = snapshots / "zfs"
+    zfs_state.mkdir()
+    (zfs_state / "lock").touch()
+    (zfs_state / "zfs-dataset").write_text("ocikit-destroyed-pool/ocikit\n")
+    result = ocikit("gc", "--grace", "0", "--store", tmp_path / "store", "--snapshots", snapshots, ok=False)
+    assert result.returncode == 1
+    assert "removed snapshot dir sha256:unused" in result.stdout
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith(f"ocikit gc: zfs snapshots at {zfs_state}: ")
+    assert errors[-1] == "ocikit gc: 1 of 2 snapshotters could not be collected: zfs (reasons above)"
+    with open_snapshotter("dir", snapshots / "dir") as snap:
+        assert list(snap.walk()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OCIKIT, free_port, require_tool
+from conftest import OCIKIT, ServerProcess, free_port, require_tool
 from ocikit.client.transports import parse_transport
 from ocikit.store.transport import TransportError
 from store_helpers import BuiltImage, build_image, layout_files, tagged, write_layout
@@ -153,6 +153,13 @@ def test_errors_are_one_line(tmp_path: Path, source: tuple[Path, BuiltImage]) ->
         assert result.returncode == 1, args
         assert result.stderr.count("\n") == 1, result.stderr
         assert message in result.stderr
+
+
+def test_inspect_of_a_missing_image_shows_the_registry_error(tmp_path: Path, registry: ServerProcess) -> None:
+    """A HEAD answer has no body: the client asks again with GET to show the error code and message."""
+    result = ocikit(tmp_path / "store", "inspect", f"docker://{registry.host}/nobody/here:1", ok=False)
+    assert result.returncode == 1
+    assert "NAME_UNKNOWN: repository nobody/here is not known" in result.stderr, result.stderr
 
 
 def test_fsck_and_gc_commands(tmp_path: Path, source: tuple[Path, BuiltImage]) -> None:

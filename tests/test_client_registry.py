@@ -37,7 +37,6 @@ from ocikit.client import (
     open_source,
 )
 from ocikit.client.errors import AuthenticationError, RegistryError, RegistryNotFound
-from ocikit.client.source import referrers_tag
 from ocikit.spec import Descriptor, VerificationError, mediatype, parse_reference
 from ocikit.store.copy import copy_image
 from ocikit.store.layout import OCILayout
@@ -446,11 +445,6 @@ def test_referrers_api_and_tag_schema_fallback(any_registry: str) -> None:
             await source.close()
 
     run(scenario())
-
-
-def test_referrers_tag_name() -> None:
-    assert referrers_tag("sha256:" + "a" * 64) == "sha256-" + "a" * 64
-    assert referrers_tag("test+algo:abc=def") == "test-algo-abc-def"
 
 
 def test_redirect_to_another_host_drops_authorization() -> None:

@@ -34,6 +34,7 @@ from create_helpers import (
 )
 from layer_helpers import Layer, gzip_bytes, sha256
 from snapshot_helpers import _no_mounts_left  # noqa: F401  (autouse: unmounts what a failed test left)
+from unprivileged import NOBODY, Unprivileged, unprivileged_fixture  # noqa: F401  (a fixture)
 from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures)
 
 APPLETS = ("sh", "echo", "tr", "sed", "pwd", "hostname", "cat", "ls", "id", "env", "true")
@@ -384,6 +385,29 @@ def test_bad_layers_leave_nothing_behind(
         assert set(committed(infos)) <= {image.real_diff_ids[0]}  # the good base layer may stay
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"Env": ["PATH=/bin"]}, "neither Entrypoint nor Cmd"),
+        ({**CONFIG, "WorkingDir": "relative"}, "must be an absolute path"),
+        ({**CONFIG, "Volumes": {"/": {}}}, "would cover the whole root filesystem"),
+    ],
+)
+def test_an_image_that_cannot_become_a_bundle_is_refused_before_any_layer_is_unpacked(
+    config: dict[str, object], message: str, cli: Cli, layers: list[bytes], tmp_path: Path
+) -> None:
+    layout = tmp_path / "layout"
+    write_image(layout, "v1", Image(layers, config))
+    bundle = tmp_path / "bundle"
+    result = cli("create", "--snapshotter", "dir", f"oci:{layout}:v1", str(bundle), check=False)
+    assert message in one_line_error(result)
+    assert "layer " not in result.stderr  # no "layer …: applied N entries" line
+    assert not bundle.exists()
+    assert (
+        not (cli.snapshots / "dir").exists() or committed(snapshots_of(Backend("dir"), cli.snapshots)) == {}
+    )
+
+
 def test_an_escaping_symlink_is_followed_inside_the_rootfs_only(
     cli: Cli, backend: Backend, layers: list[bytes], tmp_path: Path, bundles: list[Path]
 ) -> None:
@@ -405,12 +429,7 @@ def test_an_escaping_symlink_is_followed_inside_the_rootfs_only(
 # --- rootless --------------------------------------------------------------------------------
 
 
-def test_rootless_create_with_the_dir_snapshotter(layout: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the test drops from root to uid 65534 with setpriv")
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to drop to an unprivileged user")
+def test_rootless_create_with_the_dir_snapshotter(layout: Path, unprivileged: Unprivileged) -> None:
     # pytest's temporary directories are private to root: a world-traversable one instead.
     home = Path(tempfile.mkdtemp(prefix="ocikit-rootless-create-"))
     try:
@@ -418,9 +437,9 @@ def test_rootless_create_with_the_dir_snapshotter(layout: Path) -> None:
         shutil.copytree(layout, home / "layout")
         work = home / "work"
         work.mkdir()
-        os.chown(work, 65534, 65534)
-        cli = Cli(work / "store", work / "snapshots")
-        prefix = (setpriv, "--reuid=65534", "--regid=65534", "--clear-groups")
+        os.chown(work, NOBODY, NOBODY)
+        cli = Cli(work / "store", work / "snapshots", unprivileged.python, unprivileged.pythonpath)
+        prefix = unprivileged.prefix
         bundle = work / "bundle"
         result = cli(
             "create", "--snapshotter", "dir", f"oci:{home / 'layout'}:v1", str(bundle), prefix=prefix

@@ -6,7 +6,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from ocikit.snapshot import DirSnapshotter, SnapshotError
 from ocikit.snapshot.trees import copy_tree, remove_tree
 from snapshot_helpers import tree_of
+from unprivileged import NOBODY, Unprivileged, unprivileged_fixture  # noqa: F401  (a fixture)
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="owners, devices and trusted xattrs need root")
@@ -132,37 +132,19 @@ print(sorted(i.key for i in snap.walk()), os.getuid())
 """
 
 
-@needs_root
-def test_dir_snapshotter_works_rootless(tmp_path: Path) -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to drop to an unprivileged user")
+def test_dir_snapshotter_works_rootless(unprivileged: Unprivileged) -> None:
     # pytest's own temporary directories are private to root: use a world-traversable one.
     state = Path(tempfile.mkdtemp(prefix="ocikit-rootless-"))
-    os.chown(state, 65534, 65534)
+    os.chown(state, NOBODY, NOBODY)
     try:
-        _run_rootless(setpriv, state)
+        result = subprocess.run(
+            [*unprivileged.prefix, unprivileged.python, "-c", ROOTLESS_SCRIPT, str(state)],
+            env=unprivileged.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     finally:
         shutil.rmtree(state)
-
-
-def _run_rootless(setpriv: str, state: Path) -> None:
-    src = Path(__file__).resolve().parent.parent / "src"
-    result = subprocess.run(
-        [
-            setpriv,
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            ROOTLESS_SCRIPT,
-            str(state),
-        ],
-        env={**os.environ, "PYTHONPATH": str(src)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["['base']", "65534"]

@@ -50,8 +50,13 @@ def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def test_valid_document_exits_0(tmp_path: Path) -> None:
-    result = ocikit_validate("--type", "manifest", write(tmp_path, "m.json", MANIFEST))
-    assert (result.returncode, result.stdout) == (0, "")
+    path = write(tmp_path, "m.json", MANIFEST)
+    result = ocikit_validate("--type", "manifest", path)
+    assert result.returncode == 0
+    assert (
+        result.stdout == f"{path}: a valid OCI image manifest (fields, media types and descriptors; "
+        "the blobs it references are not read)\n"
+    )
 
 
 def test_invalid_document_exits_1_with_one_violation_per_line(tmp_path: Path) -> None:
@@ -110,14 +115,20 @@ def test_a_layout_directory(tmp_path: Path) -> None:
     write(tmp_path, "oci-layout", {"imageLayoutVersion": "1.0.0"})
     write(tmp_path, "index.json", {"schemaVersion": 2, "manifests": []})
     assert ocikit_validate("--type", "layout", tmp_path).returncode == 0
-    assert ocikit_validate(tmp_path).returncode == 0
+    result = ocikit_validate(tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"{tmp_path}: a valid OCI image layout (oci-layout, index.json, every")
     (tmp_path / "index.json").unlink()
     result = ocikit_validate(tmp_path)
     assert (result.returncode, result.stdout.strip()) == (1, "index.json: is required but missing")
 
 
 def test_a_lone_layout_header_is_a_document(tmp_path: Path) -> None:
-    assert ocikit_validate(write(tmp_path, "oci-layout", {"imageLayoutVersion": "1.0.0"})).returncode == 0
+    header = ocikit_validate(write(tmp_path, "oci-layout", {"imageLayoutVersion": "1.0.0"}))
+    assert (header.returncode, header.stdout) == (
+        0,
+        f"{tmp_path}/oci-layout: a valid OCI image layout header (oci-layout)\n",
+    )
     assert ocikit_validate(write(tmp_path, "oci-layout", {"imageLayoutVersion": "1.1.0"})).returncode == 1
 
 

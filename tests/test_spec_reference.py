@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocikit.spec.reference import Reference, ReferenceError, parse_reference
+from ocikit.spec.reference import Reference, ReferenceError, is_valid_tag, parse_reference, referrers_tag
 
 HEX = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 DIGEST = f"sha256:{HEX}"
@@ -125,3 +125,30 @@ def test_normalisation_is_idempotent(components: list[str], tag: str | None) -> 
 def test_parsing_arbitrary_text_only_raises_reference_errors(text: str) -> None:
     with contextlib.suppress(ReferenceError):
         parse_reference(text)
+
+
+@pytest.mark.parametrize(
+    ("digest", "tag"),
+    [
+        ("sha256:" + "a" * 64, "sha256-" + "a" * 64),
+        ("sha512:" + "a" * 128, "sha512-" + "a" * 64),
+        ("sha256+b64u:abc_DEF-12=", "sha256-b64u-abc_DEF-12-"),
+        (  # the distribution-spec's own example
+            "test+algorithm+using+algorithm+separators+and+lots+of+characters+to+excercise+overall"
+            "+truncation:alsoSome=InTheEncodedSectionToShowHyphenReplacementAndLotsAndLotsOfCharacters"
+            "ToExcerciseEncodedTruncation",
+            "test-algorithm-using-algorithm-s-alsoSome-InTheEncodedSectionToShowHyphenReplacementAndLotsAndLot",
+        ),
+    ],
+)
+def test_referrers_tag_schema(digest: str, tag: str) -> None:
+    assert referrers_tag(digest) == tag
+    assert is_valid_tag(tag)
+
+
+@given(
+    st.from_regex(r"[a-z0-9]+([+._-][a-z0-9]+)*", fullmatch=True),
+    st.from_regex(r"[a-zA-Z0-9=_-]+", fullmatch=True),
+)
+def test_every_referrers_tag_is_a_valid_tag(algorithm: str, encoded: str) -> None:
+    assert is_valid_tag(referrers_tag(f"{algorithm}:{encoded}"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import Overrides, annotations_for, hostname_for, runtime_config
+from .config import Overrides, annotations_for, check_convertible, hostname_for, runtime_config
 from .create import BundleState, create_bundle, read_state, remove_bundle
 from .errors import BundleError
 from .users import resolve_user
@@ -12,6 +12,7 @@ __all__ = [
     "BundleState",
     "Overrides",
     "annotations_for",
+    "check_convertible",
     "create_bundle",
     "hostname_for",
     "read_state",

@@ -20,7 +20,14 @@ from . import defaults
 from .errors import BundleError
 from .users import resolve_user
 
-__all__ = ["ANNOTATION_PREFIX", "Overrides", "VolumeMode", "annotations_for", "runtime_config"]
+__all__ = [
+    "ANNOTATION_PREFIX",
+    "Overrides",
+    "VolumeMode",
+    "annotations_for",
+    "check_convertible",
+    "runtime_config",
+]
 
 ANNOTATION_PREFIX: Final = "org.opencontainers.image."
 
@@ -136,6 +143,24 @@ def hostname_for(name: str) -> str:
     return label or "ocikit"
 
 
+def check_convertible(image: ImageConfig, overrides: Overrides | None = None) -> None:
+    """Raise the :class:`BundleError` that :func:`runtime_config` would raise for reasons the
+    root filesystem has no part in (the OS, no command, a bad override or volume), so that a
+    caller can refuse before unpacking gigabytes of layers."""
+    overrides = overrides or Overrides()
+    _check_os(image)
+    config = image.config or ContainerConfig()
+    _args(config, overrides)
+    _merge_env(config.env or [], overrides)
+    _cwd(config, overrides)
+    _volume_destinations(config)
+
+
+def _check_os(image: ImageConfig) -> None:
+    if image.os != "linux":
+        raise BundleError(f"the image is for {image.os!r}; ocikit makes bundles for linux only")
+
+
 def runtime_config(
     image: ImageConfig,
     root_fd: int,
@@ -147,8 +172,7 @@ def runtime_config(
     (read for ``/etc/passwd`` and ``/etc/group`` only); ``volume_mounts`` are the mounts
     chosen for ``Config.Volumes`` (see :mod:`.volumes`)."""
     overrides = overrides or Overrides()
-    if image.os != "linux":
-        raise BundleError(f"the image is for {image.os!r}; ocikit makes bundles for linux only")
+    _check_os(image)
     config = image.config or ContainerConfig()
     user = resolve_user(overrides.user if overrides.user is not None else config.user, root_fd)
     process = Process(

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ..bundle import BundleError, Overrides, create_bundle, hostname_for
+from ..bundle import BundleError, Overrides, check_convertible, create_bundle, hostname_for
 from ..bundle.lxc import UNPASSABLE, create_lxc
 from ..bundle.unpack import snapshot_root, unpack_image
 from ..client.transports import TransportSpec, copy_between, parse_transport
@@ -139,6 +139,11 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
 def run(args: argparse.Namespace) -> int:
     async def work() -> int:
         image = await stored_image(parse_transport(args.image), args)
+        try:
+            check_convertible(image.config.value, overrides_from(args))
+        except BundleError as exc:
+            print(f"ocikit create: {exc}", file=sys.stderr)
+            return 1
         snapshotter = open_chosen_snapshotter(args)
         try:
             chain = unpack_image(image, snapshotter, ApplyOptions(), on_layer=_report)

@@ -76,7 +76,7 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
         finally:
             await registry.metadata.close()
             await registry.blobs.close()
-    except (StorageUnavailable, SchemaError, GCBusy) as exc:
+    except (StorageUnavailable, SchemaError, GCBusy, OSError) as exc:
         print(f"ocikit gc: {exc}", file=sys.stderr)
         return 1
     verb = "would remove" if dry_run else "removed"
@@ -116,34 +116,48 @@ def _collect_store(args: argparse.Namespace) -> int:
 
 
 def _collect_snapshots(args: argparse.Namespace, chains: set[str], grace: float) -> int:
+    """Collect every snapshotter that was used here. One that cannot be opened (a zfs pool
+    since destroyed, a daemon not running) is reported and skipped: the others are still
+    collected, and the exit status and a closing summary say what was not."""
+    from ..bundle.unpack import snapshot_root
+    from ..snapshot import BACKENDS
+
+    used = [name for name in sorted(BACKENDS) if (snapshot_root(name, args.snapshots) / "lock").exists()]
+    failed = [name for name in used if not _collect_backend(name, args, chains, grace)]
+    if failed:
+        print(
+            f"ocikit gc: {len(failed)} of {len(used)} snapshotters could not be collected: "
+            f"{', '.join(failed)} (reasons above)",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def _collect_backend(name: str, args: argparse.Namespace, chains: set[str], grace: float) -> bool:
     from ..bundle.gc import collect_snapshots
     from ..bundle.unpack import snapshot_root
-    from ..snapshot import BACKENDS, SnapshotError, open_snapshotter
+    from ..snapshot import SnapshotError, open_snapshotter
 
     verb = "would remove" if args.dry_run else "removed"
-    failed = 0
-    for name in sorted(BACKENDS):
-        root = snapshot_root(name, args.snapshots)
-        if not (root / "lock").exists():
-            continue  # this backend was never opened here (every backend keeps a lock file)
-        try:
-            with contextlib.closing(open_snapshotter(name, root)) as snapshotter:
-                report = collect_snapshots(snapshotter, chains, grace=grace, dry_run=args.dry_run)
-        except (SnapshotError, OSError) as exc:
-            print(f"ocikit gc: {name} snapshots at {root}: {exc}", file=sys.stderr)
-            failed = 1
-            continue
-        for key, directory in report.released:
-            print(f"{verb} snapshot {name} {key} (bundle {directory} is gone)")
-        for key in report.removed:
-            print(f"{verb} snapshot {name} {key}")
-        for key, why in report.refused:
-            print(f"kept snapshot {name} {key}: {why}", file=sys.stderr)
-        print(
-            f"{verb}: {len(report.removed)} {name} snapshots and {len(report.released)} of deleted "
-            f"bundles; kept {report.kept} in use and {report.kept_recent} recent"
-        )
-    return failed
+    root = snapshot_root(name, args.snapshots)
+    try:
+        with contextlib.closing(open_snapshotter(name, root)) as snapshotter:
+            report = collect_snapshots(snapshotter, chains, grace=grace, dry_run=args.dry_run)
+    except (SnapshotError, OSError) as exc:
+        reason = " ".join(str(exc).split())  # one line, whatever the zfs command printed
+        print(f"ocikit gc: {name} snapshots at {root}: {reason}", file=sys.stderr)
+        return False
+    for key, directory in report.released:
+        print(f"{verb} snapshot {name} {key} (bundle {directory} is gone)")
+    for key in report.removed:
+        print(f"{verb} snapshot {name} {key}")
+    for key, why in report.refused:
+        print(f"kept snapshot {name} {key}: {why}", file=sys.stderr)
+    print(
+        f"{verb}: {len(report.removed)} {name} snapshots and {len(report.released)} of deleted "
+        f"bundles; kept {report.kept} in use and {report.kept_recent} recent"
+    )
+    return True
 
 
 def _print_store_report(report: Any, dry_run: bool) -> None:

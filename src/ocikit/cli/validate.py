@@ -12,14 +12,28 @@ from ..store.layout_check import validate_layout
 
 EXIT_VALID, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
+#: What a success means, said on success: a silent exit 0 leaves users guessing what was looked at.
+_CHECKED = {
+    "manifest": "a valid OCI image manifest (fields, media types and descriptors; "
+    "the blobs it references are not read)",
+    "index": "a valid OCI image index (fields, media types and descriptors; "
+    "the manifests it lists are not read)",
+    "config": "a valid OCI image config (fields and their types)",
+    "descriptor": "a valid OCI descriptor (media type, digest, size and embedded data)",
+    "layout": "a valid OCI image layout header (oci-layout)",
+    "whole layout": "a valid OCI image layout (oci-layout, index.json, every manifest, index, "
+    "config and layer they reach, verified against its digest and size, and the blob names)",
+}
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "validate",
         help="validate a manifest, index, config, descriptor or image layout",
         description=(
-            "Check PATH against the OCI image-spec. Exit 0 when valid, 1 when invalid (one violation "
-            "per line), 2 for usage errors. Without --type the type comes from the document's mediaType."
+            "Check PATH against the OCI image-spec. Exit 0 when valid (saying what was checked), "
+            "1 when invalid (one violation per line), 2 for usage errors. Without --type the type "
+            "comes from the document's mediaType."
         ),
     )
     parser.add_argument("--type", choices=DOCUMENT_TYPES, help="what PATH holds")
@@ -34,9 +48,14 @@ def _usage_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _report(violations: list[Violation]) -> int:
-    if not violations:
-        return EXIT_VALID
+def _report(violations: list[Violation], path: Path, kind: str) -> int:
+    if violations:
+        return _invalid(violations)
+    print(f"{path}: {_CHECKED[kind]}")
+    return EXIT_VALID
+
+
+def _invalid(violations: list[Violation]) -> int:
     for violation in violations:
         print(violation)
     return EXIT_INVALID
@@ -44,7 +63,7 @@ def _report(violations: list[Violation]) -> int:
 
 def _validate_layout(path: Path) -> int:
     try:
-        return _report(validate_layout(path))
+        return _report(validate_layout(path), path, "whole layout")
     except FileNotFoundError as exc:
         return _usage_error(str(exc))
 
@@ -70,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         node = parse_json(raw)
     except ValidationFailed as exc:
-        return _report(exc.violations)
+        return _invalid(exc.violations)
     kind = args.type or infer_type(node)
     if kind is None:
         return _usage_error(f"cannot tell what {path} is: it has no known mediaType; give --type")
-    return _report(validate(node, kind))
+    return _report(validate(node, kind), path, kind)

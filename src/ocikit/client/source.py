@@ -21,6 +21,7 @@ import msgspec
 from ..spec import Descriptor, Digest, Reference, VerificationError, digest_of, mediatype
 from ..spec.digest import DigestError, verify_bytes
 from ..spec.models import ImageIndex
+from ..spec.reference import referrers_tag
 from ..store.transport import TransportError
 from .endpoint import RepositoryEndpoint
 from .http import ConnectionFailed, IncompleteBody
@@ -43,14 +44,7 @@ MANIFEST_ACCEPT: Final = ", ".join(
 #: Larger than any registry accepts (distribution: 4 MiB), small enough to hold in memory.
 MAX_MANIFEST_SIZE: Final = 16 << 20
 _REFERRERS_PAGES: Final = 100
-_TAG_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_.-]")
 _LINK_NEXT: Final = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
-
-
-def referrers_tag(digest: str) -> str:
-    """The tag of the referrers tag schema for ``digest`` (distribution-spec, "Referrers Tag Schema")."""
-    algorithm, _, encoded = digest.partition(":")
-    return _TAG_UNSAFE.sub("-", f"{algorithm[:32]}-{encoded[:64]}")
 
 
 def bare_media_type(value: str | None) -> str:
@@ -122,6 +116,9 @@ class RegistrySource(RepositoryEndpoint):
         response = await self.client.request(
             "HEAD", self._path("manifests", identifier), scopes=self._scopes, headers=headers
         )
+        if response.status == 404:  # a HEAD answer has no body: GET says which of name or manifest
+            await response.aclose()
+            return await self._resolve_by_get(identifier, what)
         await self.client.expect(response, (200,), what)
         await response.aclose()
         digest = response.headers.get("docker-content-digest")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .errors import RegistryError
+from .errors import RegistryError, still_referenced
 from .hooks import Event
 from .http import Request, Response
 
@@ -84,7 +84,9 @@ async def delete(reg: Registry, request: Request, name: str, reference: str) -> 
     if not reg.settings.delete_blobs:
         raise RegistryError("UNSUPPORTED", "blob deletion is disabled on this registry")
     digest = reg.parse_digest(reference)
-    outcome = await reg.metadata.unlink_blob(name, digest, refuse_if_used=False)
+    outcome = await reg.metadata.unlink_blob(name, digest, refuse_if_used=not reg.settings.delete_referenced)
+    if outcome.referenced_by:
+        raise still_referenced(f"blob {digest}", "used by", name, outcome.referenced_by)
     if not outcome.deleted:
         raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
     await reg.emit(Event("delete", name, "blob", digest=digest))

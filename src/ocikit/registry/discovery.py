@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from ..spec import mediatype as mt
 from ..spec.digest import Digest
+from ..spec.reference import referrers_tag
 from ..spec.validate import ValidationFailed, parse_json
 from .errors import RegistryError
 from .http import Request, Response
@@ -15,7 +16,7 @@ from .storage.base import Referrer
 if TYPE_CHECKING:
     from .app import Registry
 
-__all__ = ["catalog", "referrers", "referrers_tag", "tags"]
+__all__ = ["catalog", "referrers", "tags"]
 
 
 def _page_size(reg: Registry, request: Request) -> int:
@@ -71,11 +72,6 @@ async def catalog(reg: Registry, request: Request, _name: str, _arg: str) -> Res
         found = found[:limit]
         headers.append(_next_link("/v2/_catalog", {"n": str(limit), "last": found[-1]}))
     return Response.json({"repositories": found}, headers=headers)
-
-
-def referrers_tag(digest: Digest) -> str:
-    """The tag under which clients without the referrers API keep a subject's referrers."""
-    return f"{digest.algorithm[:32]}-{digest.encoded[:64]}"
 
 
 def _descriptor(referrer: Referrer) -> dict[str, Any]:

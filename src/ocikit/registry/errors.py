@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -10,7 +11,7 @@ from ..spec.models import enc_hook
 
 _json = msgspec.json.Encoder(enc_hook=enc_hook)
 
-__all__ = ["RegistryError"]
+__all__ = ["RegistryError", "still_referenced"]
 
 # code -> (HTTP status, default message)
 _CODES: dict[str, tuple[int, str]] = {
@@ -58,3 +59,17 @@ class RegistryError(Exception):
         if self.detail is not None:
             error["detail"] = self.detail
         return _json.encode({"errors": [error]})
+
+
+def still_referenced(what: str, relation: str, repository: str, manifests: Sequence[str]) -> RegistryError:
+    """The refusal of a DELETE that would leave an image of ``repository`` that cannot be
+    pulled: 409, ``DENIED``, naming the manifests that still reference ``what`` (the first
+    few in the message, all in ``detail``). Deleting those first, as clients do, works."""
+    shown = ", ".join(manifests[:5]) + (f" and {len(manifests) - 5} more" if len(manifests) > 5 else "")
+    return RegistryError(
+        "DENIED",
+        f"{what} is still {relation} {len(manifests)} manifest(s) of {repository}: {shown}; "
+        "delete those first (the registry's delete_referenced setting allows it anyway)",
+        status=409,
+        detail={"referencedBy": list(manifests)},
+    )

@@ -3,7 +3,9 @@
 A pushed manifest is validated with the image-spec model, stored in the exact bytes received
 and addressed by the digest of those bytes. Its config and layers must already be in the
 repository (``MANIFEST_BLOB_UNKNOWN`` otherwise), as must an index's manifests; a ``subject``
-may point anywhere, so that referrers can be pushed before what they refer to.
+may point anywhere, so that referrers can be pushed before what they refer to. Every
+descriptor whose content the repository holds must describe it truly (``MANIFEST_INVALID``
+otherwise): a registry that stored a wrong size would serve an image no client can pull.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, digest_of
 from ..spec.reference import is_valid_tag
 from ..spec.validate import ValidationFailed, parse_json, validate
 from .app import _warning_headers
-from .errors import RegistryError
+from .descriptors import descriptor_findings, descriptors_of, required_references
+from .errors import RegistryError, still_referenced
 from .hooks import Event
 from .http import BodyTooLarge, Request, Response
 from .storage.base import ManifestRecord
@@ -97,11 +100,6 @@ def _media_type(request: Request, node: Any) -> str:
     return media_type
 
 
-def _descriptor_digests(node: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    value = node.get(key)
-    return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
-
-
 def _record(node: dict[str, Any], raw: bytes, digest: Digest, media_type: str) -> ManifestRecord:
     subject = node.get("subject")
     config = node.get("config")
@@ -117,16 +115,16 @@ def _record(node: dict[str, Any], raw: bytes, digest: Digest, media_type: str) -
     )
 
 
-def _references(node: dict[str, Any], media_type: str) -> tuple[list[Digest], list[Digest]]:
-    """(blobs, child manifests) the manifest needs present; foreign layers need not be."""
-    if media_type in mt.INDEX_TYPES:
-        return [], [Digest(d["digest"]) for d in _descriptor_digests(node, "manifests")]
-    blobs = [Digest(node["config"]["digest"])]
-    for layer in _descriptor_digests(node, "layers"):
-        if layer.get("urls") or layer.get("mediaType") in mt.NONDISTRIBUTABLE_LAYER_TYPES:
-            continue
-        blobs.append(Digest(layer["digest"]))
-    return blobs, []
+async def _check_descriptors(reg: Registry, name: str, node: dict[str, Any], media_type: str) -> None:
+    """Refuse the first descriptor that disagrees with stored content; absent content is
+    ``put_manifest``'s to judge (it knows whether sparse manifests are allowed)."""
+    async for finding in descriptor_findings(reg.metadata, name, node, media_type):
+        if not finding.absent:
+            raise RegistryError(
+                "MANIFEST_INVALID",
+                str(finding),
+                detail={"descriptor": finding.where, "digest": finding.digest},
+            )
 
 
 def _requested_tags(request: Request, reference: str) -> list[str]:
@@ -146,7 +144,7 @@ def _portability_warnings(node: dict[str, Any], media_type: str) -> list[str]:
     warnings = []
     if media_type in mt.MANIFEST_TYPES and node.get("layers") == []:
         warnings.append("manifest has no layers; for portability it should have at least one")
-    layers = _descriptor_digests(node, "layers")
+    layers = descriptors_of(node, "layers")
     if any(layer.get("mediaType") in mt.NONDISTRIBUTABLE_LAYER_TYPES for layer in layers):
         warnings.append("non-distributable layer media types are deprecated")
     return warnings
@@ -186,7 +184,8 @@ async def put(reg: Registry, request: Request, name: str, reference: str) -> Res
     digest = digest_of(raw, expected.algorithm if expected else "sha256")
     if expected is not None and digest != expected:
         raise RegistryError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {expected}")
-    blobs, children = _references(node, media_type)
+    await _check_descriptors(reg, name, node, media_type)
+    blobs, children = required_references(node, media_type)
     record = _record(node, raw, digest, media_type)
     missing = await reg.metadata.put_manifest(
         name, record, blobs=blobs, children=children, tags=tags, sparse=reg.settings.sparse_manifests
@@ -215,7 +214,11 @@ async def delete(reg: Registry, request: Request, name: str, reference: str) -> 
         if not reg.settings.delete_manifests:
             raise RegistryError("UNSUPPORTED", "manifest deletion is disabled on this registry")
         digest = reg.parse_digest(reference)
-        outcome = await reg.metadata.delete_manifest(name, digest, refuse_if_listed=False)
+        outcome = await reg.metadata.delete_manifest(
+            name, digest, refuse_if_listed=not reg.settings.delete_referenced
+        )
+        if outcome.referenced_by:
+            raise still_referenced(f"manifest {digest}", "listed by", name, outcome.referenced_by)
         if not outcome.deleted:
             await _unknown(reg, name, f"manifest {digest}")
         await reg.emit(Event("delete", name, "manifest", digest=digest))

@@ -52,10 +52,13 @@ class Settings:
     delete_blobs: bool = True
     delete_manifests: bool = True
     delete_tags: bool = True
+    delete_referenced: bool = False
     max_manifest_size: int = 4 * 1024 * 1024
     chunk_min_length: int = 0
     sparse_manifests: bool = False
-    upload_expiry: float = 24 * 3600
+    upload_expiry: float = 3600
+    repository_upload_limit: int = 5000
+    client_upload_limit: int = 1000
     gc_interval: float = 0
     gc_grace: float = 3600
     page_size: int = 1000
@@ -124,6 +127,11 @@ SETTINGS: Final = (
     SettingInfo("delete_blobs", "allow DELETE of blobs (405 when false)"),
     SettingInfo("delete_manifests", "allow DELETE of manifests by digest (405 when false)"),
     SettingInfo("delete_tags", "allow DELETE of tags (405 when false)"),
+    SettingInfo(
+        "delete_referenced",
+        "allow DELETE of a blob that a manifest of the repository uses, or of a manifest that one of "
+        "its indexes lists (default: 409 DENIED, naming what references it)",
+    ),
     SettingInfo("max_manifest_size", "largest manifest accepted, in bytes (413 above it)"),
     SettingInfo("chunk_min_length", "OCI-Chunk-Min-Length announced to clients, in bytes (0: none)"),
     SettingInfo(
@@ -131,6 +139,12 @@ SETTINGS: Final = (
         "accept manifests whose blobs or child manifests are absent (default: MANIFEST_BLOB_UNKNOWN)",
     ),
     SettingInfo("upload_expiry", "seconds after its last activity that an upload is purged"),
+    SettingInfo(
+        "repository_upload_limit", "most open upload sessions in one repository (0: no cap; 429 above)"
+    ),
+    SettingInfo(
+        "client_upload_limit", "most open upload sessions of one client address (0: no cap; 429 above)"
+    ),
     SettingInfo("gc_interval", "seconds between online garbage collections (0: off)"),
     SettingInfo("gc_grace", "seconds a new blob or untagged manifest is safe from garbage collection"),
     SettingInfo("page_size", "most tags, repositories or referrers in one response"),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, HashStateError, ResumableDigester
+from ..spec.reference import is_valid_repository
 from .errors import RegistryError
 from .hooks import Event
 from .http import ClientDisconnected, Request, Response
@@ -41,6 +42,8 @@ UPLOAD_LEASE_TTL: Final = 10.0
 _PUBLISH_WAIT: Final = 30.0
 _POLL: Final = 0.05
 _HASH_BATCH: Final = 4 << 20
+#: Seconds a client refused for too many open uploads is asked to wait before trying again.
+_RETRY_AFTER: Final = 30
 # Hashing runs beside the receiving and the writing; OpenSSL releases the GIL.
 _hashing = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ocikit-hash")
 
@@ -298,6 +301,8 @@ async def _commit(
 async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> Response | None:
     """Link a blob from another repository; None when it cannot (the caller starts an upload)."""
     source = request.param("from")
+    if source is not None and not is_valid_repository(source):
+        raise RegistryError("NAME_INVALID", f"invalid repository name {source!r} in ?from=")
     candidates = [source] if source else await reg.metadata.blob_repositories(digest)
     for repository in candidates:
         size = await reg.metadata.linked_blob_size(repository, digest)
@@ -342,15 +347,35 @@ async def _create_session(reg: Registry, request: Request, name: str) -> UploadR
         created_at=now,
         updated_at=now,
     )
+    settings = reg.settings
     try:
-        created = await reg.metadata.upload_create(record, per_repository=0, per_client=0)
+        created = await reg.metadata.upload_create(
+            record, per_repository=settings.repository_upload_limit, per_client=settings.client_upload_limit
+        )
     except BaseException:
         await reg.blobs.stage_abort(upload_id, stage)
         raise
     if not created:
         await reg.blobs.stage_abort(upload_id, stage)
-        raise RegistryError("TOOMANYREQUESTS", "too many open uploads", headers=[("retry-after", "60")])
+        raise _too_many_uploads(reg, name)
     return record
+
+
+def _too_many_uploads(reg: Registry, name: str) -> RegistryError:
+    """Open sessions are capped per repository and per client address, so that nobody can
+    pile up sessions (each holds staging space until it expires). A place frees up when a
+    session finishes or is cancelled, at the latest when an abandoned one expires."""
+    settings = reg.settings
+    caps = [
+        f"{settings.repository_upload_limit} in {name}" if settings.repository_upload_limit else "",
+        f"{settings.client_upload_limit} from one address" if settings.client_upload_limit else "",
+    ]
+    return RegistryError(
+        "TOOMANYREQUESTS",
+        f"too many open uploads (at most {' and '.join(filter(None, caps))}): finish or cancel "
+        f"some, or wait for abandoned ones to expire {settings.upload_expiry:g} s after their last chunk",
+        headers=[("retry-after", str(_RETRY_AFTER))],
+    )
 
 
 async def start(reg: Registry, request: Request, name: str, _: str) -> Response:

@@ -20,6 +20,7 @@ __all__ = [
     "is_valid_repository",
     "is_valid_tag",
     "parse_reference",
+    "referrers_tag",
 ]
 
 DEFAULT_REGISTRY: Final = "docker.io"
@@ -29,6 +30,7 @@ _MAX_NAME_LENGTH: Final = 255
 _PATH_COMPONENT: Final = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE: Final = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
 _TAG_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_NOT_IN_TAGS: Final = re.compile(r"[^A-Za-z0-9_.-]")
 _DOMAIN_COMPONENT: Final = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 _HOST_RE: Final = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?"
@@ -46,6 +48,15 @@ def is_valid_repository(name: str) -> bool:
 
 def is_valid_tag(tag: str) -> bool:
     return _TAG_RE.fullmatch(tag) is not None
+
+
+def referrers_tag(digest: str) -> str:
+    """The tag under which clients without the referrers API keep a subject's referrers
+    (distribution-spec, "Referrers Tag Schema"): the algorithm truncated to 32 characters, a
+    ``-``, the encoded part truncated to 64, and every character a tag cannot hold as ``-``.
+    A digest's algorithm starts with a letter or digit, so the result is always a valid tag."""
+    algorithm, _, encoded = digest.partition(":")
+    return _NOT_IN_TAGS.sub("-", f"{algorithm[:32]}-{encoded[:64]}")
 
 
 @dataclass(frozen=True, slots=True)
