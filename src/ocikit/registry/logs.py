@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .auth.access import USER_SCOPE_KEY
 from .http import Scope
 
 __all__ = ["TEXT_FORMAT", "AccessLog", "JsonFormatter", "formatter", "logging_config"]
@@ -104,7 +105,7 @@ class AccessLog:
             (
                 time.time(),
                 scope.get("client"),
-                scope.get("ocikit.user"),  # set by the authentication layer; None: anonymous
+                scope.get(USER_SCOPE_KEY),  # set by the authentication layer; None: anonymous
                 scope["method"],
                 scope["path"],
                 status,
