@@ -371,7 +371,9 @@ class SQLMetadataStore:
         tags: list[str],
         sparse: bool = False,
     ) -> list[Digest]:
-        blobs, children = list(dict.fromkeys(blobs)), list(dict.fromkeys(children))
+        # Rows are locked in one order (sorted) whatever the manifest's order: two pushes that
+        # share blobs or tags then never wait for each other in a cycle (a deadlock).
+        blobs, children, tags = sorted(set(blobs)), sorted(set(children)), sorted(set(tags))
 
         async def work(tx: Transaction) -> list[Digest]:
             await tx.shared(_GC_KEY)
