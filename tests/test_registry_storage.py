@@ -99,11 +99,10 @@ def test_a_registry_on_postgresql(pg_registry: Any, tmp_path: Path) -> None:
     # The metadata is in PostgreSQL, not in a SQLite file under the root.
     assert not (server.root / "metadata.db").exists()
     collected = subprocess.run(
-        [*OCIKIT, "gc", "--root", str(server.root), "--grace", "0"],
+        [*OCIKIT, "gc", "--storage", server.root.as_uri(), "--metadata", url, "--grace", "0"],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "OCIKIT_METADATA": url},
     )
     assert collected.returncode == 0, collected.stderr
     assert "3 blobs" in collected.stdout
