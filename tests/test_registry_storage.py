@@ -238,3 +238,17 @@ def test_storage_unavailable_is_503_for_library_users(tmp_path: Path) -> None:
     assert (
         response.json()["errors"][0]["message"] == "the catalogue database is unavailable: connection refused"
     )
+
+
+def test_an_upload_whose_staging_is_gone_is_unknown(fresh_registry: ServerProcess) -> None:
+    """As after a replica was killed between publishing a blob and closing its session: the
+    retried PUT is told to start again (404), not answered 500, and the session is gone."""
+    name = repo_name()
+    with fresh_registry.client() as client:
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=b"partial").status_code == 202
+        (fresh_registry.root / "uploads" / location.rsplit("/", 1)[-1]).unlink()
+        retried = client.put(location, params={"digest": digest(b"partial!")}, content=b"!")
+        assert retried.status_code == 404
+        assert error_codes(retried) == ["BLOB_UPLOAD_UNKNOWN"]
+        assert client.get(location).status_code == 404

@@ -103,6 +103,10 @@ class BlobStore(Protocol):
         ...
 
     # staging ---------------------------------------------------------------------------
+    # ``stage_append``, ``stage_read`` and ``stage_commit`` raise FileNotFoundError when the
+    # upload's staging area is gone (purged, or published by a request that crashed before
+    # the session was closed): the upload cannot go on and the client starts it again.
+
     async def stage_create(self, upload_id: str) -> bytes:
         """Prepare the staging of a new upload; the initial ``stage`` value."""
         ...
