@@ -247,7 +247,9 @@ class MetadataStore(Protocol):
     async def blob_is_recorded(self, digest: Digest) -> bool: ...
 
     async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
-        """Record a blob (creating the repository) and stamp it as just pushed."""
+        """Record a blob (creating the repository) and stamp it as just pushed. Callers hold a
+        :meth:`publish_begin` announcement of the digest meanwhile, so that no collection is
+        deleting its bytes."""
         ...
 
     async def unlink_blob(self, repository: str, digest: Digest, *, refuse_if_used: bool) -> DeleteOutcome:
