@@ -5,9 +5,11 @@ different replicas (processes sharing one root), with leases held by a dead writ
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,18 @@ import pytest
 from conftest import OCIKIT, ServerProcess, start_registry
 from ocikit.registry.storage.schema import MIGRATIONS, statements
 from ocikit.registry.storage.sqlite import SQLiteMetadataStore
-from registry_helpers import digest, error_codes, push_blob, push_image, repo_name
+from registry_helpers import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    descriptor,
+    digest,
+    error_codes,
+    push_blob,
+    push_image,
+    put_manifest,
+    repo_name,
+)
 
 
 def _serve_once(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -285,3 +298,66 @@ def test_deletions_of_a_crashed_collection_are_finished(tmp_path: Path) -> None:
             assert client.get(f"/v2/{name}/blobs/{digest(data)}").content == data
     finally:
         server.stop()
+
+
+def test_pushes_beside_a_collector_with_no_grace_period(tmp_path: Path) -> None:
+    """Two replicas on one root, each with an online collector running every second with no
+    grace period, and four pushers of images sharing a base layer: every image whose tag was
+    accepted pulls whole afterwards, and the blobs pushed again are never lost."""
+    root = tmp_path / "data"
+    replicas = [
+        start_registry(
+            root,
+            ["--gc-interval", "1", "--gc-grace", "0", "--upload-expiry", "4"],
+            log=tmp_path / f"r{i}.log",
+        )
+        for i in range(2)
+    ]
+    base = os.urandom(200_000)
+    accepted: dict[str, tuple[str, list[bytes]]] = {}
+    failures: list[str] = []
+
+    def pusher(worker: int) -> None:
+        with replicas[worker % 2].client() as client:
+            for round_ in range(4):
+                name, tag = f"stress/w{worker}", f"r{round_}"
+                layers = [base, os.urandom(50_000 + worker)]
+                for _ in range(10):  # a blob collected before its manifest came: push again
+                    config = json.dumps({"worker": worker, "round": round_}).encode()
+                    for blob in (config, *layers):
+                        push_blob(client, name, blob)
+                    manifest = {
+                        "schemaVersion": 2,
+                        "mediaType": OCI_MANIFEST,
+                        "config": descriptor(OCI_CONFIG, config),
+                        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
+                    }
+                    body = json.dumps(manifest).encode()
+                    response = put_manifest(client, name, tag, body)
+                    if response.status_code == 201:
+                        accepted[f"{name}:{tag}"] = (digest(body), [config, *layers])
+                        break
+                    if error_codes(response) != ["MANIFEST_BLOB_UNKNOWN"]:
+                        failures.append(response.text)
+                        break
+
+    try:
+        threads = [threading.Thread(target=pusher, args=(worker,)) for worker in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert len(accepted) >= 10, "too few pushes got through to prove anything"
+        with replicas[1].client() as client:
+            for reference, (manifest_digest, blobs) in accepted.items():
+                name, tag = reference.split(":")
+                got = client.get(f"/v2/{name}/manifests/{tag}", headers={"accept": OCI_MANIFEST})
+                assert got.headers.get("docker-content-digest") == manifest_digest, got.text
+                for blob in blobs:
+                    fetched = client.get(f"/v2/{name}/blobs/{digest(blob)}")
+                    assert fetched.status_code == 200, (reference, fetched.text)
+                    assert fetched.content == blob
+    finally:
+        for replica in replicas:
+            replica.stop()
