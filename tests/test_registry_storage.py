@@ -141,6 +141,13 @@ def test_postgresql_restarted_while_serving(pg_registry: Any, postgres: Any) -> 
             assert time.monotonic() < deadline, response.text
             time.sleep(0.2)
         assert response.json()["tags"] == ["v1"]
+        # A restart between two requests: the next read is answered, on a fresh connection in
+        # place of the pooled ones that the server closed.
+        for _ in range(4):
+            client.get(f"/v2/{name}/manifests/v1")  # several pooled connections in use
+        postgres.restart()
+        for _ in range(3):
+            assert client.get(f"/v2/{name}/tags/list").json()["tags"] == ["v1"]
         push_image(client, name, tag="v2")  # writes work again too
     assert server.process.poll() is None  # never restarted
 
