@@ -368,3 +368,33 @@ def test_pushes_beside_a_collector_with_no_grace_period(tmp_path: Path) -> None:
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_two_patches_racing_on_one_upload_never_interleave(registry: ServerProcess) -> None:
+    """Both claim chunk 0-N of one upload at once: one is written, the other waits for the
+    session's lease and is then told where the upload stands (416 with its Range)."""
+    name = repo_name()
+    first, second = os.urandom(2_000_000), os.urandom(2_000_000)
+    with registry.client() as client:
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+    results: dict[int, httpx.Response] = {}
+
+    def send(index: int, data: bytes) -> None:
+        with registry.client() as own:
+            headers = {"content-range": f"0-{len(data) - 1}", "content-type": "application/octet-stream"}
+            results[index] = own.patch(location, content=data, headers=headers)
+
+    threads = [threading.Thread(target=send, args=(i, data)) for i, data in enumerate((first, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(response.status_code for response in results.values())
+    assert statuses == [202, 416], [r.text for r in results.values()]
+    winner = first if results[0].status_code == 202 else second
+    refused = next(r for r in results.values() if r.status_code == 416)
+    assert refused.headers["range"] == f"0-{len(winner) - 1}"
+    with registry.client() as client:
+        done = client.put(location, params={"digest": digest(winner)})
+        assert done.status_code == 201, done.text
+        assert client.get(f"/v2/{name}/blobs/{digest(winner)}").content == winner
