@@ -398,3 +398,39 @@ def test_two_patches_racing_on_one_upload_never_interleave(registry: ServerProce
         done = client.put(location, params={"digest": digest(winner)})
         assert done.status_code == 201, done.text
         assert client.get(f"/v2/{name}/blobs/{digest(winner)}").content == winner
+
+
+def test_the_closing_put_reads_nothing_back_when_the_state_was_carried(tmp_path: Path) -> None:
+    """A chunked SHA-256 upload is verified from the digest state saved with the session; only
+    an algorithm other than the carried one makes the registry read the staged bytes again."""
+    from ocikit.registry import create_app
+    from ocikit.registry.settings import Settings
+    from ocikit.registry.storage.filesystem import FilesystemBlobStore
+
+    reads: list[int] = []
+
+    class Recording(FilesystemBlobStore):
+        def stage_read(self, upload_id: str, stage: bytes, size: int) -> Any:
+            reads.append(size)
+            return super().stage_read(upload_id, stage, size)
+
+    app = create_app(Settings(root=str(tmp_path)), blobs=Recording(tmp_path / "blobs"))
+    data = os.urandom(300_000)
+
+    async def chunked(algorithm: str) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+            location = (await client.post("/v2/a/blobs/uploads/")).headers["location"]
+            for start in range(0, 200_000, 100_000):
+                await client.patch(location, content=data[start : start + 100_000])
+            done = await client.put(
+                location, params={"digest": digest(data, algorithm)}, content=data[200_000:]
+            )
+            return done.status_code
+
+    async def scenario() -> tuple[int, int]:
+        async with app:
+            return await chunked("sha256"), await chunked("sha512")
+
+    assert asyncio.run(scenario()) == (201, 201)
+    assert reads == [len(data)]  # the SHA-512 upload only
