@@ -434,3 +434,38 @@ def test_the_closing_put_reads_nothing_back_when_the_state_was_carried(tmp_path:
 
     assert asyncio.run(scenario()) == (201, 201)
     assert reads == [len(data)]  # the SHA-512 upload only
+
+
+@pytest.mark.parametrize("source", ["PGPASSWORD", "PGPASSFILE"])
+def test_the_postgresql_password_from_the_environment_or_a_passfile(
+    source: str, tmp_path: Path, postgres: Any
+) -> None:
+    """As libpq: a URL without a password takes it from PGPASSWORD or the password file."""
+    url = postgres.database()
+    without_password = url.replace(f":{postgres.password}@", "@")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    if source == "PGPASSWORD":
+        env["PGPASSWORD"] = postgres.password
+    else:
+        passfile = tmp_path / "pgpass"
+        passfile.write_text(f"127.0.0.1:{postgres.port}:*:ocikit:{postgres.password}\n")
+        passfile.chmod(0o600)
+        env["PGPASSFILE"] = str(passfile)
+    migrated = subprocess.run(
+        [*OCIKIT, "migrate", "--metadata", without_password],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "nothing to migrate" in migrated.stdout or "migrated from schema version 0" in migrated.stdout
+    refused = subprocess.run(
+        [*OCIKIT, "migrate", "--metadata", without_password],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={key: value for key, value in env.items() if not key.startswith("PG")},
+    )
+    assert refused.returncode == 1
+    assert "PostgreSQL is unavailable" in refused.stderr
