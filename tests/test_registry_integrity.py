@@ -155,7 +155,8 @@ def test_referrers_recorded_under_the_tag_schema_are_found_for_any_algorithm(reg
 
 
 def test_a_failing_upload_purge_is_logged(tmp_path: Path) -> None:
-    server = start_registry(tmp_path / "data", ["--upload-expiry", "1"])
+    # One worker: a second one starting after the sabotage would refuse to start instead.
+    server = start_registry(tmp_path / "data", ["--upload-expiry", "1", "--workers", "1"])
     try:
         uploads = server.root / "uploads"
         shutil.rmtree(uploads)
