@@ -4,7 +4,6 @@ where blobs were seen (:mod:`.locations`), written when the endpoint closes."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from ..spec import Reference
@@ -44,6 +43,6 @@ class RepositoryEndpoint:
 
     async def close(self) -> None:
         if self.locations is not None:
-            await asyncio.to_thread(self.locations.flush)
+            self.locations.flush()  # one short transaction: not worth a thread
         if self._owns_client:
             await self.client.aclose()

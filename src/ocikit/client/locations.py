@@ -22,7 +22,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -57,7 +56,8 @@ def default_path() -> Path:
 
 class BlobLocations:
     """The record at ``path``. Reads go to the file at once; :meth:`note` and :meth:`forget`
-    are kept in memory until :meth:`flush`. Safe to share between threads and tasks."""
+    are kept in memory until :meth:`flush`. Safe to share between threads and tasks; the
+    connection, opened at first use, stays open for the life of the process."""
 
     def __init__(self, path: Path, limit: int = DEFAULT_LIMIT) -> None:
         self.path = path
@@ -65,6 +65,8 @@ class BlobLocations:
         self._pending: dict[tuple[str, str, str], bool] = {}  # key -> seen (True) or gone (False)
         self._lock = threading.Lock()
         self._broken = False
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()  # one statement at a time on the one connection
 
     def candidates(self, registry: str, digest: str, *, exclude: str = "") -> list[str]:
         """Repositories of ``registry`` recorded as holding ``digest``, newest first."""
@@ -110,18 +112,25 @@ class BlobLocations:
         self._run(lambda db: _write(db, seen, gone, self.limit))
 
     def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T | None:
-        """``work`` on an open connection; None once the file has shown it cannot be used."""
-        if self._broken:
-            return None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)) as db:
-                _prepare(db)
-                return work(db)
-        except (sqlite3.Error, OSError) as exc:
-            self._broken = True
-            _log.warning("not using the blob location record %s: %s", self.path, exc)
-            return None
+        """``work`` on the open connection; None once the file has shown it cannot be used."""
+        with self._db_lock:
+            if self._broken:
+                return None
+            try:
+                if self._db is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._db = sqlite3.connect(
+                        self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                    )
+                    _prepare(self._db)
+                return work(self._db)
+            except (sqlite3.Error, OSError) as exc:
+                self._broken = True
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                _log.warning("not using the blob location record %s: %s", self.path, exc)
+                return None
 
 
 def _write(
