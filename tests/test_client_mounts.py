@@ -185,9 +185,13 @@ def test_copy_between_repositories_mounts_and_never_downloads(
 
 
 def test_a_stale_record_costs_one_request_and_the_push_succeeds(
-    proxied: CuttingProxy, layout: tuple[Path, int], tmp_path: Path
+    proxied: CuttingProxy, tmp_path: Path
 ) -> None:
-    path, blobs = layout
+    """Every blob's remembered repository never had it. The upload each refused mount started
+    carries the blob, in one PUT or (above 4 MiB) in chunks."""
+    image = build_image("stale", platforms=("amd64",), payload=(4 << 20) + 65536)
+    path, blobs = tmp_path / "layout", len(image.blobs) - 1
+    write_layout(path, {"demo": image})
     record = BlobLocations(default_path())
     manifest = json.loads((path / "index.json").read_text())["manifests"][0]["digest"]
     digests = [p.name for p in (path / "blobs" / "sha256").iterdir() if f"sha256:{p.name}" != manifest]

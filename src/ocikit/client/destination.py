@@ -121,8 +121,9 @@ class RegistryDestination(RepositoryEndpoint):
         super().__init__(reference, options, client, push_scope(reference.repository))
         self.chunk_size = chunk_size
         self.monolithic_limit = monolithic_limit
-        #: Uploads a refused mount started, by digest, for that blob's put_blob to use.
-        self._started: dict[str, str] = {}
+        #: Uploads a refused mount started (location, smallest chunk), by digest, for that
+        #: blob's put_blob to use.
+        self._started: dict[str, tuple[str, int]] = {}
         #: Repositories whose blobs these credentials may not read: never mounted from.
         self._unreadable: set[str] = set()
 
@@ -203,7 +204,8 @@ class RegistryDestination(RepositoryEndpoint):
             await response.aclose()
             sha256 = descriptor.digest.startswith("sha256:")  # what a mount's upload defaults to
             if keep_upload and location and sha256 and descriptor.digest not in self._started:
-                self._started[descriptor.digest] = location
+                min_chunk = _int_header(response.headers.get("oci-chunk-min-length"))
+                self._started[descriptor.digest] = (location, min_chunk)
                 return "upload"
             await self._cancel(location)
             return "upload"
@@ -232,8 +234,7 @@ class RegistryDestination(RepositoryEndpoint):
             except VerificationError as exc:
                 raise VerificationError(f"{where}: the source's bytes: {exc}") from None
         algorithm = descriptor.digest.partition(":")[0]
-        started = self._started.pop(descriptor.digest, None)
-        opened = (started, 0) if started else await self._start_upload(where, algorithm)
+        opened = self._started.pop(descriptor.digest, None) or await self._start_upload(where, algorithm)
         upload = _Upload(*opened, algorithm)
         try:
             if not monolithic:
@@ -449,7 +450,7 @@ class RegistryDestination(RepositoryEndpoint):
     async def close(self) -> None:
         """Cancel uploads a failed mount started that no blob used, then close as any endpoint."""
         started, self._started = list(self._started.values()), {}
-        for location in started:
+        for location, _ in started:
             await self._cancel(location)
         await super().close()
 
