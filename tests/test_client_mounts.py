@@ -169,6 +169,30 @@ def test_a_second_push_to_a_new_repository_mounts_every_blob(
     assert back.blobs_copied == blobs
 
 
+def test_push_of_a_pulled_image_mounts_from_where_it_was_pulled(
+    proxied: CuttingProxy, layout: tuple[Path, int], tmp_path: Path
+) -> None:
+    """``ocikit pull`` notes where the blobs came from; ``ocikit push`` of the stored image to
+    another repository of that registry mounts them from there."""
+    path, blobs = layout
+    first, second = f"{proxied.host}/{repo()}:v1", f"{proxied.host}/{repo()}:v1"
+    copy(f"oci:{path}:demo", f"docker://{first}", ClientOptions(remember_blobs=False))
+    store = ["--store", str(tmp_path / "store")]
+    subprocess.run([*OCIKIT, "pull", "-q", *store, first], check=True, capture_output=True)
+    before = len(proxied.heads)
+    done = subprocess.run(
+        [*OCIKIT, "push", "--format", "json", *store, first, f"docker://{second}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert (summary["blobsCopied"], summary["bytesCopied"]) == (0, 0)
+    lines = requests(proxied, before)
+    assert sum("?mount=" in line for line in lines) == blobs
+    assert blob_uploads(lines) == []
+
+
 def test_copy_between_repositories_mounts_and_never_downloads(
     proxied: CuttingProxy, layout: tuple[Path, int]
 ) -> None:
