@@ -6,11 +6,16 @@ as three gzip layers by ``umoci repack``: about 145 MB compressed, 10k files, wh
 cached under ``--cache``. ``--quick`` uses its small synthetic image instead.
 
 Each round, for each tool in turn, as a user would run it (one process per copy, start-up
-included):
+included), each tool with an empty cache of blob locations of its own at the start of the round
+(skopeo's blob-info cache is bind-mounted from a fresh directory in a private mount namespace,
+ocikit's is a fresh ``$XDG_CACHE_HOME``; both tools run under the same ``unshare`` wrapper):
 
 - push: ``TOOL copy oci:LAYOUT:bench docker://127.0.0.1:PORT/bench/TOOL-N:v1`` into a freshly
   started CNCF distribution (Debian's ``docker-registry``), so that no tool can skip or mount a
   blob the registry already holds;
+- push again: the same image to a new repository of that registry,
+  ``docker://…/bench/TOOL-N-again:v1``: what each tool remembers from the first push lets it
+  mount the blobs instead of sending them;
 - pull: ``TOOL copy docker://…/bench/TOOL-N:v1 oci:FRESH:v1`` back into a new layout.
 
 Figures are seconds (median of ``--rounds``) and ratios ocikit / skopeo (below 1: ocikit faster).
@@ -48,6 +53,18 @@ def _load(name: str) -> Any:
     return module
 
 
+STEPS = ("push", "push again", "pull")
+#: Where skopeo keeps its blob-info cache when run as root (containers/image).
+SKOPEO_CACHE = "/var/lib/containers/cache"
+
+
+def with_private_cache(argv: list[str], cache: Path) -> list[str]:
+    """``argv`` in a mount namespace of its own where ``cache`` stands in for skopeo's cache
+    directory, so that no run sees what another (or anything else on the machine) remembered."""
+    script = f'mount --bind "$0" {SKOPEO_CACHE} && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(cache), *argv]
+
+
 def timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -82,22 +99,30 @@ def measure(layout: Path, rounds: int, work: Path, skopeo: str, registry: Any) -
         raise SystemExit(
             "docker-registry is not installed (scripts/install-system-deps.sh installs it as root)"
         )
-    times: dict[str, list[float]] = {f"{tool} {step}": [] for step in ("push", "pull") for tool in TOOLS}
+    Path(SKOPEO_CACHE).mkdir(parents=True, exist_ok=True)
+    times: dict[str, list[float]] = {f"{tool} {step}": [] for step in STEPS for tool in TOOLS}
     for round_number in range(rounds):
         tools = TOOLS if round_number % 2 == 0 else TOOLS[::-1]  # neither always goes first
         for tool in tools:
             server_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"distribution-{tool}-"))
+            cache = Path(tempfile.mkdtemp(dir=work, prefix=f"cache-{tool}-"))
             server = registry.start_distribution(server_dir, binary)
             try:
-                target = f"docker://{server.host}:{server.port}/bench/{tool}-{round_number}:v1"
-                push = copy_command(tool, skopeo, f"oci:{layout}:bench", target)
-                times[f"{tool} push"].append(timed(push, env))
+                base = f"docker://{server.host}:{server.port}/bench/{tool}-{round_number}"
                 out = work / f"pulled-{tool}-{round_number}"
-                times[f"{tool} pull"].append(timed(copy_command(tool, skopeo, target, f"oci:{out}:v1"), env))
+                runs = {
+                    "push": (f"oci:{layout}:bench", f"{base}:v1"),
+                    "push again": (f"oci:{layout}:bench", f"{base}-again:v1"),
+                    "pull": (f"{base}:v1", f"oci:{out}:v1"),
+                }
+                for step, (source, target) in runs.items():
+                    argv = with_private_cache(copy_command(tool, skopeo, source, target), cache)
+                    times[f"{tool} {step}"].append(timed(argv, dict(env, XDG_CACHE_HOME=str(cache))))
                 shutil.rmtree(out, ignore_errors=True)
             finally:
                 server.stop()
                 shutil.rmtree(server_dir, ignore_errors=True)
+                shutil.rmtree(cache, ignore_errors=True)
     return times
 
 
@@ -107,7 +132,7 @@ TOOLS = ("ocikit", "skopeo")
 def summarise(times: dict[str, list[float]], payload: int) -> dict[str, Any]:
     median = {key: statistics.median(values) for key, values in times.items()}
     summary: dict[str, Any] = {}
-    for step in ("push", "pull"):
+    for step in STEPS:
         ours, theirs = median[f"ocikit {step}"], median[f"skopeo {step}"]
         summary[step] = {
             "ocikit_s": round(ours, 3),
@@ -155,7 +180,7 @@ def main() -> int:
     print("to and from CNCF distribution (docker-registry) on loopback, one process per copy")
     for step, row in report["summary"].items():
         print(
-            f"{step}: ocikit {row['ocikit_s']:.2f}s ({row['ocikit_MBps']} MB/s)  "
+            f"{step:>10}: ocikit {row['ocikit_s']:.2f}s ({row['ocikit_MBps']} MB/s)  "
             f"skopeo {row['skopeo_s']:.2f}s ({row['skopeo_MBps']} MB/s)  "
             f"ocikit/skopeo {row['ocikit/skopeo']:.2f}"
         )

@@ -127,7 +127,11 @@ class QuietHandler(BaseHTTPRequestHandler):
 @dataclass
 class TokenService:
     """A token endpoint in the shape of Docker's: GET with service and scope, optional Basic
-    auth; it grants authenticated users what they ask for and anonymous callers ``pull`` only."""
+    auth; it grants authenticated users what they ask for and anonymous callers ``pull`` only.
+
+    ``unreadable`` holds (user, repository) pairs that get nothing on that repository: the
+    token then leaves that scope out (as Docker's and Harbor's services do), or with
+    ``refuse_unreadable`` the whole token request is answered 403 (as some others do)."""
 
     key: Path
     cert: Path
@@ -136,6 +140,8 @@ class TokenService:
     issuer: str = "ocikit-test-issuer"
     expires_in: int = 300
     requests: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: set[tuple[str, str]] = field(default_factory=set)
+    refuse_unreadable: bool = False
     server: _Server | None = None
 
     @property
@@ -172,6 +178,11 @@ class TokenService:
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
+            if (user or "", name) in self.unreadable:
+                if self.refuse_unreadable:
+                    request.reply(403, b'{"details":"access denied"}', {"Content-Type": "application/json"})
+                    return
+                continue
             granted = actions.split(",") if user else [a for a in actions.split(",") if a == "pull"]
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
@@ -272,6 +283,36 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("no listener")
+
+
+@dataclass
+class TokenSetup:
+    """CNCF distribution behind a :class:`TokenService`."""
+
+    registry: Distribution
+    tokens: TokenService
+
+    def stop(self) -> None:
+        self.registry.stop()
+        self.tokens.stop()
+
+
+def start_token_distribution(workdir: Path, users: dict[str, str]) -> TokenSetup:
+    """Distribution with token auth, its tokens signed by a certificate made in ``workdir``."""
+    key, cert = make_certificate(workdir, "token-signer")
+    tokens = TokenService(key, cert, users).start()
+    auth = (
+        "  token:\n"
+        f"    realm: {tokens.realm}\n"
+        f"    service: {tokens.service}\n"
+        f"    issuer: {tokens.issuer}\n"
+        f"    rootcertbundle: {cert}\n"
+    )
+    try:
+        return TokenSetup(start_distribution(workdir, auth=auth), tokens)
+    except BaseException:
+        tokens.stop()
+        raise
 
 
 # ---------------------------------------------------------------- a proxy that breaks connections

@@ -124,6 +124,16 @@ def require_tool(name: str, why: str = "") -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own ``$XDG_CACHE_HOME``: the client's record of where blobs live
+    (``ocikit.client.locations``) must neither touch the user's nor leak from one test to the
+    next (a remembered location turns an upload into a mount)."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ def test_quick_run_reports_push_and_pull(tmp_path: Path) -> None:
     cache = str(tmp_path / "cache")
     report = run_quick("push_pull.py", "--cache", cache, "--tmpdir", str(tmp_path), timeout=600)
     assert report["mode"] == "quick"
-    assert set(report["summary"]) == {"push", "pull"}
+    assert set(report["summary"]) == {"push", "push again", "pull"}
     for row in report["summary"].values():
         assert row["ocikit_s"] > 0
         assert row["skopeo_s"] > 0

@@ -13,7 +13,6 @@ import stat
 import subprocess
 import uuid
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,10 +21,11 @@ import pytest
 from client_servers import (
     Distribution,
     RevokingRegistry,
-    TokenService,
+    TokenSetup,
     htpasswd_file,
     make_certificate,
     start_distribution,
+    start_token_distribution,
 )
 from conftest import OCIKIT
 from ocikit.cli.registry_host import registry_host
@@ -60,28 +60,11 @@ def repo() -> str:
     return f"auth/{uuid.uuid4().hex[:10]}"
 
 
-@dataclass
-class TokenSetup:
-    registry: Distribution
-    tokens: TokenService
-
-
 @pytest.fixture(scope="module")
 def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenSetup]:
-    workdir = tmp_path_factory.mktemp("token-auth")
-    key, cert = make_certificate(workdir, "token-signer")
-    tokens = TokenService(key, cert, {USER: PASSWORD}).start()
-    auth = (
-        "  token:\n"
-        f"    realm: {tokens.realm}\n"
-        f"    service: {tokens.service}\n"
-        f"    issuer: {tokens.issuer}\n"
-        f"    rootcertbundle: {cert}\n"
-    )
-    registry = start_distribution(workdir, auth=auth)
-    yield TokenSetup(registry, tokens)
-    registry.stop()
-    tokens.stop()
+    setup = start_token_distribution(tmp_path_factory.mktemp("token-auth"), {USER: PASSWORD})
+    yield setup
+    setup.stop()
 
 
 @pytest.fixture(scope="module")

@@ -408,6 +408,44 @@ def test_an_image_that_cannot_become_a_bundle_is_refused_before_any_layer_is_unp
     )
 
 
+def test_a_layout_blob_planted_as_a_symlink_is_never_read(
+    cli: Cli, backend: Backend, layers: list[bytes], tmp_path: Path
+) -> None:
+    """From a layout, layers are applied while the image is copied into the store: both read
+    the layout's blobs through its checks, so a symlink in a blob's place (here to a file with
+    the right bytes, outside the layout) fails the create and leaves no snapshot of it."""
+    layout = tmp_path / "layout"
+    image = Image(layers, CONFIG)
+    write_image(layout, "v1", image)
+    planted = layout / "blobs" / "sha256" / sha256(gzip_bytes(layers[1])).split(":")[1]
+    outside = tmp_path / "outside-blob"
+    planted.rename(outside)
+    planted.symlink_to(outside)
+    bundle = tmp_path / "bundle"
+    result = cli("create", *backend.options(), f"oci:{layout}:v1", str(bundle), check=False)
+    assert result.returncode == 1
+    assert sha256(gzip_bytes(layers[1])) in one_line_error(result)
+    assert not bundle.exists()
+    if (cli.snapshots / backend.name).exists():
+        infos = snapshots_of(backend, cli.snapshots)
+        assert active(infos) == []
+        assert set(committed(infos)) <= {image.real_diff_ids[0]}
+
+
+def test_create_from_a_layout_stores_the_image_it_unpacked(
+    cli: Cli, backend: Backend, layout: Path, tmp_path: Path, bundles: list[Path]
+) -> None:
+    """The image a create from a layout unpacked (while copying it) is the one in the store:
+    a create of the store's copy finds every layer cached."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    bundles += [first, second]
+    assert create(cli, backend, f"oci:{layout}:v1", first).count(": applied ") == 3
+    (stored,) = json.loads((cli.store / "index.json").read_text())["manifests"]
+    log = create(cli, backend, stored["digest"], second)
+    assert log.count(": cached") == 3
+    assert_layers_applied(second / "rootfs")
+
+
 def test_an_escaping_symlink_is_followed_inside_the_rootfs_only(
     cli: Cli, backend: Backend, layers: list[bytes], tmp_path: Path, bundles: list[Path]
 ) -> None:

@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from ..layers import ApplyOptions, ApplyReport, apply_layer
 from ..snapshot import (
@@ -37,6 +38,7 @@ __all__ = ["LAYER_LABEL", "bundle_snapshotter", "mounted_snapshot", "snapshot_ro
 LAYER_LABEL = "ocikit.layer.diffid"
 
 LayerCallback = Callable[[StoredLayer, ApplyReport | None], None]
+LayerOpener = Callable[[StoredLayer], BinaryIO]
 
 
 def _is_committed(snapshotter: Snapshotter, name: str) -> bool:
@@ -66,7 +68,11 @@ def mounted_snapshot(snapshotter: Snapshotter, mounts: Sequence[Mount]) -> Itera
 
 
 def _apply_one(
-    snapshotter: Snapshotter, layer: StoredLayer, parent: str | None, options: ApplyOptions
+    snapshotter: Snapshotter,
+    layer: StoredLayer,
+    parent: str | None,
+    options: ApplyOptions,
+    open_layer: LayerOpener,
 ) -> ApplyReport | None:
     """Apply ``layer`` over ``parent`` and commit it as its ChainID; None when another process
     committed the same ChainID first (its snapshot is as good as ours)."""
@@ -74,7 +80,7 @@ def _apply_one(
     key = f"unpack-{uuid.uuid4().hex}"
     mounts = snapshotter.prepare(key, parent)
     try:
-        with mounted_snapshot(snapshotter, mounts) as target, layer.open() as blob:
+        with mounted_snapshot(snapshotter, mounts) as target, open_layer(layer) as blob:
             report = apply_layer(
                 target, blob, layer.descriptor.media_type, layer.descriptor.digest, layer.diff_id, options
             )
@@ -94,17 +100,21 @@ def unpack_image(
     snapshotter: Snapshotter,
     options: ApplyOptions | None = None,
     on_layer: LayerCallback | None = None,
+    open_layer: LayerOpener = StoredLayer.open,
 ) -> str | None:
     """Make sure a committed snapshot exists for every layer of ``image``; the key of the
     top one (the image's ChainID), or None for an image without layers.
 
     ``on_layer`` hears of each layer: with the apply report, or None when it was cached.
+    ``open_layer`` opens a layer's blob (default: from the store); whatever it reads, the
+    layer's digest and diffID are verified before its snapshot is committed.
     """
     options = options or ApplyOptions()
     parent: str | None = None
     for layer in image.layers:
         name = str(layer.chain_id)
-        report = None if _is_committed(snapshotter, name) else _apply_one(snapshotter, layer, parent, options)
+        cached = _is_committed(snapshotter, name)
+        report = None if cached else _apply_one(snapshotter, layer, parent, options, open_layer)
         if on_layer is not None:
             on_layer(layer, report)
         parent = name

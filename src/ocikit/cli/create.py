@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..bundle import BundleError, Overrides, check_convertible, create_bundle, hostname_for
 from ..bundle.lxc import UNPASSABLE, create_lxc
@@ -13,8 +15,10 @@ from ..bundle.unpack import snapshot_root, unpack_image
 from ..client.transports import TransportSpec, copy_between, parse_transport
 from ..layers import ApplyOptions, ApplyReport, LayerError
 from ..snapshot import SnapshotError, Snapshotter, open_snapshotter
-from ..spec import host_platform
+from ..spec import VerificationError, host_platform
 from ..store.images import ImageStore, StoredImage, StoredLayer
+from ..store.layout import OCILayout
+from ..store.transport import NotFound, TransportError
 from ._shared import add_store_option, parse_platform_option, run_command
 from .copy import LOCATIONS
 
@@ -109,6 +113,64 @@ async def stored_image(spec: TransportSpec, args: argparse.Namespace) -> StoredI
         return store.image(reference, platform)
 
 
+async def _unpacked_while_stored(
+    spec: TransportSpec, args: argparse.Namespace, snapshotter: Snapshotter, overrides: Overrides
+) -> tuple[StoredImage, str | None]:
+    """The image in the store and its unpacked ChainID. From an image layout (``oci:DIR``) the
+    layers are applied straight from the layout while another thread copies the image into the
+    store, so that a first create pays for the slower of the two instead of both; elsewhere,
+    and when the layout's image cannot be read ahead, the image is stored first and unpacked
+    from there (the store's copy then reports what is wrong). Either way an image that cannot
+    become a bundle (:func:`check_convertible`) is refused before any layer is applied."""
+    early: str | None = None
+    if spec.kind == "oci":
+        copying = asyncio.create_task(asyncio.to_thread(asyncio.run, stored_image(spec, args)))
+        try:
+            early = await _unpack_from_layout(spec, args, snapshotter, overrides)
+        except Exception:
+            await asyncio.wait([copying])
+            if copying.exception() is None:
+                raise
+            # The copy verifies every blob before anything uses it: its error says best what
+            # is wrong with the image (a digest mismatch rather than what the bytes made of it).
+        image = await copying
+    else:
+        image = await stored_image(spec, args)
+    if early is not None and early == str(image.chain_id):
+        return image, early
+    check_convertible(image.config.value, overrides)
+    return image, unpack_image(image, snapshotter, ApplyOptions(), on_layer=_report)
+
+
+async def _unpack_from_layout(
+    spec: TransportSpec, args: argparse.Namespace, snapshotter: Snapshotter, overrides: Overrides
+) -> str | None:
+    """Apply the layers of the layout's image (as :func:`stored_image` chooses it) into
+    snapshots; None when the image cannot be read from the layout here. Blobs are opened through
+    the layout's checks, never by path, and each layer is verified as it is applied, as from
+    the store."""
+    try:
+        layout = OCILayout.open(spec.location)
+    except TransportError:
+        return None
+    with contextlib.closing(layout):
+        try:
+            top = await layout.source().resolve(spec.reference)
+            image = ImageStore.reading(layout).image_of(top, parse_platform_option(args.platform))
+        except (TransportError, VerificationError, ValueError):
+            return None
+        check_convertible(image.config.value, overrides)
+
+        def open_layer(layer: StoredLayer) -> BinaryIO:
+            blob = layout.locate(layer.descriptor.digest)
+            if blob is None:
+                raise NotFound(f"{spec.location}: blob {layer.descriptor.digest} is missing")
+            fd, blob.fd = blob.fd, -1
+            return os.fdopen(fd, "rb")
+
+        return unpack_image(image, snapshotter, ApplyOptions(), on_layer=_report, open_layer=open_layer)
+
+
 def _report(layer: StoredLayer, report: ApplyReport | None) -> None:
     what = "cached" if report is None else f"applied {report.entries} entries"
     print(f"layer {layer.diff_id.encoded[:12]}: {what}", file=sys.stderr)
@@ -138,15 +200,11 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
 
 def run(args: argparse.Namespace) -> int:
     async def work() -> int:
-        image = await stored_image(parse_transport(args.image), args)
-        try:
-            check_convertible(image.config.value, overrides_from(args))
-        except BundleError as exc:
-            print(f"ocikit create: {exc}", file=sys.stderr)
-            return 1
         snapshotter = open_chosen_snapshotter(args)
         try:
-            chain = unpack_image(image, snapshotter, ApplyOptions(), on_layer=_report)
+            image, chain = await _unpacked_while_stored(
+                parse_transport(args.image), args, snapshotter, overrides_from(args)
+            )
             if args.format == "lxc":
                 text = create_lxc(args.bundle, image.config.value, snapshotter, chain, overrides_from(args))
                 if UNPASSABLE in text:

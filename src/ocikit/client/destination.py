@@ -19,7 +19,7 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -28,7 +28,7 @@ from ..spec.digest import verify_bytes
 from ..spec.models import ImageIndex, encode
 from ..store.transport import ImageSource, TransportError
 from .endpoint import RepositoryEndpoint
-from .errors import RegistryError, UploadLost, error_from_response
+from .errors import AuthenticationError, RegistryError, UploadLost, error_from_response
 from .http import ConnectionFailed, IncompleteBody
 from .options import ClientOptions
 from .session import RegistryClient, pull_scope, push_scope
@@ -105,8 +105,8 @@ class RegistryDestination(RepositoryEndpoint):
     """``docker://HOST/REPO[:TAG]`` as an image destination.
 
     Besides the protocol, :meth:`mount_blob` asks the registry to link a blob that another of its
-    repositories already holds, which a copy between repositories of one registry uses instead
-    of transferring the bytes.
+    repositories already holds (the copy's source, or one the blob location record names),
+    which a copy uses instead of transferring the bytes.
     """
 
     def __init__(
@@ -121,6 +121,11 @@ class RegistryDestination(RepositoryEndpoint):
         super().__init__(reference, options, client, push_scope(reference.repository))
         self.chunk_size = chunk_size
         self.monolithic_limit = monolithic_limit
+        #: Uploads a refused mount started (location, smallest chunk), by digest, for that
+        #: blob's put_blob to use.
+        self._started: dict[str, tuple[str, int]] = {}
+        #: Repositories whose blobs these credentials may not read: never mounted from.
+        self._unreadable: set[str] = set()
 
     async def has_blob(self, descriptor: Descriptor) -> bool:
         kind = "manifests" if descriptor.media_type in mediatype.IMAGE_DOCUMENT_TYPES else "blobs"
@@ -132,41 +137,89 @@ class RegistryDestination(RepositoryEndpoint):
         if response.status == 404:
             return False
         await self.client.expect(response, (200,), f"check {self._name(descriptor.digest)}")
-        return response.content_length in (None, descriptor.size)
+        found = response.content_length in (None, descriptor.size)
+        if found and kind == "blobs":
+            self._seen(descriptor.digest)
+        return found
 
     async def mount_blob(self, descriptor: Descriptor, source: ImageSource) -> bool:
-        """The ``MountsBlobs`` capability of the copy engine: when ``source`` is another
-        repository of this same registry, ask the registry to link the blob from there instead
-        of transferring it. False (and no request) for any other source."""
-        if not isinstance(source, RepositoryEndpoint):
-            return False
-        same_registry = source.client.base_url == self.client.base_url
-        if not same_registry or source.repository == self.repository:
-            return False
-        return await self.mount_from(descriptor, source.repository)
+        """The ``MountsBlobs`` capability of the copy engine: link the blob from a repository of
+        this registry that holds it instead of transferring it. Candidates are ``source`` when
+        it is another repository of this same registry, then the repositories the blob location
+        record names, newest first. False when none will do (the copy uploads then); no request
+        at all when there is no candidate."""
+        candidates = self._mount_candidates(descriptor, source)
+        for repository in candidates:
+            outcome = await self._try_mount(descriptor, repository, keep_upload=True)
+            if outcome == "mounted":
+                return True
+            if outcome == "upload":
+                break  # the registry started an upload: the blob goes up through it
+        return False
+
+    def _mount_candidates(self, descriptor: Descriptor, source: ImageSource) -> list[str]:
+        found: list[str] = []
+        if isinstance(source, RepositoryEndpoint) and source.client.base_url == self.client.base_url:
+            found.append(source.repository)
+        if self.locations is not None:
+            found += self.locations.candidates(
+                self.client.registry, descriptor.digest, exclude=self.repository
+            )
+        ordered = dict.fromkeys(r for r in found if r != self.repository and r not in self._unreadable)
+        return list(ordered)
 
     async def mount_from(self, descriptor: Descriptor, from_repository: str) -> bool:
         """Link the blob from ``from_repository`` of the same registry; False when the registry
         would not (no mount support, no such blob, or no pull access there): upload it then."""
+        return await self._try_mount(descriptor, from_repository, keep_upload=False) == "mounted"
+
+    async def _try_mount(
+        self, descriptor: Descriptor, from_repository: str, *, keep_upload: bool
+    ) -> Literal["mounted", "upload", "refused"]:
+        """One mount request. A registry that cannot mount usually starts an ordinary upload
+        instead (202): with ``keep_upload`` the next :meth:`put_blob` of this blob sends its bytes
+        there, so a stale location costs this one request and nothing more."""
         query = urllib.parse.urlencode({"mount": descriptor.digest, "from": from_repository})
-        response = await self.client.request(
-            "POST",
-            f"/v2/{self.repository}/blobs/uploads/?{query}",
-            scopes=[*self._scopes, pull_scope(from_repository)],
-            body=b"",
-        )
+        try:
+            # Security: the token asked for carries pull on the source repository, so a
+            # registry with token auth mounts only from what these credentials may read.
+            response = await self.client.request(
+                "POST",
+                f"/v2/{self.repository}/blobs/uploads/?{query}",
+                scopes=[*self._scopes, pull_scope(from_repository)],
+                body=b"",
+            )
+        except AuthenticationError:
+            self._unreadable.add(from_repository)  # the token service refused pull there
+            self._not_there(descriptor, from_repository)
+            return "refused"
         if response.status == 201:
             await response.aclose()
-            return True
-        if response.status == 202:  # an ordinary upload session started instead: drop it
+            self._seen(descriptor.digest)
+            self._seen(descriptor.digest, from_repository)
+            return "mounted"
+        self._not_there(descriptor, from_repository)
+        location = response.headers.get("location")
+        if response.status == 202:
             await response.aclose()
-            await self._cancel(response.headers.get("location"))
-            return False
-        if response.status in (401, 403, 404):
+            sha256 = descriptor.digest.startswith("sha256:")  # what a mount's upload defaults to
+            if keep_upload and location and sha256 and descriptor.digest not in self._started:
+                min_chunk = _int_header(response.headers.get("oci-chunk-min-length"))
+                self._started[descriptor.digest] = (location, min_chunk)
+                return "upload"
+            await self._cancel(location)
+            return "upload"
+        if 400 <= response.status < 500:  # no such blob there, no access, no mount support
             await response.aclose()
-            return False
+            if response.status in (401, 403):
+                self._unreadable.add(from_repository)
+            return "refused"
         await self.client.expect(response, (201,), f"mount {descriptor.digest} from {from_repository}")
-        return False
+        return "refused"
+
+    def _not_there(self, descriptor: Descriptor, repository: str) -> None:
+        if self.locations is not None:
+            self.locations.forget(self.client.registry, repository, descriptor.digest)
 
     async def put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> None:
         where = f"upload {self._name(descriptor.digest)}"
@@ -181,7 +234,8 @@ class RegistryDestination(RepositoryEndpoint):
             except VerificationError as exc:
                 raise VerificationError(f"{where}: the source's bytes: {exc}") from None
         algorithm = descriptor.digest.partition(":")[0]
-        upload = _Upload(*await self._start_upload(where, algorithm), algorithm)
+        opened = self._started.pop(descriptor.digest, None) or await self._start_upload(where, algorithm)
+        upload = _Upload(*opened, algorithm)
         try:
             if not monolithic:
                 await self._upload_chunks(
@@ -192,6 +246,7 @@ class RegistryDestination(RepositoryEndpoint):
         except BaseException:
             await self._cancel(upload.location)
             raise
+        self._seen(descriptor.digest)
 
     async def _start_upload(self, where: str, algorithm: str = "sha256") -> tuple[str, int]:
         """A new upload's location, and the smallest chunk the registry wants (0: any)."""
@@ -391,6 +446,13 @@ class RegistryDestination(RepositoryEndpoint):
 
     async def commit(self) -> None:
         """Nothing to do: a registry makes each blob and manifest visible as it is accepted."""
+
+    async def close(self) -> None:
+        """Cancel uploads a failed mount started that no blob used, then close as any endpoint."""
+        started, self._started = list(self._started.values()), {}
+        for location, _ in started:
+            await self._cancel(location)
+        await super().close()
 
 
 class _RangeRefused(TransportError):

@@ -47,6 +47,9 @@ class ClientOptions:
     ``authfile``: read (and for ``login``, write) credentials there only.
     ``cert_dir``: a directory of ``*.crt`` CAs and ``*.cert``/``*.key`` client certificates used
     instead of ``/etc/containers/certs.d/HOST`` and ``/etc/docker/certs.d/HOST``.
+    ``remember_blobs``: keep a record of which repositories hold which blobs, and mount from
+    them on push (:mod:`ocikit.client.locations`); ``blob_locations`` is that record's file
+    (default ``${XDG_CACHE_HOME:-~/.cache}/ocikit/blob-locations.sqlite``).
     """
 
     plain_http: bool | None = None
@@ -59,6 +62,8 @@ class ClientOptions:
     retries: int = 3
     connect_timeout: float = 30.0
     read_timeout: float = 300.0
+    remember_blobs: bool = True
+    blob_locations: str | None = None
 
     def use_tls(self, host: str) -> bool:
         """Whether to speak TLS to ``host`` (``name[:port]``)."""

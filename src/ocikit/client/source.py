@@ -232,6 +232,7 @@ class RegistrySource(RepositoryEndpoint):
                 raise VerificationError(f"{where}: the registry sent {position} of the {size} bytes")
             if digester is not None and size == 0:
                 _check_digest(digester.digest(), descriptor.digest, where)
+            self._seen(descriptor.digest)
             return
 
     async def referrers(self, descriptor: Descriptor, artifact_type: str | None = None) -> list[Descriptor]:

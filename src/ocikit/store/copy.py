@@ -231,10 +231,12 @@ class _Copier:
     async def transfer(self, descriptor: Descriptor) -> None:
         async with self.semaphore:
             event = CopyEvent("blob-skipped", descriptor.digest, descriptor.media_type, descriptor.size)
-            if await self.destination.has_blob(descriptor) or (
+            # A mount first: where the destination knows a repository to mount from, that one
+            # request settles it; where it knows none, mount_blob sends nothing.
+            if (
                 isinstance(self.destination, MountsBlobs)
                 and await self.destination.mount_blob(descriptor, self.source)
-            ):
+            ) or await self.destination.has_blob(descriptor):
                 self.result.blobs_skipped += 1
                 self.progress(event)
                 return

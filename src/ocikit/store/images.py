@@ -217,19 +217,32 @@ class ImageStore:
         """A stored manifest, index or config, verified."""
         return self.layout.source().read_document(descriptor)
 
+    @classmethod
+    def reading(cls, layout: OCILayout) -> ImageStore:
+        """The images of another layout (``oci:DIR``), to read them as the store's are read.
+        Its blobs are not trusted: open them through ``layout.locate``, never by path."""
+        store = cls.__new__(cls)
+        store.root, store.layout = layout.path, layout
+        return store
+
     def image(self, name: str, platform: Platform | None = None) -> StoredImage:
         """The image ``name`` points to; for an index, its manifest for ``platform`` (default:
         this machine's platform)."""
-        top = self.resolve(name)
+        stored_name = None if refs.is_digest(name) else normalize_name(name)
+        return self.image_of(self.resolve(name), platform, stored_name)
+
+    def image_of(
+        self, top: Descriptor, platform: Platform | None = None, name: str | None = None
+    ) -> StoredImage:
+        """The image of the manifest or index ``top``, as :meth:`image` chooses it."""
         index: Descriptor | None = None
         descriptor = top
         if top.media_type in mt.INDEX_TYPES:
             index = top
-            descriptor = self._choose(top, platform or host_platform(), name)
+            descriptor = self._choose(top, platform or host_platform(), name or top.digest)
         elif top.media_type not in mt.MANIFEST_TYPES:
-            raise TransportError(f"{name} is a {top.media_type}, not an image")
-        stored_name = None if refs.is_digest(name) else normalize_name(name)
-        return self.load(descriptor, stored_name, index)
+            raise TransportError(f"{name or top.digest} is a {top.media_type}, not an image")
+        return self.load(descriptor, name, index)
 
     def load(
         self, descriptor: Descriptor, name: str | None = None, index: Descriptor | None = None

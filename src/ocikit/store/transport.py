@@ -126,9 +126,11 @@ class UntaggedRoots(Protocol):
 
 @runtime_checkable
 class MountsBlobs(Protocol):
-    """A destination that can make a blob appear without transferring it, given where it comes
-    from: a registry destination mounting from another repository of the same registry
-    (distribution-spec cross-repository mount) when ``source`` is on that registry."""
+    """A destination that can make a blob appear without transferring it: a registry
+    destination mounting from another repository of the same registry (distribution-spec
+    cross-repository mount), the copy's ``source`` or one it remembers holding the blob. The copy
+    engine asks it first, before checking whether the destination has the blob, so it must send
+    nothing when it knows no place to mount from."""
 
     async def mount_blob(self, descriptor: Descriptor, source: ImageSource) -> bool:
         """True when the blob is now at the destination; False to fall back to copying."""
