@@ -10,7 +10,7 @@ import logging
 
 import msgspec
 
-from .auth.access import USER_SCOPE_KEY, client_address
+from .auth.access import USER_SCOPE_KEY
 from .hooks import Event
 from .http import Request
 
@@ -28,6 +28,6 @@ def record(event: Event, request: Request | None) -> None:
         "digest": str(event.digest) if event.digest else None,
         "tag": event.tag,
         "user": user or "anonymous",
-        "address": client_address(request) if request is not None else None,
+        "address": request.client_address if request is not None else None,
     }
     audit_log.info("%s", msgspec.json.encode({k: v for k, v in line.items() if v is not None}).decode())

@@ -90,6 +90,13 @@ class Request:
         return values[0] if values else None
 
     @property
+    def client_address(self) -> str:
+        """The peer's IP address ("unknown" when the server does not say): the one key for rate
+        limits, upload caps and the audit log."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else "unknown"
+
+    @property
     def content_length(self) -> int | None:
         value = self.headers.get("content-length")
         if value is None or not value.strip().isdigit():

@@ -331,11 +331,6 @@ async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> 
     return None
 
 
-def _client_address(request: Request) -> str:
-    client = request.scope.get("client")
-    return str(client[0]) if client else ""
-
-
 async def _create_session(reg: Registry, request: Request, name: str) -> UploadRecord:
     upload_id = uuid.uuid4().hex
     stage = await reg.blobs.stage_create(upload_id)
@@ -344,7 +339,7 @@ async def _create_session(reg: Registry, request: Request, name: str) -> UploadR
     record = UploadRecord(
         id=upload_id,
         repository=name,
-        client=_client_address(request),
+        client=request.client_address,
         size=0,
         hash_state=digester.export() if digester is not None else b"",
         stage=stage,

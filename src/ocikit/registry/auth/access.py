@@ -31,7 +31,6 @@ __all__ = [
     "CertificateHeader",
     "CredentialAuthenticator",
     "Permits",
-    "client_address",
     "too_many_requests",
 ]
 
@@ -51,11 +50,6 @@ class AuthenticationFailed(Exception):
 
 Authenticator = Callable[[Request], Awaitable[Identity]]
 Permits = Callable[[str | None, str, Action], bool]
-
-
-def client_address(request: Request) -> str:
-    client = request.scope.get("client")
-    return str(client[0]) if client else "unknown"
 
 
 def too_many_requests(retry_after: float, what: str) -> RegistryError:
@@ -88,7 +82,7 @@ class CertificateHeader:
         if value is None:
             return None
         try:
-            sender = ipaddress.ip_address(client_address(request))
+            sender = ipaddress.ip_address(request.client_address)
         except ValueError:
             sender = None
         if sender is None or not any(sender in network for network in self._proxies):
@@ -133,7 +127,7 @@ class CredentialAuthenticator:
                 raise AuthenticationFailed(f"invalid token: {exc}") from None
         if scheme == "basic" and self.htpasswd is not None:
             user, password = basic_credentials(value)
-            await self.login(user, password, client_address(request))
+            await self.login(user, password, request.client_address)
             return Identity(user=user, via="basic")
         raise AuthenticationFailed(f"{scheme or 'empty'} credentials are not accepted here")
 
@@ -183,7 +177,7 @@ class AccessControl:
         if known is not None:
             return known
         if self.address_limits is not None:
-            wait = self.address_limits.take(client_address(request))
+            wait = self.address_limits.take(request.client_address)
             if wait:
                 raise too_many_requests(wait, "too many requests from this address")
         try:

@@ -26,7 +26,6 @@ from .access import (
     AuthenticationFailed,
     CredentialAuthenticator,
     basic_credentials,
-    client_address,
     too_many_requests,
 )
 from .tokens import InvalidToken, TokenIssuer
@@ -54,7 +53,7 @@ class TokenEndpoint:
 
     async def __call__(self, request: Request) -> Response:
         if self.access.address_limits is not None:
-            wait = self.access.address_limits.take(client_address(request))
+            wait = self.access.address_limits.take(request.client_address)
             if wait:
                 raise too_many_requests(wait, "too many requests from this address")
         if request.method == "GET":
@@ -83,7 +82,7 @@ class TokenEndpoint:
             if scheme.lower() != "basic" or len(header) > MAX_AUTHORIZATION_LENGTH:
                 raise AuthenticationFailed("the token endpoint takes Basic credentials")
             user, password = basic_credentials(value)
-            await self.authenticator.login(user, password, client_address(request))
+            await self.authenticator.login(user, password, request.client_address)
         except AuthenticationFailed as exc:
             raise RegistryError("UNAUTHORIZED", str(exc), headers=[self._basic_challenge()]) from None
         return user
@@ -104,7 +103,7 @@ class TokenEndpoint:
             if not user:
                 return _oauth_error("invalid_request", "username is missing")
             try:
-                await self.authenticator.login(user, password, client_address(request))
+                await self.authenticator.login(user, password, request.client_address)
             except AuthenticationFailed as exc:
                 return _oauth_error("invalid_grant", str(exc))
         elif grant == "refresh_token":
