@@ -483,13 +483,14 @@ def test_fsck_reports_a_tag_without_its_manifest_and_bytes_that_are_not_their_di
 def test_fsck_of_a_registry_refuses_delete_and_reports_a_bad_root(tmp_path: Path) -> None:
     assert _fsck(tmp_path, "--delete").returncode == 2
     (tmp_path / "a-file").write_text("not a registry root")
-    result = _fsck(tmp_path / "a-file")
-    assert result.returncode == 1
-    assert result.stderr.startswith("ocikit fsck: ")
-    collected = subprocess.run(
-        [*OCIKIT, "gc", "--root", str(tmp_path / "a-file")], capture_output=True, text=True, check=False
-    )
-    assert (collected.returncode, collected.stderr[:11]) == (1, "ocikit gc: ")
+    (tmp_path / "metadata.db").write_text("not a database")
+    for root in (tmp_path / "a-file", tmp_path):
+        checked = _fsck(root)
+        assert (checked.returncode, checked.stderr[:13]) == (1, "ocikit fsck: "), checked.stderr
+        collected = subprocess.run(
+            [*OCIKIT, "gc", "--root", str(root)], capture_output=True, text=True, check=False
+        )
+        assert (collected.returncode, collected.stderr[:11]) == (1, "ocikit gc: "), collected.stderr
 
 
 def test_delete_refusals_caps_and_fsck_on_postgresql(tmp_path: Path, postgres: Any) -> None:
@@ -507,7 +508,7 @@ def test_delete_refusals_caps_and_fsck_on_postgresql(tmp_path: Path, postgres: A
     finally:
         server.stop()
     env = {"OCIKIT_METADATA": url}
-    assert _fsck(server.root, env=env).returncode == 0
+    assert _fsck(server.root, "--metadata", url).returncode == 0
     (server.root / "blobs" / "sha256" / layer.split(":")[1]).unlink()
     result = _fsck(server.root, env=env)
     assert result.returncode == 1

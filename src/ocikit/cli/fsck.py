@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +27,20 @@ def register(commands: Any) -> None:
             "Hash every blob and compare it with its name; list corrupt blobs and referenced blobs "
             "that are missing. Exit 0 when all is well, 1 otherwise. With --delete corrupt blobs are "
             "removed, so that pulling the image again restores them. "
-            "With --root or --config: check the registry there, one line per problem: manifests whose "
-            "bytes do not match their digest or break the image-spec, descriptors that disagree with "
-            "stored content (size; an index's manifests also mediaType), blobs or child manifests that "
+            "With --root, --storage, --metadata or --config: check the registry there, one line per "
+            "problem: manifests whose bytes do not match their digest or break the image-spec, "
+            "descriptors that disagree with stored content (size; an index's manifests also "
+            "mediaType), blobs or child manifests that "
             "are absent (unless sparse_manifests is set), blob records whose bytes are missing or have "
             "another size, and tags that point at no manifest. Safe beside a running `ocikit serve`."
         ),
     )
     parser.add_argument("--delete", action="store_true", help="remove corrupt blobs (local store only)")
     parser.add_argument("--root", help="a registry data directory to check [env OCIKIT_ROOT]")
+    parser.add_argument("--storage", metavar="URL", help="the registry's blob storage, as for ocikit serve")
+    parser.add_argument(
+        "--metadata", metavar="URL", help="the registry's metadata database, as for ocikit serve"
+    )
     parser.add_argument(
         "--config", metavar="FILE", help="a registry's TOML settings file, as for ocikit serve"
     )
@@ -44,7 +50,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.root is not None or args.config is not None:
+    if args.config is not None or any(_registry_flags(args).values()):
         return _check_registry(args)
 
     async def work() -> int:
@@ -74,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     return run_command("fsck", work())
 
 
+def _registry_flags(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"root": args.root, "storage": args.storage, "metadata": args.metadata}
+
+
 def _check_registry(args: argparse.Namespace) -> int:
     from ..registry.storage import SchemaError, StorageUnavailable
 
@@ -81,14 +91,14 @@ def _check_registry(args: argparse.Namespace) -> int:
         print("ocikit fsck: --delete applies to the local store, not to a registry", file=sys.stderr)
         return 2
     try:
-        settings = load_settings({"root": args.root}, config_file=args.config)
+        settings = load_settings(_registry_flags(args), config_file=args.config)
     except SettingsError as exc:
         print(f"ocikit fsck: {exc}", file=sys.stderr)
         return 2
     try:
         report = asyncio.run(_registry_report(settings))
-    except (StorageUnavailable, SchemaError, OSError) as exc:
-        print(f"ocikit fsck: {exc}", file=sys.stderr)
+    except (StorageUnavailable, SchemaError, OSError, sqlite3.Error) as exc:
+        print(f"ocikit fsck: cannot check the registry: {exc}", file=sys.stderr)
         return 1
     if args.format == "json":
         print_json(

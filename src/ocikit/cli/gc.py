@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sqlite3
 import sys
 from typing import Any
 
@@ -82,7 +83,7 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
         finally:
             await registry.metadata.close()
             await registry.blobs.close()
-    except (StorageUnavailable, SchemaError, GCBusy, SettingsError, OSError) as exc:
+    except (StorageUnavailable, SchemaError, GCBusy, SettingsError, OSError, sqlite3.Error) as exc:
         print(f"ocikit gc: {exc}", file=sys.stderr)
         return 1
     verb = "would remove" if dry_run else "removed"
