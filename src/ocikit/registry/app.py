@@ -24,6 +24,7 @@ from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
 from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
 from .logs import AccessLog
+from .proxies import ForwardedFor
 from .settings import Settings
 from .storage import blob_store_for, metadata_store_for
 from .storage.base import BlobStore, MetadataStore, StorageUnavailable
@@ -111,6 +112,9 @@ class Registry:
         self._background: list[asyncio.Task[None]] = []
         self._static_warnings = _warning_headers(self.settings.warnings)
         self._access_log = AccessLog(self.settings.log_format) if self.settings.access_log else None
+        self._forwarded = (
+            ForwardedFor(self.settings.trusted_proxies) if self.settings.trusted_proxies else None
+        )
         self._active = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -195,6 +199,8 @@ class Registry:
         if not self._opened:
             await self.startup()
         started = time.perf_counter()
+        if self._forwarded is not None:
+            self._forwarded.apply(scope)
         if self._active >= self.settings.max_connections:
             response = self._error_response(_OVERLOADED)
             response.headers += [("retry-after", "1"), _CLOSE]

@@ -18,7 +18,11 @@ from ..spec.models import enc_hook
 
 _json = msgspec.json.Encoder(enc_hook=enc_hook)
 
-__all__ = ["ClientDisconnected", "Receive", "Request", "Response", "Scope", "Send"]
+__all__ = ["PEER_SCOPE_KEY", "ClientDisconnected", "Receive", "Request", "Response", "Scope", "Send"]
+
+#: Where the connection's own peer is kept when a trusted proxy named another client
+#: (``registry.proxies``); ``scope["client"]`` is then the forwarded client.
+PEER_SCOPE_KEY = "ocikit.peer"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -91,10 +95,17 @@ class Request:
 
     @property
     def client_address(self) -> str:
-        """The peer's IP address ("unknown" when the server does not say): the one key for rate
-        limits, upload caps and the audit log."""
+        """The client's IP address ("unknown" when the server does not say), forwarded by a
+        trusted proxy or the connection's own: the one key for rate limits, upload caps and
+        the audit log."""
         client = self.scope.get("client")
         return str(client[0]) if client else "unknown"
+
+    @property
+    def peer_address(self) -> str:
+        """The address of the connection's other end, even when it forwarded for a client."""
+        peer = self.scope.get(PEER_SCOPE_KEY) or self.scope.get("client")
+        return str(peer[0]) if peer else "unknown"
 
     @property
     def content_length(self) -> int | None:

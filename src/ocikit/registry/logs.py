@@ -88,7 +88,9 @@ _Line = tuple[float, tuple[str, int] | None, str | None, str, str, int, int, flo
 
 
 def _address(client: tuple[str, int] | None) -> str:
-    return f"{client[0]}:{client[1]}" if client else "-"
+    if not client:
+        return "-"
+    return f"{client[0]}:{client[1]}" if client[1] else client[0]  # forwarded: no port known
 
 
 class AccessLog:

@@ -80,6 +80,7 @@ class Settings:
     tls_client_ca: str = ""
     client_cert_header: str = ""
     client_cert_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    trusted_proxies: tuple[str, ...] = ()
     rate_limit_user: float = 0
     rate_limit_address: float = 0
     rate_limit_burst: int = 100
@@ -197,6 +198,12 @@ SETTINGS: Final = (
     SettingInfo(
         "client_cert_proxies",
         "addresses or networks of the proxies whose client_cert_header is believed",
+        metavar="ADDRESSES",
+    ),
+    SettingInfo(
+        "trusted_proxies",
+        "addresses or networks of load balancers whose X-Forwarded-For names the client "
+        "(for rate limits, upload caps and logs; default: none, the header is ignored)",
         metavar="ADDRESSES",
     ),
     SettingInfo(
@@ -319,11 +326,12 @@ def _check_access_settings(settings: Settings) -> Settings:
         settings.token_realm and settings.token_issuer and settings.token_service
     ):
         raise SettingsError("an external token server needs token_realm, token_issuer and token_service")
-    try:
-        for proxy in settings.client_cert_proxies:
-            ipaddress.ip_network(proxy, strict=False)
-    except ValueError as exc:
-        raise SettingsError(f"client_cert_proxies: {exc}") from None
+    for name in ("client_cert_proxies", "trusted_proxies"):
+        try:
+            for proxy in getattr(settings, name):
+                ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
     if settings.token_lifetime < 10:
         raise SettingsError("token_lifetime must be at least 10 seconds")
     files: dict[str, Any] = {}

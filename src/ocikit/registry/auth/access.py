@@ -82,7 +82,7 @@ class CertificateHeader:
         if value is None:
             return None
         try:
-            sender = ipaddress.ip_address(request.client_address)
+            sender = ipaddress.ip_address(request.peer_address)
         except ValueError:
             sender = None
         if sender is None or not any(sender in network for network in self._proxies):
