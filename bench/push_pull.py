@@ -106,7 +106,7 @@ def measure(layout: Path, rounds: int, work: Path, skopeo: str, registry: Any) -
         for tool in tools:
             server_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"distribution-{tool}-"))
             cache = Path(tempfile.mkdtemp(dir=work, prefix=f"cache-{tool}-"))
-            server = registry.start_distribution(server_dir, binary)
+            server = registry.start_distribution(server_dir, binary, registry.DEBIAN)
             try:
                 base = f"docker://{server.host}:{server.port}/bench/{tool}-{round_number}"
                 out = work / f"pulled-{tool}-{round_number}"

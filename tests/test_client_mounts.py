@@ -9,6 +9,7 @@ tests see what went over the wire, not what the client believes it sent.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ from conftest import OCIKIT
 from ocikit.client import ClientOptions
 from ocikit.client.locations import BlobLocations, default_path
 from ocikit.client.transports import copy_between
+from ocikit.spec import VerificationError
 from ocikit.store.copy import CopyResult
 from store_helpers import build_image, write_layout
 from test_client_registry import distribution  # noqa: F401  (a fixture)
@@ -129,6 +131,31 @@ def test_an_unusable_record_is_an_empty_one(tmp_path: Path) -> None:
     assert garbage.read_bytes() == b"this is not a database" * 100
 
 
+def test_a_malformed_record_is_replaced_by_an_empty_one(tmp_path: Path) -> None:
+    """What a system crash can leave of a record that is never synced: its pages garbled behind
+    a valid header. The next use starts a new record instead of going without one for good."""
+    path = tmp_path / "locations.sqlite"
+    record = BlobLocations(path)
+    for number in range(300):
+        record.note("r.example", f"repo{number}", f"sha256:{number:064d}")
+    record.flush()
+    del record
+    gc.collect()  # the connection closes, checkpointing the WAL into the file
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8192
+    data[4096:] = b"\xff" * (len(data) - 4096)
+    path.write_bytes(bytes(data))
+    check = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        check.execute("SELECT count(*) FROM locations").fetchone()
+    check.close()
+    fresh = BlobLocations(path)
+    assert fresh.candidates("r.example", f"sha256:{5:064d}") == []
+    fresh.note("r.example", "again", "sha256:" + "d" * 64)
+    fresh.flush()
+    assert BlobLocations(path).candidates("r.example", "sha256:" + "d" * 64) == ["again"]
+
+
 def test_the_record_lives_in_the_users_cache_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -165,8 +192,31 @@ def test_a_second_push_to_a_new_repository_mounts_every_blob(
     assert blob_uploads(second_push) == []
     assert sum("?mount=" in line for line in second_push) == blobs
     assert not any(line.startswith("HEAD") and "/blobs/" in line for line in second_push)
+    # One tag: one PUT, by that tag, on a registry without the tag parameter too.
+    manifest_puts = [line for line in second_push if line.startswith("PUT") and "/manifests/" in line]
+    assert manifest_puts == [f"PUT /v2/{second.split('/', 3)[3][:-3]}/manifests/v1"]
     back = copy(second, f"oci:{tmp_path / 'back'}:demo")
     assert back.blobs_copied == blobs
+
+
+def test_a_push_by_mounts_never_reads_the_layout_blobs(
+    proxied: CuttingProxy, layout: tuple[Path, int], tmp_path: Path
+) -> None:
+    """A mount needs the digest and size the manifest gives, not the bytes: after the first
+    push the layout's blobs can be gone and a second push still succeeds, by mounts. A blob
+    that has to be uploaded is still read and verified: without the record it fails."""
+    path, blobs = layout
+    copy(f"oci:{path}:demo", f"docker://{proxied.host}/{repo()}:v1")
+    index = json.loads((path / "index.json").read_text())
+    manifest = index["manifests"][0]["digest"].removeprefix("sha256:")
+    for blob in (path / "blobs" / "sha256").iterdir():
+        if blob.name != manifest:
+            blob.write_bytes(b"not the blob")  # unreadable as the blob: wrong size, wrong digest
+    again = copy(f"oci:{path}:demo", f"docker://{proxied.host}/{repo()}:v1")
+    assert (again.blobs_copied, again.blobs_skipped, again.bytes_copied) == (0, blobs, 0)
+    forgetful = ClientOptions(remember_blobs=False)
+    with pytest.raises(VerificationError):
+        copy(f"oci:{path}:demo", f"docker://{proxied.host}/{repo()}:v1", forgetful)
 
 
 def test_push_of_a_pulled_image_mounts_from_where_it_was_pulled(

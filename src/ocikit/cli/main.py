@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 from .. import __version__
 
@@ -61,5 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+def entry() -> NoReturn:
+    """The ``ocikit`` program: :func:`main`, then the end of the process.
+
+    Every object dies with the process, so the interpreter's last garbage collection at exit is
+    skipped (``gc.freeze``): over the modules a command imports it takes about 15 ms, a seventh
+    of a push whose blobs are all mounted. What refcounting frees is still finalized; commands
+    close their files and connections themselves.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

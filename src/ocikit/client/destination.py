@@ -364,8 +364,13 @@ class RegistryDestination(RepositoryEndpoint):
             verify_bytes(raw, descriptor.digest, descriptor.size)
         except VerificationError as exc:
             raise VerificationError(f"{where}: {exc}") from None
-        query = urllib.parse.urlencode([("tag", tag) for tag in tags])
-        path = f"/v2/{self.repository}/manifests/{descriptor.digest}" + (f"?{query}" if query else "")
+        if len(tags) == 1:
+            # One tag: PUT by that tag, which every registry understands, in one request (a
+            # registry without the ``tag`` parameter would need a second PUT by tag).
+            path = f"/v2/{self.repository}/manifests/{tags[0]}"
+        else:
+            query = urllib.parse.urlencode([("tag", tag) for tag in tags])
+            path = f"/v2/{self.repository}/manifests/{descriptor.digest}" + (f"?{query}" if query else "")
         headers = [("Content-Type", descriptor.media_type)]
         response = await self.client.request("PUT", path, scopes=self._scopes, headers=headers, body=raw)
         await self.client.expect(response, (201,), where)
@@ -373,7 +378,11 @@ class RegistryDestination(RepositoryEndpoint):
         confirmed = response.headers.get("docker-content-digest")
         if confirmed and confirmed != descriptor.digest:
             raise VerificationError(f"{where}: the registry stored it as {confirmed}")
-        accepted = {tag.strip() for value in response.headers.get_list("oci-tag") for tag in value.split(",")}
+        accepted = (
+            set(tags)
+            if len(tags) == 1
+            else {tag.strip() for value in response.headers.get_list("oci-tag") for tag in value.split(",")}
+        )
         for tag in tags:
             if tag not in accepted:
                 await self._put_tag(descriptor, raw, tag)

@@ -10,8 +10,14 @@ blobs pulled from a repository, pushed or mounted into one, or found there.
 Storage is one SQLite file, ``${XDG_CACHE_HOME:-~/.cache}/ocikit/blob-locations.sqlite``, in WAL
 mode so that concurrent processes read while one writes; writes are gathered and committed in one
 short transaction when an endpoint closes. It keeps the :data:`DEFAULT_LIMIT` most recently seen
-entries. Any failure of the file (unwritable directory, locked past the timeout, corrupt) makes
-the record silently empty: it only ever saves requests, it never fails a copy.
+entries. Any failure of the file (unwritable directory, locked past the timeout, not a database)
+makes the record silently empty: it only ever saves requests, it never fails a copy.
+
+Nothing is synced to disk (``synchronous=OFF``): a record is worth less than the ``fsync`` that
+would keep its last entries through a power loss, which on a busy disk costs more than a whole
+push by mounts. A process that crashes loses nothing (SQLite's own journal still applies); a
+system crash can at worst lose recent entries or leave the file malformed, and a malformed record
+is replaced by an empty one on its next use.
 """
 
 from __future__ import annotations
@@ -117,20 +123,41 @@ class BlobLocations:
             if self._broken:
                 return None
             try:
-                if self._db is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._db = sqlite3.connect(
-                        self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-                    )
-                    _prepare(self._db)
-                return work(self._db)
+                try:
+                    return work(self._open())
+                except sqlite3.DatabaseError as exc:
+                    if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_CORRUPT:
+                        raise
+                    self._start_afresh()
+                    return work(self._open())
             except (sqlite3.Error, OSError) as exc:
                 self._broken = True
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
+                self._close()
                 _log.warning("not using the blob location record %s: %s", self.path, exc)
                 return None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            _prepare(self._db)
+        return self._db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _start_afresh(self) -> None:
+        """A malformed record (what a system crash without syncs can leave) is only a cache:
+        it is removed with its journal files, and a new one takes its place. A file that is not
+        a SQLite database at all is never removed: it may not be ours."""
+        _log.warning("the blob location record %s is malformed: starting a new one", self.path)
+        self._close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
 def _write(
@@ -155,10 +182,10 @@ def _write(
 
 
 def _prepare(db: sqlite3.Connection) -> None:
-    """WAL (readers never wait for a writer) and the schema; both are no-ops once done."""
+    """WAL (readers never wait for a writer), no syncs, and the schema; no-ops once done."""
     if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last commit on power loss is fine
+    db.execute("PRAGMA synchronous=OFF")  # see the module's docstring
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'locations'").fetchone() is None:
         db.executescript(_SCHEMA)
 

@@ -11,6 +11,10 @@
 As in skopeo, ``oci:`` and ``oci-archive:`` split at the first ``:`` after the transport, so
 the directory or file name cannot contain one, while the REF can
 (``oci:/srv/store:docker.io/library/busybox:latest``).
+
+Each transport's module is imported when a location of its kind is opened (the archive's brings
+tarfile and the compressors): a command is a process of its own, and its start-up is part of
+every push and pull a user times.
 """
 
 from __future__ import annotations
@@ -20,9 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..spec import Platform, Reference, ReferenceError, parse_reference
-from ..store.archive import ArchiveDestination, ArchiveSource
 from ..store.copy import DEFAULT_CONCURRENCY, CopyResult, ProgressCallback, copy_image
-from ..store.images import ImageStore, normalize_name
 from ..store.layout import OCILayout
 from ..store.refs import is_digest
 from ..store.transport import ImageDestination, ImageSource, TransportError
@@ -91,6 +93,8 @@ def parse_transport(text: str) -> TransportSpec:
         return TransportSpec("oci", path, reference, text)
     if text.startswith(_UNSUPPORTED):
         raise TransportError(f"{text!r}: the {text.split(':')[0]} transport is not supported by ocikit")
+    from ..store.images import normalize_name
+
     name = normalize_name(text)
     stored = None if is_digest(name) else parse_reference(name)
     return TransportSpec("store", "", name, text, stored)
@@ -117,7 +121,11 @@ def open_source(spec: TransportSpec, *, store: str | Path | None = None, **optio
     if spec.kind == "oci":
         return OCILayout.open(spec.location).source(owned=True)
     if spec.kind == "oci-archive":
+        from ..store.archive import ArchiveSource
+
         return ArchiveSource(spec.location)
+    from ..store.images import ImageStore
+
     return ImageStore(store).source(owned=True)
 
 
@@ -132,7 +140,11 @@ def open_destination(
     if spec.kind == "oci":
         return OCILayout.open(spec.location, create=True).destination(owned=True)
     if spec.kind == "oci-archive":
+        from ..store.archive import ArchiveDestination
+
         return ArchiveDestination(spec.location)
+    from ..store.images import ImageStore
+
     return ImageStore(store).destination(owned=True)
 
 

@@ -16,7 +16,7 @@ buffered-byte count indexes the block buffer).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import hashlib
 import struct
 from pathlib import Path
@@ -73,6 +73,7 @@ _ALGORITHMS: Final = {
 def _hashlib_libcrypto() -> str | None:
     """The libcrypto that hashlib's ``_hashlib`` extension has loaded into this process."""
     import _hashlib  # noqa: F401  (loads libcrypto if it is not loaded yet)
+    import ctypes.util  # only here: it imports subprocess and tempfile
 
     try:
         maps = Path("/proc/self/maps").read_text()
@@ -85,7 +86,10 @@ def _hashlib_libcrypto() -> str | None:
     return ctypes.util.find_library("crypto")
 
 
+@functools.cache
 def _bind() -> bool:
+    """Load and self-test libcrypto once, at first use: most processes (a client's push, a
+    command) never carry a hash state and should not pay for finding the library."""
     path = _hashlib_libcrypto()
     if path is None:
         return False
@@ -143,12 +147,13 @@ class HashState:
 
 def available() -> bool:
     """Whether states can be carried on this system (libcrypto found and self-tested)."""
-    return _AVAILABLE
+    return _bind()
 
 
 def new_state(algorithm: str) -> HashState:
     spec = _ALGORITHMS[algorithm]
-    assert spec.init is not None, "libcrypto is not available"
+    assert spec.init is not None or available(), "libcrypto is not available"
+    assert spec.init is not None
     context = spec.context()
     spec.init(ctypes.byref(context))
     return HashState(spec, context)
@@ -182,6 +187,3 @@ def _self_test() -> bool:
         if state.hexdigest() != hashlib.new(name, sample).hexdigest() or state.size != len(sample):
             return False
     return True
-
-
-_AVAILABLE: Final = _bind()
