@@ -14,6 +14,7 @@ bucket of its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -68,10 +69,18 @@ class SeaweedFS:
 
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         """A synchronous botocore S3 client (path-style addressing), for set-up and checks."""
-        import botocore.config
-        import botocore.session
+        if access_key is None and secret_key is None:
+            return self._client
+        return self._new_client(access_key, secret_key)
 
-        return botocore.session.get_session().create_client(
+    @functools.cached_property
+    def _client(self) -> Any:
+        return self._new_client(None, None)
+
+    def _new_client(self, access_key: str | None, secret_key: str | None) -> Any:
+        import botocore.config
+
+        return _botocore_session().create_client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=self.region,
@@ -112,6 +121,13 @@ class SeaweedFS:
         self.halt()
         if self.owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@functools.cache
+def _botocore_session() -> Any:
+    import botocore.session
+
+    return botocore.session.get_session()
 
 
 def start_seaweedfs(
