@@ -3,8 +3,8 @@
 ``weed server -s3`` runs master, volume server, filer and S3 gateway in one process. Every
 port (HTTP and gRPC of each) is a free loopback port chosen here, the data lives in a temporary
 directory, and an identity file makes the gateway enforce SigV4: one access key that this
-module knows, anonymous requests refused. ``GOMEMLIMIT`` and a small volume size keep its
-memory modest on a shared machine.
+module knows, anonymous requests refused. A soft ``GOMEMLIMIT`` (tighter ones cost it much CPU) and
+small volumes keep its memory modest on a shared machine.
 
 Use :func:`start_seaweedfs` from scripts (benchmarks, the scale-out deployment) and the
 ``seaweedfs`` fixture (session scope) from tests (import ``seaweedfs_fixture`` into the test
@@ -167,7 +167,7 @@ def start_seaweedfs(
 
 
 def _launch(command: list[str], directory: Path) -> subprocess.Popen[bytes]:
-    environment = {**os.environ, "GOMEMLIMIT": "384MiB"}
+    environment = {**os.environ, "GOMEMLIMIT": "1GiB"}
     with open(directory / "weed.log", "ab") as log:
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
@@ -216,6 +216,7 @@ def _server_flags(directory: Path, identities: Path, s3_port: int) -> list[str]:
         "-master.volumeSizeLimitMB=256",
         "-volume.max=0",
         "-volume.preStopSeconds=0",
+        "-master.electionTimeout=1s",
     ]
 
 

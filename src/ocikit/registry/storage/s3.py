@@ -36,6 +36,7 @@ import botocore.exceptions  # type: ignore[import-untyped]
 import msgspec
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
+from botocore.loaders import create_loader  # type: ignore[import-untyped]
 
 from ...spec.digest import Digest, digest_error
 from .base import BlobInfo, StorageUnavailable
@@ -122,7 +123,7 @@ class S3BlobStore:
     async def open(self) -> None:
         config = AioConfig(
             s3={"addressing_style": "path" if self.endpoint else "auto"},
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": 2},
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=64,
@@ -440,11 +441,17 @@ class _StageWriter:
             self.in_flight = None
 
 
-@functools.cache
 def _session() -> Any:
-    """One botocore session per process: creating one loads the service models (a fraction
-    of a second); clients made from it still resolve their credentials each."""
-    return get_session()
+    """A botocore session, which resolves the credentials afresh, sharing the loader of the
+    service models (loading them anew costs a fraction of a second per store)."""
+    session = get_session()
+    session.register_component("data_loader", _model_loader())
+    return session
+
+
+@functools.cache
+def _model_loader() -> Any:
+    return create_loader()
 
 
 def _new_name(kind: str) -> str:
