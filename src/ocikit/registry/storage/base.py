@@ -346,6 +346,15 @@ class MetadataStore(Protocol):
         """
         ...
 
+    async def blob_delete_begin(self, digest: Digest) -> bool:
+        """Enter bytes that the blob store holds but no record names (a publisher that crashed
+        before recording them) as being deleted, as :meth:`collect_garbage` does for the blobs
+        it sweeps; False, and nothing changes, when the digest is recorded or announced.
+
+        (Added to the contract while implementing it: without it, deleting such strays could
+        race a push that publishes the same digest.)"""
+        ...
+
     async def blobs_being_deleted(self) -> list[Digest]:
         """Deletions a collection started and did not finish (it crashed): finish them."""
         ...
