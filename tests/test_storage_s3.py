@@ -262,6 +262,7 @@ def test_hostile_upload_ids_and_inconsistent_states_are_refused(s3: S3Target) ->
             await store.stage_append("ok", b"\x93garbage", 0, _chunks(b"x"))
         with pytest.raises(ValueError, match="holds 0 bytes"):
             await store.stage_commit("ok", stage, 1, _digest(b"x"))
+        await store.stage_abort("ok", stage)
 
     run(s3, work)
     assert s3.keys() == []

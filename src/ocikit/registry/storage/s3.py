@@ -246,7 +246,8 @@ class S3BlobStore:
     # ---------------------------------------------------------------- staging
 
     async def stage_create(self, upload_id: str) -> bytes:
-        self._upload_prefix(upload_id)  # refuse a bad id now rather than at the first chunk
+        # An empty marker, so that :meth:`staged` lists the upload before its first byte.
+        await self._put(self._staged_key(upload_id, "created"), b"")
         return _encode_stage(_Stage())
 
     async def stage_append(
