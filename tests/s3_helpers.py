@@ -27,10 +27,12 @@ __all__ = ["DISTRIBUTION_V3", "Distribution", "distribution_s3_config", "start_d
 DISTRIBUTION_V3 = os.environ.get("OCIKIT_DISTRIBUTION_V3", "/work/shared/tools/distribution-v3/registry")
 
 
-def distribution_s3_config(server: SeaweedFS, bucket: str, port: int, prefix: str = "/distribution") -> str:
+def distribution_s3_config(
+    server: SeaweedFS, bucket: str, port: int, prefix: str = "/distribution", *, redirect: bool = True
+) -> str:
     """A distribution v3 configuration storing on ``bucket`` of ``server`` (its ``s3`` driver,
-    path-style, plain HTTP), blob GETs redirected to presigned URLs as distribution does by
-    default on S3."""
+    path-style, plain HTTP); blob GETs redirected to presigned URLs (distribution's default on
+    S3) unless ``redirect`` is false."""
     return "\n".join(
         [
             "version: 0.1",
@@ -47,7 +49,7 @@ def distribution_s3_config(server: SeaweedFS, bucket: str, port: int, prefix: st
             "    secure: false",
             "    v4auth: true",
             "  delete: {enabled: true}",
-            "  redirect: {disable: false}",
+            f"  redirect: {{disable: {'false' if redirect else 'true'}}}",
             f"http: {{addr: '127.0.0.1:{port}'}}",
             "",
         ]
