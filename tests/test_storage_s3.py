@@ -18,12 +18,12 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from conftest import OCIKIT, ServerProcess, free_port, start_registry
+from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, start_registry
 from ocikit.registry.storage.base import StorageUnavailable
 from ocikit.registry.storage.s3 import S3BlobStore
 from ocikit.spec.digest import Digest
 from registry_helpers import digest, push_blob, push_image, repo_name
-from s3_helpers import upload_rss
+from s3_helpers import DISTRIBUTION_V3, start_distribution_s3, upload_rss
 from seaweedfs import SeaweedFS, seaweedfs_fixture  # noqa: F401  (the seaweedfs fixture)
 
 
@@ -88,6 +88,11 @@ class S3Target:
 
     def store(self) -> S3BlobStore:
         return S3BlobStore(self.bucket, self.prefix, endpoint=self.server.endpoint, region=self.server.region)
+
+    def server_keys(self) -> list[str]:
+        """Every key of the bucket, under any prefix."""
+        listing = self.server.client().list_objects_v2(Bucket=self.bucket)
+        return [item["Key"] for item in listing.get("Contents", [])]
 
     def keys(self, under: str = "") -> list[str]:
         listing = self.server.client().list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{under}")
@@ -427,3 +432,23 @@ def test_ocikit_serve_refuses_bad_s3_credentials_in_one_line(
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert "S3 object storage" in refused.stderr
     assert "not-the-secret" not in refused.stderr
+
+
+def test_distribution_v3_runs_on_the_same_seaweedfs(s3: S3Target, tmp_path: Path) -> None:
+    """The benchmark's reference (tests/s3_helpers.py): distribution v3.1.1 with its own s3
+    driver stores a pushed blob in the bucket and redirects its GET to a presigned URL."""
+    if not os.access(DISTRIBUTION_V3, os.X_OK):
+        (pytest.fail if REQUIRE_ALL else pytest.skip)(f"CNCF distribution v3 is not at {DISTRIBUTION_V3}")
+    distribution = start_distribution_s3(s3.server, tmp_path, s3.bucket)
+    layer = os.urandom(100_000)
+    try:
+        with httpx.Client(base_url=distribution.url, timeout=60) as client:
+            location = client.post("/v2/bench/app/blobs/uploads/").headers["location"]
+            done = client.put(f"{location}&digest={digest(layer)}", content=layer)
+            assert done.status_code == 201, done.text
+            redirected = client.get(f"/v2/bench/app/blobs/{digest(layer)}")
+            assert redirected.status_code == 307
+            assert httpx.get(redirected.headers["location"]).content == layer
+    finally:
+        distribution.stop()
+    assert any(key.endswith(f"/{digest(layer).split(':')[1]}/data") for key in s3.server_keys())
