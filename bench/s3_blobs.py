@@ -210,7 +210,12 @@ def upload_rss(servers: list[rb.Server], plan: Plan) -> dict[str, dict[str, Any]
     for server in servers:
         with rb.rss_sampler(server) as rss:
             # On S3 the closing PUT copies the blob server-side: minutes for 4 GiB on a busy machine.
-            seconds, digest = rb.streamed_upload(server, plan.stream_size, timeout=3600)
+            try:
+                seconds, digest = rb.streamed_upload(server, plan.stream_size, timeout=3600)
+            except OSError as error:
+                raise RuntimeError(
+                    f"{server.name}: streamed upload: {error}; its log: {server.log_tail()}"
+                ) from error
         status, headers, _ = rb.request(server, "HEAD", f"/v2/{REPOSITORY}/blobs/{digest}")
         # distribution redirects HEAD requests too: a redirect says the blob is there.
         if status != 307 and (status != 200 or int(headers.get("content-length", -1)) != plan.stream_size):
