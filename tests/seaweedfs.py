@@ -3,13 +3,12 @@
 ``weed server -s3`` runs master, volume server, filer and S3 gateway in one process. Every
 port (HTTP and gRPC of each) is a free loopback port chosen here, the data lives in a temporary
 directory, and an identity file makes the gateway enforce SigV4: one access key that this
-module knows, anonymous requests refused. A soft ``GOMEMLIMIT`` (tighter ones cost it much CPU) and
-small volumes keep its memory modest on a shared machine.
+module knows, anonymous requests refused. A soft ``GOMEMLIMIT`` (tighter ones cost it much
+CPU) keeps its memory modest on a shared machine.
 
 Use :func:`start_seaweedfs` from scripts (benchmarks, the scale-out deployment) and the
 ``seaweedfs`` fixture (session scope) from tests (import ``seaweedfs_fixture`` into the test
-module); :meth:`SeaweedFS.new_bucket` gives a test a
-bucket of its own.
+module); :meth:`SeaweedFS.new_bucket` gives a test a bucket of its own.
 """
 
 from __future__ import annotations
@@ -212,8 +211,9 @@ def _server_flags(directory: Path, identities: Path, s3_port: int) -> list[str]:
         f"-s3.config={identities}",
         f"-filer.localSocket={directory / 'filer.sock'}",
         f"-s3.localSocket={directory / 's3.sock'}",
-        # Small volumes, grown on demand: little memory and disk for a test run.
-        "-master.volumeSizeLimitMB=256",
+        # Volumes of 1 GiB, grown on demand (not preallocated): while a volume is being added,
+        # writes can fail with a 500, which larger volumes make rare.
+        "-master.volumeSizeLimitMB=1024",
         "-volume.max=0",
         "-volume.preStopSeconds=0",
         "-master.electionTimeout=1s",
