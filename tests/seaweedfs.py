@@ -144,6 +144,9 @@ def start_seaweedfs(
     identities = directory / "s3-identities.json"
     identities.write_text(json.dumps(_identity_config(access_key, secret_key)))
     identities.chmod(0o600)
+    # Read from the working directory: each bucket is a collection with volumes of its own,
+    # 7 at a time by default, which exhausts the volume slots after a few dozen buckets.
+    (directory / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
     s3_port = free_port()
     command = [weed, "server", *_server_flags(directory, identities, s3_port)]
     store = SeaweedFS(
@@ -169,7 +172,12 @@ def _launch(command: list[str], directory: Path) -> subprocess.Popen[bytes]:
     environment = {**os.environ, "GOMEMLIMIT": "1GiB"}
     with open(directory / "weed.log", "ab") as log:
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+            command,
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
         )
 
 
@@ -211,10 +219,10 @@ def _server_flags(directory: Path, identities: Path, s3_port: int) -> list[str]:
         f"-s3.config={identities}",
         f"-filer.localSocket={directory / 'filer.sock'}",
         f"-s3.localSocket={directory / 's3.sock'}",
-        # Volumes of 1 GiB, grown on demand (not preallocated): while a volume is being added,
-        # writes can fail with a 500, which larger volumes make rare.
+        # Volumes grow as written (not preallocated), so many slots cost little; without a
+        # number, SeaweedFS allows free disk / volume size, which a busy disk runs out of.
         "-master.volumeSizeLimitMB=1024",
-        "-volume.max=0",
+        "-volume.max=1000",
         "-volume.preStopSeconds=0",
         "-master.electionTimeout=1s",
     ]
