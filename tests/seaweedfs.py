@@ -56,6 +56,8 @@ class SeaweedFS:
     directory: Path
     command: list[str] = field(repr=False)
     process: subprocess.Popen[bytes] = field(repr=False)
+    #: Where its Unix sockets go: a short path, as a socket's may not exceed 107 bytes.
+    sockets: Path = field(repr=False)
     owns_directory: bool = field(default=False, repr=False)
 
     def environment(self) -> dict[str, str]:
@@ -118,6 +120,7 @@ class SeaweedFS:
 
     def stop(self) -> None:
         self.halt()
+        shutil.rmtree(self.sockets, ignore_errors=True)
         if self.owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -147,8 +150,8 @@ def start_seaweedfs(
     # Read from the working directory: each bucket is a collection with volumes of its own,
     # 7 at a time by default, which exhausts the volume slots after a few dozen buckets.
     (directory / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
-    s3_port = free_port()
-    command = [weed, "server", *_server_flags(directory, identities, s3_port)]
+    s3_port, sockets = free_port(), Path(tempfile.mkdtemp(prefix="weed-"))
+    command = [weed, "server", *_server_flags(directory, identities, s3_port, sockets)]
     store = SeaweedFS(
         endpoint=f"http://127.0.0.1:{s3_port}",
         access_key=access_key,
@@ -159,6 +162,7 @@ def start_seaweedfs(
         command=command,
         process=_launch(command, directory),
         owns_directory=owns,
+        sockets=sockets,
     )
     try:
         _wait_until_writable(store, timeout)
@@ -195,7 +199,7 @@ def _identity_config(access_key: str, secret_key: str) -> dict[str, Any]:
     }
 
 
-def _server_flags(directory: Path, identities: Path, s3_port: int) -> list[str]:
+def _server_flags(directory: Path, identities: Path, s3_port: int, sockets: Path) -> list[str]:
     ports = {
         "master.port": free_port(),
         "master.port.grpc": free_port(),
@@ -217,8 +221,8 @@ def _server_flags(directory: Path, identities: Path, s3_port: int) -> list[str]:
         "-filer",
         "-s3",
         f"-s3.config={identities}",
-        f"-filer.localSocket={directory / 'filer.sock'}",
-        f"-s3.localSocket={directory / 's3.sock'}",
+        f"-filer.localSocket={sockets / 'filer.sock'}",
+        f"-s3.localSocket={sockets / 's3.sock'}",
         # Volumes grow as written (not preallocated), so many slots cost little; without a
         # number, SeaweedFS allows free disk / volume size, which a busy disk runs out of.
         "-master.volumeSizeLimitMB=1024",
