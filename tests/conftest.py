@@ -18,6 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+#: Fixtures of the scale-out deployment (``cluster``, ``fresh_cluster``, ``deployment``).
+pytest_plugins = ["cluster"]
+
 REQUIRE_ALL = os.environ.get("OCIKIT_REQUIRE_ALL") == "1"
 OCIKIT = [sys.executable, "-m", "ocikit.cli.main"]
 
@@ -62,6 +65,8 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     log: Path
     args: list[str]
+    #: Variables added to the environment (credentials of the storage backends).
+    env: dict[str, str] | None = None
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
@@ -80,13 +85,34 @@ class ServerProcess:
                 self.kill()
 
     def restart(self) -> None:
+        """Stop (if still running) and start again on the same port, as a supervisor would."""
         self.stop()
-        started = start_registry(self.root, extra=self.args, log=self.log)
+        port = int(self.host.rpartition(":")[2])
+        started = start_registry(self.root, extra=self.args, log=self.log, port=port, env=self.env)
         self.process, self.url, self.host = started.process, started.url, started.host
 
+    def wait_ready(self) -> None:
+        try:
+            wait_for_http(f"{self.url}/v2/", self.process)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"ocikit serve did not start:\n{self.log.read_text()[-3000:]}") from None
 
-def start_registry(root: Path, extra: list[str] | None = None, log: Path | None = None) -> ServerProcess:
-    port = free_port()
+    def access_lines(self) -> list[str]:
+        """The access log so far, one ``METHOD PATH STATUS BYTES TIME`` per request."""
+        marker = " ocikit.registry.access INFO "
+        return [line.split(marker, 1)[1] for line in self.log.read_text().splitlines() if marker in line]
+
+
+def launch_registry(
+    root: Path,
+    extra: list[str] | None = None,
+    log: Path | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start ``ocikit serve`` without waiting for it (several start in parallel)."""
+    port = port or free_port()
     host = f"127.0.0.1:{port}"
     log = log or root.parent / f"{root.name}-serve.log"
     args = list(extra or [])
@@ -96,23 +122,37 @@ def start_registry(root: Path, extra: list[str] | None = None, log: Path | None 
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
-    server = ServerProcess(f"http://{host}", host, root, process, log, args)
-    try:
-        wait_for_http(f"{server.url}/v2/", process)
-    except RuntimeError:
-        server.stop()
-        raise RuntimeError(f"ocikit serve did not start:\n{log.read_text()[-3000:]}") from None
+    return ServerProcess(f"http://{host}", host, root, process, log, args, env)
+
+
+def start_registry(
+    root: Path,
+    extra: list[str] | None = None,
+    log: Path | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    server = launch_registry(root, extra, log, port, env)
+    server.wait_ready()
     return server
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One ``ocikit serve`` on default settings for the whole session."""
     root = tmp_path_factory.mktemp("registry") / "data"
     server = start_registry(root)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(local_registry: ServerProcess) -> ServerProcess:
+    """The session registry; test modules that also run against the scale-out deployment
+    override it with ``cluster.deployment``."""
+    return local_registry
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cluster import Cluster
 from conftest import ServerProcess, require_tool, start_registry
 
 # Every test here pushes with skopeo, whose first request for each blob is a HEAD that the
@@ -121,6 +122,12 @@ def _build_image(umoci: str, path: Path, work: Path, platform: str) -> dict[str,
     return files
 
 
+@pytest.fixture(scope="session")
+def registry(deployment: ServerProcess | Cluster) -> ServerProcess | Cluster:
+    """Each test runs against one ``ocikit serve`` and against the three-replica deployment."""
+    return deployment
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     umoci = require_tool("umoci", "builds the images the skopeo tests copy")
@@ -182,7 +189,7 @@ def skopeo() -> str:
 @pytest.fixture
 def repo(request: pytest.FixtureRequest) -> str:
     """A repository name of the test's own on the session registry."""
-    return "interop/skopeo/" + request.node.name.removeprefix("test_").replace("_", "-")
+    return "interop/skopeo/" + request.node.originalname.removeprefix("test_").replace("_", "-")
 
 
 def copy(skopeo: str, source: str, destination: str, *extra: str, preserve: bool = True) -> None:
@@ -215,7 +222,7 @@ def assert_identical(source: Layout, tag: str, copied: Layout, copied_tag: str) 
 def access_log(server: ServerProcess, repository: str) -> list[str]:
     """(method, path, status) of every request the registry logged for a repository."""
     marker = f" /v2/{repository}/"
-    return [line.split(" INFO ", 1)[1] for line in server.log.read_text().splitlines() if marker in line]
+    return [line for line in server.access_lines() if marker in line]
 
 
 def test_push_then_pull_is_byte_identical(

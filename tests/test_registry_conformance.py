@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cluster import Cluster
 from conftest import ServerProcess, start_registry
 from registry_helpers import (
     OCI_CONFIG,
@@ -30,6 +31,12 @@ from registry_helpers import (
     put_manifest,
     repo_name,
 )
+
+
+@pytest.fixture(scope="session")
+def registry(deployment: ServerProcess | Cluster) -> ServerProcess | Cluster:
+    """Each test runs against one ``ocikit serve`` and against the three-replica deployment."""
+    return deployment
 
 
 @pytest.fixture

@@ -1,0 +1,144 @@
+"""The scale-out deployment under test: N ``ocikit serve`` replicas, each its own process,
+behind one HAProxy that balances every request on its own (tests/haproxy.py).
+
+A :class:`Backend` says where the replicas keep their data — the flags and environment that
+every replica gets. A :class:`Cluster` looks like one registry to a client (``url``,
+``host``, ``client()``) and gives tests its replicas, to kill with SIGKILL, restart on the
+same port, and read the access log of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ServerProcess, free_port, launch_registry, require_tool
+from haproxy import REPLICA_HEADER, HAProxy, start_haproxy
+
+REPLICAS = 3
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Shared storage of the replicas: ``ocikit serve`` flags and environment variables.
+
+    ``root`` is given to every replica as ``--root`` when the backend lives there (the shared
+    local root of a single machine); None gives each replica a private, empty one, which a
+    stateless replica must never need.
+    """
+
+    name: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    root: Path | None = None
+
+
+@dataclass
+class Cluster:
+    backend: Backend
+    replicas: list[ServerProcess]
+    proxy: HAProxy
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    @property
+    def host(self) -> str:
+        return self.proxy.host
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def served_by(self, response: httpx.Response) -> ServerProcess:
+        """The replica that answered ``response`` (HAProxy names it ``r0``, ``r1``…)."""
+        name = response.headers[REPLICA_HEADER]
+        return self.replicas[int(name.removeprefix("r"))]
+
+    def access_lines(self) -> list[str]:
+        """Every replica's access log, replica after replica."""
+        return [line for replica in self.replicas for line in replica.access_lines()]
+
+    def replica_lines(self, marker: str) -> dict[int, list[str]]:
+        """Per replica index, its access-log lines containing ``marker``."""
+        return {
+            index: [line for line in replica.access_lines() if marker in line]
+            for index, replica in enumerate(self.replicas)
+        }
+
+    def restart(self, replica: ServerProcess) -> None:
+        """Start a killed (or running) replica again on its port and wait until HAProxy
+        sends it requests again."""
+        replica.restart()
+        self.proxy.wait_healthy(len(self.replicas))
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+
+def start_cluster(
+    workdir: Path, backend: Backend, replicas: int = REPLICAS, extra: list[str] | None = None
+) -> Cluster:
+    """``replicas`` processes of ``ocikit serve`` on ``backend`` (started together), then
+    HAProxy in front of them; ``workdir`` holds their logs and private roots."""
+    haproxy = require_tool("haproxy", "the load balancer of the scale-out deployment")
+    workdir.mkdir(parents=True, exist_ok=True)
+    started: list[ServerProcess] = []
+    try:
+        for index in range(replicas):
+            root = backend.root or workdir / f"replica{index}"
+            args = [*backend.args, *(extra or [])]
+            log = workdir / f"replica{index}.log"
+            started.append(launch_registry(root, args, log=log, env=backend.env))
+        for replica in started:
+            replica.wait_ready()
+        proxy = start_haproxy(haproxy, workdir / "haproxy", free_port(), [r.host for r in started])
+    except BaseException:
+        for replica in started:
+            replica.stop()
+        raise
+    cluster = Cluster(backend, started, proxy)
+    try:
+        proxy.wait_healthy(replicas)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def shared_root_backend(root: Path) -> Backend:
+    """Today's single-machine scale-out: every replica on one local ``--root``; SQLite and
+    file locks on that disk coordinate them."""
+    return Backend("shared-root", [], root=root)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One three-replica deployment for the whole session (conformance and interop tests)."""
+    workdir = tmp_path_factory.mktemp("cluster")
+    deployment = start_cluster(workdir, shared_root_backend(workdir / "data"))
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A deployment of the test's own, for tests that kill replicas or break a backend."""
+    deployment = start_cluster(tmp_path / "cluster", shared_root_backend(tmp_path / "data"))
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture(scope="session", params=["single", "scale-out"])
+def deployment(request: pytest.FixtureRequest) -> ServerProcess | Cluster:
+    """The session registry, then the session cluster: a module that overrides ``registry``
+    with this runs each of its tests against both deployments."""
+    name = "local_registry" if request.param == "single" else "cluster"
+    server: ServerProcess | Cluster = request.getfixturevalue(name)
+    return server
