@@ -9,6 +9,7 @@ same port, and read the access log of.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,17 @@ class Cluster:
             for index, replica in enumerate(self.replicas)
         }
 
+    def busy_replica(self, timeout: float = 10) -> ServerProcess:
+        """The one replica with a request in progress, as HAProxy sees it (the test's own
+        slow request), once there is exactly one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [name for name, sessions in self.proxy.busy().items() if sessions]
+            if len(busy) == 1:
+                return self.replicas[int(busy[0].removeprefix("r"))]
+            time.sleep(0.02)
+        raise AssertionError(f"no single replica busy within {timeout}s: {self.proxy.busy()}")
+
     def restart(self, replica: ServerProcess) -> None:
         """Start a killed (or running) replica again on its port and wait until HAProxy
         sends it requests again."""
@@ -98,7 +110,9 @@ def start_cluster(
             started.append(launch_registry(root, args, log=log, env=backend.env))
         for replica in started:
             replica.wait_ready()
-        proxy = start_haproxy(haproxy, workdir / "haproxy", free_port(), [r.host for r in started])
+        proxy = start_haproxy(
+            haproxy, workdir / "haproxy", (free_port(), free_port()), [r.host for r in started]
+        )
     except BaseException:
         for replica in started:
             replica.stop()

@@ -14,8 +14,10 @@ the client's decision alone.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -28,13 +30,15 @@ import httpx
 REPLICA_HEADER = "x-ocikit-replica"
 
 
-def haproxy_config(port: int, backends: Sequence[str], *, health_path: str = "/v2/") -> str:
+def haproxy_config(port: int, admin_port: int, backends: Sequence[str], *, health_path: str = "/v2/") -> str:
     """The configuration: one frontend on 127.0.0.1:``port``, round-robin per request over
-    ``backends`` (HOST:PORT each, named r0, r1, …) with health checks on ``health_path``."""
+    ``backends`` (HOST:PORT each, named r0, r1, …) with health checks on ``health_path``, and
+    the runtime API on 127.0.0.1:``admin_port``."""
     servers = "\n".join(f"    server r{index} {address}" for index, address in enumerate(backends))
     return f"""\
 global
     maxconn 4096
+    stats socket ipv4@127.0.0.1:{admin_port} level admin
 
 defaults
     mode http
@@ -71,6 +75,7 @@ class HAProxy:
     config: Path
     process: subprocess.Popen[bytes]
     log: Path
+    admin_port: int
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -99,16 +104,36 @@ class HAProxy:
             f"only {sorted(seen)} of {count} replicas answered through HAProxy:\n{self.tail()}"
         )
 
+    def command(self, line: str) -> str:
+        """One command of HAProxy's runtime API, and its answer."""
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as connection:
+            connection.sendall(line.encode() + b"\n")
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        return answer.decode()
+
+    def busy(self) -> dict[str, int]:
+        """Requests in progress per replica name (health checks not counted)."""
+        rows = csv.DictReader(self.command("show stat").removeprefix("# ").splitlines())
+        return {
+            row["svname"]: int(row["scur"])
+            for row in rows
+            if row["pxname"] == "replicas" and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
-def start_haproxy(binary: str, workdir: Path, port: int, backends: Sequence[str]) -> HAProxy:
-    """Start HAProxy (``binary``) on 127.0.0.1:``port`` over ``backends``, its config and log
-    in ``workdir``. Only stdlib and httpx here: bench/scaleout.py starts it the same way."""
+def start_haproxy(binary: str, workdir: Path, ports: tuple[int, int], backends: Sequence[str]) -> HAProxy:
+    """Start HAProxy (``binary``) on 127.0.0.1 ``ports`` (frontend, runtime API) over
+    ``backends``, its config and log in ``workdir``. Only stdlib and httpx here:
+    bench/scaleout.py starts it the same way."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "haproxy.cfg"
-    config.write_text(haproxy_config(port, backends))
+    port, admin_port = ports
+    config.write_text(haproxy_config(port, admin_port, backends))
     checked = subprocess.run(
         [binary, "-c", "-q", "-f", str(config)], capture_output=True, text=True, check=False
     )
@@ -119,7 +144,7 @@ def start_haproxy(binary: str, workdir: Path, port: int, backends: Sequence[str]
         process = subprocess.Popen(
             [binary, "-db", "-f", str(config)], stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
-    proxy = HAProxy(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", config, process, log)
+    proxy = HAProxy(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", config, process, log, admin_port)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import httpx
 
 from cluster import Cluster
-from registry_helpers import digest, repo_name
+from registry_helpers import OCI_MANIFEST, digest, error_codes, image, put_manifest, repo_name
 
 
 def chunked_upload(
@@ -60,3 +63,143 @@ def test_each_request_of_one_upload_goes_to_the_next_replica(cluster: Cluster) -
     assert sum(len(lines) for lines in logged.values()) == len(responses) - 1  # the POST has no id yet
     patches = sum(1 for lines in logged.values() for line in lines if line.startswith("PATCH "))
     assert patches == len(responses) - 2
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def _slow(data: bytes, piece: int = 64 * 1024, pause: float = 0.01) -> Iterator[bytes]:
+    """A request body that takes its time, so that a replica can be killed while reading it."""
+    for start in range(0, len(data), piece):
+        yield data[start : start + piece]
+        time.sleep(pause)
+
+
+def _in_background(send: Callable[[], httpx.Response]) -> tuple[threading.Thread, list[object]]:
+    """Run ``send`` in a thread; its response or the error it raised lands in the list."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(send())
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _failed(outcome: list[object]) -> bool:
+    """The killed request failed: a transport error, or HAProxy's 502/503/504."""
+    (result,) = outcome
+    return isinstance(result, httpx.HTTPError) or (
+        isinstance(result, httpx.Response) and result.status_code in (502, 503, 504)
+    )
+
+
+def _patch(client: httpx.Client, location: str, data: bytes, start: int) -> httpx.Response:
+    return client.patch(
+        location,
+        content=data,
+        headers={
+            "content-type": "application/octet-stream",
+            "content-range": f"{start}-{start + len(data) - 1}",
+        },
+    )
+
+
+def test_the_next_patch_continues_on_another_replica_after_a_kill(fresh_cluster: Cluster) -> None:
+    cluster, repo = fresh_cluster, repo_name("killed-patch")
+    data, chunk = os.urandom(3 * 1024 * 1024 + 17), 1024 * 1024
+    with cluster.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        first = _patch(client, location, data[:chunk], 0)
+        assert first.status_code == 202, first.text
+        victim = cluster.served_by(first)
+        victim.kill()
+
+        # Another replica knows where the upload stands, and takes the next chunk.
+        status = client.get(first.headers["location"])
+        assert status.status_code == 204, status.text
+        assert status.headers["range"] == f"0-{chunk - 1}"
+        location = status.headers["location"]
+        for start in range(chunk, len(data), chunk):
+            response = _patch(client, location, data[start : start + chunk], start)
+            assert response.status_code == 202, response.text
+            assert cluster.served_by(response) is not victim
+            assert response.headers["range"] == f"0-{min(start + chunk, len(data)) - 1}"
+            location = response.headers["location"]
+        closed = client.put(location, params={"digest": digest(data)})
+        assert closed.status_code == 201, closed.text
+        cluster.restart(victim)
+        for replica in cluster.replicas:  # every replica, the restarted one too, serves it whole
+            pulled = httpx.get(f"{replica.url}/v2/{repo}/blobs/{digest(data)}", timeout=30)
+            assert pulled.status_code == 200
+            assert pulled.content == data
+
+
+def test_a_kill_during_the_closing_put_publishes_nothing_and_the_upload_resumes(
+    fresh_cluster: Cluster,
+) -> None:
+    cluster, repo = fresh_cluster, repo_name("killed-put")
+    head, tail = os.urandom(1024 * 1024), os.urandom(8 * 1024 * 1024)
+    blob = digest(head + tail)
+    with cluster.client() as client:
+        location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        location = _patch(client, location, head, 0).headers["location"]
+        closing, outcome = _in_background(
+            lambda: client.put(
+                location,
+                params={"digest": blob},
+                content=_slow(tail),
+                headers={"content-type": "application/octet-stream", "content-length": str(len(tail))},
+            )
+        )
+        victim = cluster.busy_replica()
+        victim.kill()
+        closing.join(30)
+        assert _failed(outcome), outcome
+
+        assert client.head(f"/v2/{repo}/blobs/{blob}").status_code == 404
+        cluster.restart(victim)
+        for replica in cluster.replicas:
+            assert httpx.head(f"{replica.url}/v2/{repo}/blobs/{blob}").status_code == 404
+        # The session is where it was before the PUT: the retry sends only what is missing.
+        status = client.get(location)
+        assert status.status_code == 204, status.text
+        assert status.headers["range"] == f"0-{len(head) - 1}"
+        retried = client.put(status.headers["location"], params={"digest": blob}, content=tail)
+        assert retried.status_code == 201, retried.text
+        assert client.get(f"/v2/{repo}/blobs/{blob}").content == head + tail
+
+
+def test_a_kill_during_a_manifest_put_leaves_no_manifest_and_a_retry_succeeds(fresh_cluster: Cluster) -> None:
+    cluster, repo = fresh_cluster, repo_name("killed-manifest")
+    with cluster.client() as client:
+        # A manifest large enough (annotations) to be read slowly: 1 MiB.
+        body, _ = image(client, repo, annotations={"padding": "x" * (1024 * 1024)})
+        sending, outcome = _in_background(
+            lambda: client.put(
+                f"/v2/{repo}/manifests/v1",
+                content=_slow(body, 16 * 1024, 0.02),
+                headers={"content-type": OCI_MANIFEST, "content-length": str(len(body))},
+            )
+        )
+        victim = cluster.busy_replica()
+        victim.kill()
+        sending.join(30)
+        assert _failed(outcome), outcome
+
+        cluster.restart(victim)
+        for replica in cluster.replicas:
+            with replica.client() as direct:
+                for reference in ("v1", digest(body)):
+                    gone = direct.get(f"/v2/{repo}/manifests/{reference}", headers={"accept": OCI_MANIFEST})
+                    assert gone.status_code == 404, gone.text
+                    assert error_codes(gone) == ["MANIFEST_UNKNOWN"]
+                tags = direct.get(f"/v2/{repo}/tags/list")
+                assert tags.status_code == 404 or tags.json()["tags"] == [], tags.text
+        retried = put_manifest(client, repo, "v1", body)
+        assert retried.status_code == 201, retried.text
+        assert client.get(f"/v2/{repo}/manifests/v1", headers={"accept": OCI_MANIFEST}).content == body
