@@ -9,6 +9,8 @@ same port, and read the access log of.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerProcess, free_port, launch_registry, require_tool
+from conftest import OCIKIT, ServerProcess, free_port, launch_registry, require_tool
 from haproxy import REPLICA_HEADER, HAProxy, start_haproxy
 
 REPLICAS = 3
@@ -36,6 +38,26 @@ class Backend:
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
+
+    def gc(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """``ocikit gc`` on this storage, as an operator runs it beside the replicas."""
+        where = ["--root", str(self.root)] if self.root else []
+        return subprocess.run(
+            [*OCIKIT, "gc", *where, *self.args, *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, **self.env},
+        )
+
+    def stored_blobs(self) -> set[str]:
+        """Digests of every blob whose bytes the storage holds, read behind the registry's back."""
+        assert self.root is not None
+        blobs = self.root / "blobs"
+        return {
+            f"{algorithm.name}:{blob.name}" for algorithm in blobs.iterdir() for blob in algorithm.iterdir()
+        }
 
 
 @dataclass

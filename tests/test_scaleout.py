@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,16 @@ from collections.abc import Callable, Iterator
 import httpx
 
 from cluster import Cluster
-from registry_helpers import OCI_MANIFEST, digest, error_codes, image, put_manifest, repo_name
+from registry_helpers import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    digest,
+    error_codes,
+    image,
+    put_manifest,
+    repo_name,
+)
 
 
 def chunked_upload(
@@ -203,3 +214,110 @@ def test_a_kill_during_a_manifest_put_leaves_no_manifest_and_a_retry_succeeds(fr
         retried = put_manifest(client, repo, "v1", body)
         assert retried.status_code == 201, retried.text
         assert client.get(f"/v2/{repo}/manifests/v1", headers={"accept": OCI_MANIFEST}).content == body
+
+
+# ----------------------------------------------------------------------------- GC under load
+
+
+class _Pusher:
+    """Pushes images the way skopeo does (HEAD each blob, upload what is missing, then the
+    manifest), through the load balancer. Each round's image has the shared base layers and a
+    layer of its own and moves the tag ``latest``, so the previous one becomes garbage; the
+    first is also tagged ``first``. A manifest refused for a blob that garbage collection took
+    meanwhile is answered by uploading that blob again, as a client retries."""
+
+    def __init__(self, cluster: Cluster, repo: str, base: list[bytes]) -> None:
+        self.cluster, self.repo, self.base = cluster, repo, base
+        self.tagged: dict[str, bytes] = {}  # tag -> manifest
+        self.blobs: dict[str, bytes] = {}
+        self.rounds = self.retries = 0
+
+    def blob(self, client: httpx.Client, data: bytes, media_type: str) -> dict[str, object]:
+        d = digest(data)
+        self.blobs[d] = data
+        if client.head(f"/v2/{self.repo}/blobs/{d}").status_code != 200:
+            if media_type == OCI_LAYER:
+                chunked_upload(client, self.repo, data, len(data) // 3 + 1)
+            else:
+                response = client.post(f"/v2/{self.repo}/blobs/uploads/", params={"digest": d}, content=data)
+                assert response.status_code == 201, response.text
+        return {"mediaType": media_type, "digest": d, "size": len(data)}
+
+    def push_round(self) -> None:
+        own = os.urandom(128 * 1024)
+        config = json.dumps({"architecture": "amd64", "os": "linux", "round": f"{self.repo}/{self.rounds}"})
+        tags = ["latest", "first"] if self.rounds == 0 else ["latest"]
+        with self.cluster.client() as client:
+            for _ in range(10):
+                manifest = {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": self.blob(client, config.encode(), OCI_CONFIG),
+                    "layers": [self.blob(client, data, OCI_LAYER) for data in [*self.base, own]],
+                }
+                body = json.dumps(manifest).encode()
+                response = put_manifest(client, self.repo, digest(body), body, tag=tags)
+                if response.status_code == 201:
+                    self.tagged.update(dict.fromkeys(tags, body))
+                    self.rounds += 1
+                    return
+                assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"], response.text
+                self.retries += 1
+        raise AssertionError(f"{self.repo} round {self.rounds} refused 10 times")
+
+
+def test_gc_with_no_grace_beside_eight_pushers_loses_nothing(fresh_cluster: Cluster) -> None:
+    """Eight clients push through the load balancer while ``ocikit gc --grace 0`` runs in a
+    loop beside the replicas; every manifest the registry accepted must pull whole."""
+    cluster = fresh_cluster
+    base = [os.urandom(256 * 1024) for _ in range(2)]  # the layers every image shares
+    pushers = [_Pusher(cluster, f"stress/image{n}", base) for n in range(8)]
+    collections: list[subprocess.CompletedProcess[str]] = []
+    done = threading.Event()
+
+    def collect() -> None:
+        while not done.is_set():
+            collections.append(cluster.backend.gc("--grace", "0"))
+
+    def push(pusher: _Pusher) -> None:
+        deadline = time.monotonic() + 20
+        while pusher.rounds < 3 or (len(collections) < 4 and time.monotonic() < deadline):
+            pusher.push_round()
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        workers = [threading.Thread(target=push, args=(pusher,)) for pusher in pushers]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+    finally:
+        done.set()
+        collector.join(60)
+    assert all(run.returncode == 0 for run in collections), [run.stderr for run in collections]
+    assert len(collections) >= 4, "garbage collection must have run throughout the pushes"
+    assert all(pusher.rounds >= 3 for pusher in pushers), "every pusher must have finished"
+
+    kept: set[str] = set()
+    with cluster.client() as client:
+        for pusher in pushers:
+            tags = client.get(f"/v2/{pusher.repo}/tags/list")
+            assert tags.json()["tags"] == ["first", "latest"], tags.text
+            for tag, body in pusher.tagged.items():
+                served = client.get(f"/v2/{pusher.repo}/manifests/{tag}", headers={"accept": OCI_MANIFEST})
+                assert served.status_code == 200, f"dangling tag {pusher.repo}:{tag}"
+                assert served.content == body
+                kept.add(digest(body))
+                manifest = json.loads(body)
+                for descriptor in [manifest["config"], *manifest["layers"]]:
+                    blob = descriptor["digest"]
+                    pulled = client.get(f"/v2/{pusher.repo}/blobs/{blob}", follow_redirects=True)
+                    assert pulled.status_code == 200, f"lost blob {blob} of {pusher.repo}:{tag}"
+                    assert pulled.content == pusher.blobs[blob]
+                    kept.add(blob)
+
+    # The final collection leaves exactly what the tags reach.
+    final = cluster.backend.gc("--grace", "0")
+    assert final.returncode == 0, final.stderr
+    assert cluster.backend.stored_blobs() - kept == set()
