@@ -11,10 +11,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 
 from cluster import Cluster
+from conftest import require_tool
+from debian_image import DEBIAN_TAG, debian_layout
 from registry_helpers import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -321,3 +324,57 @@ def test_gc_with_no_grace_beside_eight_pushers_loses_nothing(fresh_cluster: Clus
     final = cluster.backend.gc("--grace", "0")
     assert final.returncode == 0, final.stderr
     assert cluster.backend.stored_blobs() - kept == set()
+
+
+# ----------------------------------------------------------------------------- real clients
+
+
+def test_skopeo_pushes_and_pulls_the_debian_image_through_the_load_balancer(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The Debian image (three layers, 145 MB) goes up with skopeo, each blob's POST, PATCH
+    and PUT on different replicas, and comes back byte for byte."""
+    skopeo = require_tool("skopeo")
+    layout = debian_layout()
+    remote = f"docker://{cluster.host}/scaleout/debian:bookworm"
+    tls = ("--src-tls-verify=false", "--dest-tls-verify=false")
+    for source, destination in (
+        (f"oci:{layout}:{DEBIAN_TAG}", remote),
+        (remote, f"oci:{tmp_path / 'out'}:v1"),
+    ):
+        copied = subprocess.run(
+            [skopeo, "copy", "--quiet", *tls, "--preserve-digests", source, destination],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert copied.returncode == 0, copied.stderr
+
+    index = json.loads((layout / "index.json").read_text())
+    (descriptor,) = index["manifests"]
+    pulled = json.loads((tmp_path / "out" / "index.json").read_text())["manifests"][0]
+    assert pulled["digest"] == descriptor["digest"]
+    manifest = json.loads((layout / "blobs" / descriptor["digest"].replace(":", "/")).read_bytes())
+    for blob in [manifest["config"], *manifest["layers"]]:
+        relative = Path("blobs") / blob["digest"].replace(":", "/")
+        assert _sha256_file(tmp_path / "out" / relative) == blob["digest"]
+        assert (tmp_path / "out" / relative).stat().st_size == blob["size"]
+
+    # Every upload session of the push was served by more than one replica.
+    sessions: dict[str, set[int]] = {}
+    for index_, lines in cluster.replica_lines("/v2/scaleout/debian/blobs/uploads/").items():
+        for line in lines:
+            session = line.split()[1].removeprefix("/v2/scaleout/debian/blobs/uploads/")
+            if session:
+                sessions.setdefault(session, set()).add(index_)
+    assert len(sessions) >= len(manifest["layers"])
+    assert all(len(replicas) >= 2 for replicas in sessions.values()), sessions
+
+
+def _sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            hasher.update(block)
+    return "sha256:" + hasher.hexdigest()
