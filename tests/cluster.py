@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,37 +27,45 @@ REPLICAS = 3
 
 @dataclass(frozen=True)
 class Backend:
-    """Shared storage of the replicas: ``ocikit serve`` flags and environment variables.
+    """Shared storage of the replicas: ``ocikit serve`` settings and environment variables.
 
     ``root`` is given to every replica as ``--root`` when the backend lives there (the shared
     local root of a single machine); None gives each replica a private, empty one, which a
-    stateless replica must never need.
+    stateless replica must never need. ``list_blobs`` reads the digests of the blobs stored,
+    behind the registry's back.
     """
 
     name: str
-    args: list[str]
+    settings: dict[str, str]
+    list_blobs: Callable[[], set[str]]
     env: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
+
+    @property
+    def args(self) -> list[str]:
+        """The settings as ``ocikit serve`` flags."""
+        return [
+            item for name, value in self.settings.items() for item in (f"--{name.replace('_', '-')}", value)
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """The settings as ``OCIKIT_*`` variables, with the credentials."""
+        return {**self.env, **{f"OCIKIT_{name.upper()}": value for name, value in self.settings.items()}}
 
     def gc(self, *extra: str) -> subprocess.CompletedProcess[str]:
         """``ocikit gc`` on this storage, as an operator runs it beside the replicas."""
         where = ["--root", str(self.root)] if self.root else []
         return subprocess.run(
-            [*OCIKIT, "gc", *where, *self.args, *extra],
+            [*OCIKIT, "gc", *where, *extra],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.environment()},
         )
 
     def stored_blobs(self) -> set[str]:
-        """Digests of every blob whose bytes the storage holds, read behind the registry's back."""
-        assert self.root is not None
-        blobs = self.root / "blobs"
-        return {
-            f"{algorithm.name}:{blob.name}" for algorithm in blobs.iterdir() for blob in algorithm.iterdir()
-        }
+        return self.list_blobs()
 
 
 @dataclass
@@ -149,9 +157,14 @@ def start_cluster(
 
 
 def shared_root_backend(root: Path) -> Backend:
-    """Today's single-machine scale-out: every replica on one local ``--root``; SQLite and
-    file locks on that disk coordinate them."""
-    return Backend("shared-root", [], root=root)
+    """The single-machine scale-out: every replica on one local ``--root``; SQLite and file
+    locks on that disk coordinate them."""
+
+    def list_blobs() -> set[str]:
+        blobs = root / "blobs"
+        return {f"{kind.name}:{blob.name}" for kind in blobs.iterdir() for blob in kind.iterdir()}
+
+    return Backend("shared-root", {}, list_blobs, root=root)
 
 
 @pytest.fixture(scope="session")
