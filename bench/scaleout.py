@@ -133,7 +133,10 @@ class Storage:
 def _balance(name: str, workdir: Path, replicas: list[single.Server], haproxy: str) -> Deployment:
     port = single.free_port()
     proxy = start_haproxy(
-        haproxy, workdir / f"{name}-haproxy", (port, single.free_port()), [f"{r.host}:{r.port}" for r in replicas]
+        haproxy,
+        workdir / f"{name}-haproxy",
+        (port, single.free_port()),
+        [f"{r.host}:{r.port}" for r in replicas],
     )
     deployment = Deployment(name, replicas, proxy, single.Server(name, "127.0.0.1", port, workdir, proxy.log))
     proxy.wait_healthy(len(replicas))
@@ -228,7 +231,9 @@ def start_distribution(
         for index in range(count):
             port = single.free_port()
             name = f"distribution-r{index}-{bucket}"
-            replica = single.Server(f"distribution-r{index}", "127.0.0.1", port, workdir, workdir / f"{name}.log")
+            replica = single.Server(
+                f"distribution-r{index}", "127.0.0.1", port, workdir, workdir / f"{name}.log"
+            )
             config = workdir / f"{name}.yml"
             config.write_text(distribution_config(storage, bucket, port, secret, redirect))
             replicas.append(replica)
@@ -313,7 +318,9 @@ def manifest_get(wrk: str, deployments: list[Deployment], plan: Plan) -> dict[st
         single.run_wrk(wrk, deployment.lb, plan.warmup, threads)
         results[deployment.name] = single.run_wrk(wrk, deployment.lb, plan.duration, threads)
         if results[deployment.name]["non_2xx"]:
-            raise RuntimeError(f"{deployment.name}: {results[deployment.name]['non_2xx']} non-2xx manifest GETs")
+            raise RuntimeError(
+                f"{deployment.name}: {results[deployment.name]['non_2xx']} non-2xx manifest GETs"
+            )
     return results
 
 
@@ -409,7 +416,11 @@ def push_image_skopeo(skopeo: str, lb: single.Server, image: Image, repository: 
 
 
 def debian_push(
-    deployments: list[Deployment], plan: Plan, push: Callable[[single.Server, str], float], size: int, label: str
+    deployments: list[Deployment],
+    plan: Plan,
+    push: Callable[[single.Server, str], float],
+    size: int,
+    label: str,
 ) -> dict[str, dict[str, Any]]:
     """Each run into a repository of its own (all blobs go up again)."""
     times: dict[str, list[float]] = {d.name: [] for d in deployments}
@@ -590,7 +601,11 @@ def run(args: argparse.Namespace, tools: dict[str, str], progress: Callable[[str
         measure(
             "debian_skopeo",
             lambda: debian_push(
-                both, plan, lambda lb, r: push_image_skopeo(tools["skopeo"], lb, debian, r), debian.size, "skopeo"
+                both,
+                plan,
+                lambda lb, r: push_image_skopeo(tools["skopeo"], lb, debian, r),
+                debian.size,
+                "skopeo",
             ),
         )
         measure("debian_chunked", lambda: debian_push(both, plan, chunked, debian.size, "chunked"))
@@ -648,7 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
     load_before = os.getloadavg()
-    report = run(args, {k: v for k, v in tools.items() if v}, lambda text: print(text, file=sys.stderr, flush=True))
+    report = run(
+        args, {k: v for k, v in tools.items() if v}, lambda text: print(text, file=sys.stderr, flush=True)
+    )
     report |= {
         "mode": "quick" if args.quick else "full",
         "machine": single.machine(),
