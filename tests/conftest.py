@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -175,3 +176,19 @@ def run_page_examples(page: str) -> doctest.TestResults:
         raise_on_error=False,
         verbose=False,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL cluster for the session (``tests/postgres.py``): ``.database()``
+    gives a test a fresh database URL, ``.restart()`` restarts the server under its clients."""
+    from postgres import start_postgres, stop_postgres
+
+    server = start_postgres()
+    if server is None:
+        message = "PostgreSQL server binaries (/usr/lib/postgresql/*/bin) or psql are not installed"
+        if REQUIRE_ALL:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield server
+    stop_postgres(server)

@@ -16,6 +16,7 @@ from conftest import run_page_examples
         ("create.md", 25),
         ("snapshots.md", 12),
         ("proxmox-lxc.md", 5),
+        ("registry.md", 9),
     ],
 )
 def test_examples_run(page: str, minimum: int) -> None:

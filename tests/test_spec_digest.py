@@ -13,6 +13,8 @@ from ocikit.spec.digest import (
     Digest,
     Digester,
     DigestError,
+    HashStateError,
+    ResumableDigester,
     UnsupportedAlgorithm,
     VerificationError,
     digest_of,
@@ -219,3 +221,52 @@ def test_verify_stream_agrees_with_verify_bytes(data: bytes, chunk_size: int) ->
     expected = digest_of(data)
     verify_bytes(data, expected, len(data))
     assert verify_stream(io.BytesIO(data), expected, len(data), chunk_size=chunk_size) == len(data)
+
+
+# --- resumable digests ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+@given(data=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_resumable_digester_matches_hashlib_across_exports(
+    algorithm: str, data: bytes, cuts: list[int]
+) -> None:
+    digester = ResumableDigester(algorithm)
+    start = 0
+    for cut in sorted(cuts):
+        digester.update(data[start:cut])
+        digester = ResumableDigester.restore(digester.export())  # as if in another process
+        start = max(start, cut)
+    digester.update(data[start:])
+    assert digester.size == len(data)
+    assert digester.digest() == f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def test_resumable_digest_leaves_the_state_usable() -> None:
+    digester = ResumableDigester()
+    digester.update(b"hel")
+    assert digester.digest() == digest_of(b"hel")
+    digester.update(b"lo")
+    assert digester.digest() == f"sha256:{SHA256_HEX}"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        b"",
+        b"md5:" + bytes(112),
+        b"sha256:" + bytes(10),
+        # a buffered-byte count past the block would make OpenSSL write out of bounds
+        ResumableDigester().export()[:-8] + (200).to_bytes(4, "little") + (32).to_bytes(4, "little"),
+        # a count that disagrees with the total length hashed
+        ResumableDigester().export()[:-8] + (3).to_bytes(4, "little") + (32).to_bytes(4, "little"),
+    ],
+)
+def test_a_malformed_hash_state_is_refused(state: bytes) -> None:
+    with pytest.raises(HashStateError):
+        ResumableDigester.restore(state)
+
+
+def test_resumable_digester_refuses_other_algorithms() -> None:
+    with pytest.raises(UnsupportedAlgorithm):
+        ResumableDigester("blake3")

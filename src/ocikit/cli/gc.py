@@ -63,17 +63,22 @@ def run(args: argparse.Namespace) -> int:
 
 async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
     from ..registry.app import Registry
-    from ..registry.maintenance import collect_garbage, purge_expired_uploads
+    from ..registry.maintenance import GCBusy, collect_garbage, purge_expired_uploads
+    from ..registry.storage import SchemaError, StorageUnavailable
 
     registry = Registry(settings)
-    await registry.blobs.open()
-    await registry.metadata.open()
     try:
-        uploads = [] if dry_run else await purge_expired_uploads(registry)
-        report = await collect_garbage(registry, dry_run=dry_run, grace=grace)
-    finally:
-        await registry.metadata.close()
-        await registry.blobs.close()
+        await registry.blobs.open()
+        await registry.metadata.open()
+        try:
+            uploads = [] if dry_run else await purge_expired_uploads(registry)
+            report = await collect_garbage(registry, dry_run=dry_run, grace=grace)
+        finally:
+            await registry.metadata.close()
+            await registry.blobs.close()
+    except (StorageUnavailable, SchemaError, GCBusy) as exc:
+        print(f"ocikit gc: {exc}", file=sys.stderr)
+        return 1
     verb = "would remove" if dry_run else "removed"
     for repository, digest in report.manifests:
         print(f"{verb} manifest {repository}@{digest}")
@@ -81,9 +86,12 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
         print(f"{verb} blob link {repository}@{digest}")
     for digest in report.blobs:
         print(f"{verb} blob {digest}")
+    for repository in report.repositories:
+        print(f"{verb} empty repository {repository}")
     print(
         f"{verb}: {len(report.manifests)} manifests, {len(report.blob_links)} blob links, "
-        f"{len(report.blobs)} blobs ({report.freed_bytes} bytes), {len(uploads)} expired uploads"
+        f"{len(report.blobs)} blobs ({report.freed_bytes} bytes), {len(report.repositories)} empty "
+        f"repositories, {len(uploads)} expired uploads"
     )
     return 0
 

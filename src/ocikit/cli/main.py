@@ -14,6 +14,7 @@ from .. import __version__
 COMMANDS: Final = (
     "validate",
     "serve",
+    "migrate",
     "gc",
     "copy",
     "pull",

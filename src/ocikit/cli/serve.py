@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
@@ -41,12 +42,32 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..registry.server import serve
+    from ..registry.storage import SchemaError, StorageUnavailable
 
     flags = {info.name: getattr(args, info.name) for info in SETTINGS}
     try:
         settings = load_settings(flags, config_file=args.config)
+        asyncio.run(_check_storage(settings))
     except SettingsError as exc:
         print(f"ocikit serve: {exc}", file=sys.stderr)
         return 2
+    except (StorageUnavailable, SchemaError) as exc:
+        print(f"ocikit serve: {exc}", file=sys.stderr)
+        return 1
     serve(settings)
     return 0
+
+
+async def _check_storage(settings: Settings) -> None:
+    """Open both stores once before any worker starts, so that bad credentials, an unreachable
+    database or a schema to migrate end the command with one line rather than a worker's
+    traceback."""
+    from ..registry.storage import blob_store_for, metadata_store_for
+
+    blobs, metadata = blob_store_for(settings), metadata_store_for(settings)
+    try:
+        await blobs.open()
+        await metadata.open()
+    finally:
+        await metadata.close()
+        await blobs.close()

@@ -11,7 +11,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Final
 
 import msgspec
@@ -23,7 +22,8 @@ from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
 from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
 from .settings import Settings
-from .storage.base import BlobStore, MetadataStore
+from .storage import blob_store_for, metadata_store_for
+from .storage.base import BlobStore, MetadataStore, StorageUnavailable
 
 __all__ = ["Registry", "create_app"]
 
@@ -83,14 +83,8 @@ class Registry:
         event_hooks: Sequence[EventHook] = (),
     ) -> None:
         self.settings = settings or Settings()
-        root = Path(self.settings.root)
-        from .storage.filesystem import FilesystemBlobStore
-        from .storage.sqlite import SQLiteMetadataStore
-
-        self.blobs: BlobStore = blobs if blobs is not None else FilesystemBlobStore(root)
-        self.metadata: MetadataStore = (
-            metadata if metadata is not None else SQLiteMetadataStore(root / "metadata.db")
-        )
+        self.blobs: BlobStore = blobs if blobs is not None else blob_store_for(self.settings)
+        self.metadata: MetadataStore = metadata if metadata is not None else metadata_store_for(self.settings)
         self.authorize_hook = authorize
         self.event_hooks = list(event_hooks)
         self._handlers = _handlers()
@@ -177,6 +171,14 @@ class Registry:
             )
         except ClientDisconnected:
             return Response(status=400)
+        except StorageUnavailable as exc:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            unavailable = RegistryError("UNAVAILABLE", str(exc))
+            response = Response(
+                status=503,
+                headers=[("content-type", "application/json"), ("retry-after", "1")],
+                body=unavailable.body(),
+            )
         except Exception:
             log.exception("unhandled error for %s %s", request.method, request.path)
             internal = RegistryError("UNSUPPORTED", "internal error", status=500)
@@ -268,5 +270,6 @@ def create_app(
     authorize: Authorizer = allow_all,
     event_hooks: Sequence[EventHook] = (),
 ) -> Registry:
-    """The registry as an ASGI application, on the embedded storage unless others are given."""
+    """The registry as an ASGI application, on the stores given, else on those the settings
+    name (``storage``, ``metadata``: files and SQLite under ``root`` by default)."""
     return Registry(settings, blobs=blobs, metadata=metadata, authorize=authorize, event_hooks=event_hooks)

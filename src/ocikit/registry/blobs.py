@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .errors import RegistryError
 from .hooks import Event
@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from .app import Registry
 
 __all__ = ["delete", "get", "parse_range"]
+
+#: Seconds a redirect to the object store stays valid: enough to start a large download.
+_REDIRECT_EXPIRY: Final = 20 * 60
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -44,8 +47,12 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     await reg.authorize(request, name, "pull")
     digest = reg.parse_digest(reference)
     size = await reg.metadata.linked_blob_size(name, digest)
-    if size is None or await reg.blobs.size(digest) is None:
+    if size is None or await reg.blobs.stat(digest) is None:
         raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+    if reg.settings.blob_redirect and request.method == "GET":
+        url = await reg.blobs.url(digest, expires=_REDIRECT_EXPIRY)
+        if url is not None:  # the object store serves the bytes (and the Range) itself
+            return Response(status=307, headers=[("location", url), ("docker-content-digest", digest)])
     headers = [
         ("content-type", "application/octet-stream"),
         ("docker-content-digest", digest),
@@ -77,7 +84,8 @@ async def delete(reg: Registry, request: Request, name: str, reference: str) -> 
     if not reg.settings.delete_blobs:
         raise RegistryError("UNSUPPORTED", "blob deletion is disabled on this registry")
     digest = reg.parse_digest(reference)
-    if not await reg.metadata.unlink_blob(name, digest):
+    outcome = await reg.metadata.unlink_blob(name, digest, refuse_if_used=False)
+    if not outcome.deleted:
         raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
     await reg.emit(Event("delete", name, "blob", digest=digest))
     return Response(status=202)

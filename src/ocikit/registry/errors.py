@@ -28,6 +28,8 @@ _CODES: dict[str, tuple[int, str]] = {
     "DENIED": (403, "requested access to the resource is denied"),
     "UNSUPPORTED": (405, "the operation is unsupported"),
     "TOOMANYREQUESTS": (429, "too many requests"),
+    # Not in the spec's table; distribution answers it when its storage cannot be reached.
+    "UNAVAILABLE": (503, "service unavailable"),
 }
 
 

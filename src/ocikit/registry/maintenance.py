@@ -3,73 +3,120 @@
 Collection is mark-and-sweep over the metadata: manifests that are tagged, recent, or
 reachable from those (an index's children, referrers of a live subject) live; so do blob
 links that a live manifest uses or that are recent. The grace period protects a push in
-progress, whose blobs arrive before the manifest that references them. The sweep holds the
-blob store's exclusive lock so that a concurrent re-upload of a blob being deleted waits,
-then re-records the blob after its bytes are gone, rather than losing them.
+progress, whose blobs arrive before the manifest that references them.
+
+Replicas coordinate through the metadata store only. One of them at a time does the
+housekeeping (the ``housekeeping`` lease); one collection at a time runs, online or from
+``ocikit gc`` (the ``gc`` lease). A collection enters the blobs it removes as *being
+deleted* before it deletes their bytes, and a push of the same digest announces itself
+before publishing (``publish_begin``), so the two cannot interleave: the push waits until the
+old bytes are gone, and blobs announced by a push are never collected. A collection that
+crashed leaves its deletions recorded, and the next one finishes them first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
-import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Final
 
+from ..spec.digest import Digest
 from .storage.base import GCReport
 
 if TYPE_CHECKING:
     from .app import Registry
 
-__all__ = ["collect_garbage", "purge_expired_uploads", "start_background"]
+__all__ = ["GCBusy", "collect_garbage", "purge_expired_uploads", "start_background"]
 
 log = logging.getLogger("ocikit.registry.maintenance")
-_TICK = 60.0
+_TICK: Final = 60.0
+_GC_LEASE: Final = "gc"
+_GC_LEASE_TTL: Final = 60.0
+_HOUSEKEEPING_LEASE: Final = "housekeeping"
+
+
+class GCBusy(RuntimeError):
+    """Another garbage collection holds the lease."""
 
 
 async def purge_expired_uploads(reg: Registry, now: float | None = None) -> list[str]:
-    """Delete upload sessions idle for longer than ``upload_expiry``, and their data."""
+    """Delete upload sessions idle for longer than ``upload_expiry``, and their staged data."""
     cutoff = (now or time.time()) - reg.settings.upload_expiry
     purged = []
     for upload in await reg.metadata.uploads_older_than(cutoff):
-        await reg.blobs.upload_abort(upload.id)
+        await reg.blobs.stage_abort(upload.id, upload.stage)
         await reg.metadata.upload_delete(upload.id)
         purged.append(upload.id)
     # Staged data whose session was never recorded (a crash between the two steps).
-    async for upload_id in reg.blobs.upload_ids():
-        if await reg.metadata.upload(upload_id) is not None:
-            continue
-        idle_since = await reg.blobs.upload_modified(upload_id)
-        if idle_since is not None and idle_since < cutoff:
-            await reg.blobs.upload_abort(upload_id)
+    async for upload_id, changed in reg.blobs.staged():
+        if changed < cutoff and await reg.metadata.upload(upload_id) is None:
+            await reg.blobs.stage_abort(upload_id, None)
             purged.append(upload_id)
     return purged
 
 
+class _GCLease:
+    """The ``gc`` lease, renewed while a long collection deletes bytes."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+        self.holder = uuid.uuid4().hex
+        self._renewed = 0.0
+
+    async def renew(self) -> None:
+        if time.monotonic() - self._renewed < _GC_LEASE_TTL / 3:
+            return
+        if not await self.reg.metadata.lease_acquire(_GC_LEASE, self.holder, _GC_LEASE_TTL):
+            raise GCBusy("another garbage collection is running")
+        self._renewed = time.monotonic()
+
+    async def release(self) -> None:
+        await self.reg.metadata.lease_release(_GC_LEASE, self.holder)
+
+
 async def collect_garbage(reg: Registry, *, dry_run: bool = False, grace: float | None = None) -> GCReport:
-    """Remove unreferenced untagged manifests, blob links and blobs older than the grace period."""
+    """Remove unreferenced untagged manifests, blob links, blobs and empty repositories older
+    than the grace period; :class:`GCBusy` when another collection runs."""
     cutoff = time.time() - (reg.settings.gc_grace if grace is None else grace)
-    async with reg.blobs.sweeping():
-        report = await reg.metadata.collect_garbage(cutoff, dry_run)
+    if dry_run:
+        report = await reg.metadata.collect_garbage(cutoff, dry_run=True)
+        async for digest, info in reg.blobs.digests():
+            if info.modified < cutoff and not await reg.metadata.blob_is_recorded(digest):
+                report.blobs.append(digest)
+                report.freed_bytes += info.size
+        return report
+    lease = _GCLease(reg)
+    await lease.renew()
+    try:
+        for digest in await reg.metadata.blobs_being_deleted():  # left by a collection that crashed
+            await _delete_bytes(reg, lease, digest)
+        report = await reg.metadata.collect_garbage(cutoff, dry_run=False)
         for digest in report.blobs:
-            if not dry_run:
-                await reg.blobs.delete(digest)
-        # Files with no record at all: a crash after publishing bytes, before recording them.
-        async for digest in reg.blobs.digests():
-            if digest in report.blobs or await reg.metadata.blob_is_recorded(digest):
-                continue
-            stored = await reg.blobs.modified(digest)
-            if stored is None or stored >= cutoff:
-                continue
-            size = await reg.blobs.size(digest) or 0
-            report.blobs.append(digest)
-            report.freed_bytes += size
-            if not dry_run:
-                await reg.blobs.delete(digest)
+            await _delete_bytes(reg, lease, digest)
+        await _delete_strays(reg, lease, report, cutoff)
+    finally:
+        await lease.release()
     return report
+
+
+async def _delete_bytes(reg: Registry, lease: _GCLease, digest: Digest) -> None:
+    await lease.renew()
+    await reg.blobs.delete(digest)
+    await reg.metadata.blob_deleted(digest)
+
+
+async def _delete_strays(reg: Registry, lease: _GCLease, report: GCReport, cutoff: float) -> None:
+    """Bytes that no record names: a crash after publishing them, before recording them."""
+    swept = set(report.blobs)
+    async for digest, info in reg.blobs.digests():
+        if digest in swept or info.modified >= cutoff:
+            continue
+        if await reg.metadata.blob_delete_begin(digest):
+            await _delete_bytes(reg, lease, digest)
+            report.blobs.append(digest)
+            report.freed_bytes += info.size
 
 
 def _tick(reg: Registry) -> float:
@@ -81,40 +128,45 @@ def _tick(reg: Registry) -> float:
 
 
 def start_background(reg: Registry) -> list[asyncio.Task[None]]:
-    """Periodic upload purging and (when ``gc_interval`` is set) online GC, in one worker only."""
+    """Periodic upload purging and (when ``gc_interval`` is set) online GC, on one replica."""
     return [asyncio.create_task(_housekeeping(reg), name="ocikit-housekeeping")]
 
 
 async def _housekeeping(reg: Registry) -> None:
-    lock_path = Path(reg.settings.root) / "housekeeping.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    holder = uuid.uuid4().hex
+    last_gc = time.time()
+    while True:
+        tick = _tick(reg)
+        try:
+            # Held a little longer than a tick, so the leader keeps it from one round to the next.
+            if await reg.metadata.lease_acquire(_HOUSEKEEPING_LEASE, holder, tick * 3):
+                last_gc = await _housekeeping_round(reg, last_gc)
+        except Exception:
+            log.exception("housekeeping failed")
+        await asyncio.sleep(tick)
+
+
+async def _housekeeping_round(reg: Registry, last_gc: float) -> float:
     try:
-        # Several worker processes share one root: the first to take the lock does the work.
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(_tick(reg))
-        last_gc = time.time()
-        while True:
-            with contextlib.suppress(Exception):
-                purged = await purge_expired_uploads(reg)
-                if purged:
-                    log.info("purged %d expired uploads", len(purged))
-            interval = reg.settings.gc_interval
-            if interval and time.time() - last_gc >= interval:
-                last_gc = time.time()
-                try:
-                    report = await collect_garbage(reg)
-                    log.info(
-                        "gc removed %d manifests, %d blobs (%d bytes)",
-                        len(report.manifests),
-                        len(report.blobs),
-                        report.freed_bytes,
-                    )
-                except Exception:
-                    log.exception("online garbage collection failed")
-            await asyncio.sleep(_tick(reg))
-    finally:
-        os.close(fd)
+        purged = await purge_expired_uploads(reg)
+        if purged:
+            log.info("purged %d expired uploads", len(purged))
+    except Exception:
+        log.exception("purging expired uploads failed")
+    interval = reg.settings.gc_interval
+    if not interval or time.time() - last_gc < interval:
+        return last_gc
+    try:
+        report = await collect_garbage(reg)
+        log.info(
+            "gc removed %d manifests, %d blobs (%d bytes), %d repositories",
+            len(report.manifests),
+            len(report.blobs),
+            report.freed_bytes,
+            len(report.repositories),
+        )
+    except GCBusy:
+        log.info("gc skipped: another garbage collection is running")
+    except Exception:
+        log.exception("online garbage collection failed")
+    return time.time()

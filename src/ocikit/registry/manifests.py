@@ -215,7 +215,8 @@ async def delete(reg: Registry, request: Request, name: str, reference: str) -> 
         if not reg.settings.delete_manifests:
             raise RegistryError("UNSUPPORTED", "manifest deletion is disabled on this registry")
         digest = reg.parse_digest(reference)
-        if not await reg.metadata.delete_manifest(name, digest):
+        outcome = await reg.metadata.delete_manifest(name, digest, refuse_if_listed=False)
+        if not outcome.deleted:
             await _unknown(reg, name, f"manifest {digest}")
         await reg.emit(Event("delete", name, "manifest", digest=digest))
         return Response(status=202)

@@ -34,6 +34,11 @@ class Settings:
 
     listen: str = "127.0.0.1:5000"
     root: str = field(default_factory=default_root)
+    storage: str = ""
+    metadata: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    blob_redirect: bool = True
     workers: int = 1
     log_format: str = "text"
     access_log: bool = True
@@ -75,6 +80,15 @@ class SettingInfo:
 SETTINGS: Final = (
     SettingInfo("listen", "HOST:PORT to listen on"),
     SettingInfo("root", "directory holding blobs/, uploads/ and metadata.db"),
+    SettingInfo(
+        "storage", "where blobs go: file:///PATH or s3://BUCKET[/PREFIX] (default: file:// under root)"
+    ),
+    SettingInfo(
+        "metadata", "metadata database: sqlite:///PATH or postgresql://... (default: sqlite:// under root)"
+    ),
+    SettingInfo("s3_endpoint", "S3 endpoint URL for s3:// storage (default: AWS)"),
+    SettingInfo("s3_region", "S3 region for s3:// storage"),
+    SettingInfo("blob_redirect", "answer blob GETs with a redirect to the object store when it has URLs"),
     SettingInfo("workers", "worker processes"),
     SettingInfo("log_format", "request log lines as 'text' or 'json'"),
     SettingInfo("access_log", "log one line per request (true/false)"),
@@ -167,4 +181,13 @@ def load_settings(
         raise SettingsError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.workers < 1 or settings.page_size < 1:
         raise SettingsError("workers and page_size must be at least 1")
+    _check_url("storage", settings.storage, ("file", "s3"))
+    _check_url("metadata", settings.metadata, ("sqlite", "postgresql", "postgres"))
     return settings
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme, sep, rest = url.partition("://")
+    if url and (not sep or scheme not in schemes or not rest.strip("/")):
+        wanted = " or ".join(f"{s}://..." for s in schemes)
+        raise SettingsError(f"{name} must be a URL such as {wanted}, got {url!r}")

@@ -1,26 +1,48 @@
 """Blob upload endpoints: monolithic, POST-then-PUT, streamed and chunked uploads,
 cross-repository mounts, upload status and cancellation.
 
+Every request of one upload may reach a different replica, so the session lives in the
+metadata store: its size, the SHA-256 state of the bytes so far, and the blob store's staging
+state. A request that writes (PATCH, the closing PUT) first claims the session's lease, so
+that two writers never interleave; a lease whose holder died expires after
+:data:`UPLOAD_LEASE_TTL` seconds, and a claim waits that long at most.
+
 Chunks must arrive in order: a chunk that does not start where the upload ends is answered
 416 with the upload's current ``Range``, and the session survives it so the client can
-resume. A chunk whose length disagrees with its ``Content-Range`` is undone.
+resume. A chunk whose length disagrees with its ``Content-Range`` does not count.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
-from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, VerificationError
+from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, HashStateError, ResumableDigester
 from .errors import RegistryError
 from .hooks import Event
-from .http import Request, Response
-from .storage.base import UploadOffsetError
+from .http import ClientDisconnected, Request, Response
+from .storage.base import UploadRecord
 
 if TYPE_CHECKING:
     from .app import Registry
 
-__all__ = ["cancel", "finish", "patch", "start", "status"]
+__all__ = ["UPLOAD_LEASE_TTL", "cancel", "finish", "patch", "start", "status"]
+
+#: How long a writer holds a session without renewing; a replica killed mid-PATCH blocks its
+#: upload this long at most.
+UPLOAD_LEASE_TTL: Final = 10.0
+#: How long a blob being garbage-collected may hold up the publication of the same digest.
+_PUBLISH_WAIT: Final = 30.0
+_POLL: Final = 0.05
+_HASH_BATCH: Final = 4 << 20
+# Hashing runs beside the receiving and the writing; OpenSSL releases the GIL.
+_hashing = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ocikit-hash")
 
 
 def _range_value(size: int) -> str:
@@ -59,56 +81,213 @@ def _parse_content_range(value: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
-async def _session_size(reg: Registry, name: str, upload_id: str) -> int:
+def _unknown_upload(name: str, upload_id: str) -> RegistryError:
+    return RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id} in {name}")
+
+
+async def _session(reg: Registry, name: str, upload_id: str) -> UploadRecord:
     record = await reg.metadata.upload(upload_id)
-    size = await reg.blobs.upload_size(upload_id) if record is not None else None
-    if record is None or record.repository != name or size is None:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id} in {name}")
-    return size
+    if record is None or record.repository != name:
+        raise _unknown_upload(name, upload_id)
+    return record
 
 
-async def _append(reg: Registry, request: Request, name: str, upload_id: str, size: int) -> int:
-    """Append the request body, enforcing the chunk order; the upload's new size."""
+class _Writer:
+    """One request's hold on an upload session: the lease, renewed while bytes stream in."""
+
+    def __init__(self, reg: Registry, name: str, upload_id: str) -> None:
+        self.reg, self.name, self.upload_id = reg, name, upload_id
+        self.holder = uuid.uuid4().hex
+        self._renewed = 0.0
+
+    async def claim(self) -> UploadRecord:
+        """The session, once this request holds its lease (waiting out another writer's)."""
+        await _session(self.reg, self.name, self.upload_id)
+        deadline = time.monotonic() + UPLOAD_LEASE_TTL + 1
+        while True:
+            record = await self.reg.metadata.upload_claim(self.upload_id, self.holder, UPLOAD_LEASE_TTL)
+            if record is not None:
+                self._renewed = time.monotonic()
+                return record
+            if await self.reg.metadata.upload(self.upload_id) is None:
+                raise _unknown_upload(self.name, self.upload_id)
+            if time.monotonic() > deadline:
+                raise RegistryError(
+                    "BLOB_UPLOAD_INVALID", "another request is writing to this upload", status=409
+                )
+            await asyncio.sleep(_POLL)
+
+    async def renew(self) -> None:
+        """Keep the lease while a long body streams; stop the stream if it was lost."""
+        if time.monotonic() - self._renewed < UPLOAD_LEASE_TTL / 3:
+            return
+        if await self.reg.metadata.upload_claim(self.upload_id, self.holder, UPLOAD_LEASE_TTL) is None:
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID", "the upload was taken over by another request", status=409
+            )
+        self._renewed = time.monotonic()
+
+    async def release(self) -> None:
+        with contextlib.suppress(Exception):  # the lease expires anyway
+            await self.reg.metadata.upload_release(self.upload_id, self.holder)
+
+
+def _carried_digester(record: UploadRecord) -> ResumableDigester | None:
+    if not record.hash_state:
+        return None
+    try:
+        digester = ResumableDigester.restore(record.hash_state)
+    except HashStateError:
+        return None
+    return digester if digester.size == record.size else None
+
+
+class _Intake:
+    """A request body on its way to the staging area, hashed as it passes (in a worker thread,
+    batch after batch, while the next batch is received), renewing the session's lease.
+
+    A client that disconnects mid-body ends the stream early rather than failing it: the bytes
+    that arrived are kept, as distribution keeps them, and the client resumes from the offset
+    the registry then reports.
+    """
+
+    def __init__(self, request: Request, writer: _Writer, digester: ResumableDigester | None) -> None:
+        self.request, self.writer, self.digester = request, writer, digester
+        self.disconnected = False
+
+    def _update(self, pieces: list[bytes]) -> None:
+        assert self.digester is not None
+        for piece in pieces:
+            self.digester.update(piece)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None
+        batch: list[bytes] = []
+        batched = 0
+        try:
+            async for chunk in self._received():
+                await self.writer.renew()
+                if self.digester is not None:
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= _HASH_BATCH:
+                        if pending is not None:
+                            await pending
+                        pending = loop.run_in_executor(_hashing, self._update, batch)
+                        batch, batched = [], 0
+                yield chunk
+            if pending is not None:
+                await pending
+                pending = None
+            if batch:
+                await loop.run_in_executor(_hashing, self._update, batch)
+        finally:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    await pending
+
+    async def _received(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.request.stream():
+                yield chunk
+        except ClientDisconnected:
+            self.disconnected = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Appended:
+    size: int
+    digester: ResumableDigester | None
+    stage: bytes
+    disconnected: bool
+
+
+async def _append(reg: Registry, request: Request, writer: _Writer, record: UploadRecord) -> _Appended:
+    """Stage the request body after the session's bytes."""
     declared = request.headers.get("content-range")
     span = _parse_content_range(declared) if declared else None
-    if span is not None and span[0] != size:
-        raise _out_of_order(reg, name, upload_id, size)
-    try:
-        new_size = await reg.blobs.upload_append(upload_id, size, request.stream())
-    except UploadOffsetError as exc:  # another request appended meanwhile
-        raise _out_of_order(reg, name, upload_id, exc.expected) from None
-    if span is not None and new_size - size != span[1] - span[0] + 1:
-        await reg.blobs.upload_truncate(upload_id, size)
+    if span is not None and span[0] != record.size:
+        raise _out_of_order(reg, writer.name, record)
+    intake = _Intake(request, writer, _carried_digester(record))
+    written, stage = await reg.blobs.stage_append(record.id, record.stage, record.size, intake.stream())
+    appended = _Appended(record.size + written, intake.digester, stage, intake.disconnected)
+    if appended.disconnected:
+        return appended
+    if span is not None and written != span[1] - span[0] + 1:
         raise RegistryError(
             "BLOB_UPLOAD_INVALID",
-            f"the chunk has {new_size - size} bytes but Content-Range {declared!r} "
-            f"says {span[1] - span[0] + 1}",
+            f"the chunk has {written} bytes but Content-Range {declared!r} says {span[1] - span[0] + 1}",
         )
     length = request.content_length
-    if span is None and length is not None and new_size - size != length:
-        await reg.blobs.upload_truncate(upload_id, size)
-        raise RegistryError("SIZE_INVALID", f"received {new_size - size} bytes, Content-Length says {length}")
-    return new_size
+    if span is None and length is not None and written != length:
+        raise RegistryError("SIZE_INVALID", f"received {written} bytes, Content-Length says {length}")
+    return appended
 
 
-def _out_of_order(reg: Registry, name: str, upload_id: str, size: int) -> RegistryError:
+async def _advance(reg: Registry, writer: _Writer, appended: _Appended) -> None:
+    """Make the appended bytes part of the upload, releasing the lease."""
+    hash_state = appended.digester.export() if appended.digester is not None else b""
+    advanced = await reg.metadata.upload_advance(
+        writer.upload_id, writer.holder, size=appended.size, hash_state=hash_state, stage=appended.stage
+    )
+    if not advanced:
+        raise RegistryError("BLOB_UPLOAD_INVALID", "the upload was taken over by another request", status=409)
+    if appended.disconnected:
+        raise ClientDisconnected
+
+
+def _out_of_order(reg: Registry, name: str, record: UploadRecord) -> RegistryError:
     return RegistryError(
         "BLOB_UPLOAD_INVALID",
-        f"chunks must be sent in order: the next chunk starts at byte {size}",
+        f"chunks must be sent in order: the next chunk starts at byte {record.size}",
         status=416,
-        headers=_upload_headers(reg, name, upload_id, size),
+        headers=_upload_headers(reg, name, record.id, record.size),
     )
 
 
-async def _commit(reg: Registry, name: str, upload_id: str, digest: Digest) -> Response:
-    async with reg.blobs.publishing():
-        try:
-            size = await reg.blobs.upload_commit(upload_id, digest)
-        except VerificationError as exc:
-            await reg.metadata.upload_delete(upload_id)
-            raise RegistryError("DIGEST_INVALID", str(exc), detail={"digest": digest}) from None
+async def _verify(reg: Registry, record: UploadRecord, appended: _Appended, digest: Digest) -> None:
+    """Check the staged bytes against ``digest``: from the carried state when it is of the
+    same algorithm, else by reading them back."""
+    actual: Digest | None
+    if appended.digester is not None and appended.digester.algorithm == digest.algorithm:
+        actual = appended.digester.digest()
+    else:
+        fresh = digest.digester()
+        async for chunk in reg.blobs.stage_read(record.id, appended.stage, appended.size):
+            await asyncio.to_thread(fresh.update, chunk)
+        actual = fresh.digest() if fresh.size == appended.size else None
+    if actual != digest:
+        await reg.blobs.stage_abort(record.id, appended.stage)
+        await reg.metadata.upload_delete(record.id)
+        raise RegistryError(
+            "DIGEST_INVALID",
+            f"the uploaded content has digest {actual}, not {digest}",
+            detail={"digest": digest},
+        )
+
+
+async def _announce(reg: Registry, digest: Digest, holder: str) -> None:
+    """Announce the publication of ``digest`` to garbage collection, waiting while a
+    collection is deleting the same digest's bytes."""
+    deadline = time.monotonic() + _PUBLISH_WAIT
+    while not await reg.metadata.publish_begin(digest, holder, _PUBLISH_WAIT * 2):
+        if time.monotonic() > deadline:
+            raise RegistryError("UNAVAILABLE", f"blob {digest} is being garbage-collected; try again")
+        await asyncio.sleep(_POLL)
+
+
+async def _commit(
+    reg: Registry, name: str, record: UploadRecord, appended: _Appended, digest: Digest
+) -> Response:
+    holder, size = uuid.uuid4().hex, appended.size
+    await _announce(reg, digest, holder)
+    try:
+        await reg.blobs.stage_commit(record.id, appended.stage, size, digest)
         await reg.metadata.link_blob(name, digest, size)
-    await reg.metadata.upload_delete(upload_id)
+    finally:
+        await reg.metadata.publish_end(digest, holder)
+    await reg.metadata.upload_delete(record.id)
     await reg.emit(Event("push", name, "blob", digest=digest, size=size))
     return Response(
         status=201,
@@ -122,20 +301,58 @@ async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> 
     candidates = [source] if source else await reg.metadata.blob_repositories(digest)
     for repository in candidates:
         size = await reg.metadata.linked_blob_size(repository, digest)
-        if size is None or await reg.blobs.size(digest) is None:
+        if size is None:
             continue
         try:
             await reg.authorize(request, repository, "pull")
         except RegistryError:
             continue  # a source the caller may not read is no source
-        async with reg.blobs.publishing():
+        holder = uuid.uuid4().hex
+        if not await reg.metadata.publish_begin(digest, holder, _PUBLISH_WAIT):
+            return None  # being deleted: the client uploads it again
+        try:
+            if await reg.blobs.stat(digest) is None:
+                continue
             await reg.metadata.link_blob(name, digest, size)
+        finally:
+            await reg.metadata.publish_end(digest, holder)
         await reg.emit(Event("mount", name, "blob", digest=digest, size=size))
         return Response(
             status=201,
             headers=[("location", f"/v2/{name}/blobs/{digest}"), ("docker-content-digest", digest)],
         )
     return None
+
+
+def _client_address(request: Request) -> str:
+    client = request.scope.get("client")
+    return str(client[0]) if client else ""
+
+
+async def _create_session(reg: Registry, request: Request, name: str) -> UploadRecord:
+    upload_id = uuid.uuid4().hex
+    stage = await reg.blobs.stage_create(upload_id)
+    now = time.time()
+    digester = ResumableDigester() if ResumableDigester.supported("sha256") else None
+    record = UploadRecord(
+        id=upload_id,
+        repository=name,
+        client=_client_address(request),
+        size=0,
+        hash_state=digester.export() if digester is not None else b"",
+        stage=stage,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        created = await reg.metadata.upload_create(record, per_repository=0, per_client=0)
+    except BaseException:
+        await reg.blobs.stage_abort(upload_id, stage)
+        raise
+    if not created:
+        await reg.blobs.stage_abort(upload_id, stage)
+        raise RegistryError("TOOMANYREQUESTS", "too many open uploads", headers=[("retry-after", "60")])
+    return record
 
 
 async def start(reg: Registry, request: Request, name: str, _: str) -> Response:
@@ -147,48 +364,62 @@ async def start(reg: Registry, request: Request, name: str, _: str) -> Response:
             return mounted
     monolithic = request.param("digest")
     digest = _require_supported(reg, monolithic) if monolithic is not None else None
-    upload_id = uuid.uuid4().hex
-    await reg.blobs.upload_create(upload_id)
-    await reg.metadata.upload_create(upload_id, name)
+    record = await _create_session(reg, request, name)
     if digest is None:
-        return Response(status=202, headers=_upload_headers(reg, name, upload_id, 0))
+        return Response(status=202, headers=_upload_headers(reg, name, record.id, 0))
     try:
-        await _append(reg, request, name, upload_id, 0)
+        return await _finish(reg, request, _Writer(reg, name, record.id), digest)
     except BaseException:
-        await reg.blobs.upload_abort(upload_id)
-        await reg.metadata.upload_delete(upload_id)
+        with contextlib.suppress(Exception):
+            await reg.blobs.stage_abort(record.id, record.stage)
+            await reg.metadata.upload_delete(record.id)
         raise
-    return await _commit(reg, name, upload_id, digest)
 
 
 async def status(reg: Registry, request: Request, name: str, upload_id: str) -> Response:
     await reg.authorize(request, name, "push")
-    size = await _session_size(reg, name, upload_id)
-    return Response(status=204, headers=_upload_headers(reg, name, upload_id, size))
+    record = await _session(reg, name, upload_id)
+    return Response(status=204, headers=_upload_headers(reg, name, upload_id, record.size))
 
 
 async def patch(reg: Registry, request: Request, name: str, upload_id: str) -> Response:
     await reg.authorize(request, name, "push")
-    size = await _session_size(reg, name, upload_id)
-    new_size = await _append(reg, request, name, upload_id, size)
-    await reg.metadata.upload_touch(upload_id)
-    return Response(status=202, headers=_upload_headers(reg, name, upload_id, new_size))
+    writer = _Writer(reg, name, upload_id)
+    record = await writer.claim()
+    try:
+        appended = await _append(reg, request, writer, record)
+    except BaseException:
+        await writer.release()
+        raise
+    await _advance(reg, writer, appended)
+    return Response(status=202, headers=_upload_headers(reg, name, upload_id, appended.size))
 
 
 async def finish(reg: Registry, request: Request, name: str, upload_id: str) -> Response:
     await reg.authorize(request, name, "push")
-    size = await _session_size(reg, name, upload_id)
+    await _session(reg, name, upload_id)
     text = request.param("digest")
     if text is None:
         raise RegistryError("DIGEST_INVALID", "the closing PUT needs ?digest=<digest of the whole blob>")
-    digest = _require_supported(reg, text)
-    await _append(reg, request, name, upload_id, size)
-    return await _commit(reg, name, upload_id, digest)
+    return await _finish(reg, request, _Writer(reg, name, upload_id), _require_supported(reg, text))
+
+
+async def _finish(reg: Registry, request: Request, writer: _Writer, digest: Digest) -> Response:
+    record = await writer.claim()
+    try:
+        appended = await _append(reg, request, writer, record)
+        if appended.disconnected:
+            await _advance(reg, writer, appended)
+        await _verify(reg, record, appended, digest)
+        return await _commit(reg, writer.name, record, appended, digest)
+    except BaseException:
+        await writer.release()  # a session that failed stays as it was for a retry
+        raise
 
 
 async def cancel(reg: Registry, request: Request, name: str, upload_id: str) -> Response:
     await reg.authorize(request, name, "push")
-    await _session_size(reg, name, upload_id)
-    await reg.blobs.upload_abort(upload_id)
+    record = await _session(reg, name, upload_id)
+    await reg.blobs.stage_abort(upload_id, record.stage)
     await reg.metadata.upload_delete(upload_id)
     return Response(status=204)

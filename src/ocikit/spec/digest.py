@@ -12,12 +12,17 @@ import hmac
 from collections.abc import Iterable
 from typing import BinaryIO, Final
 
+from . import _openssl_sha
+from ._openssl_sha import StateError as HashStateError
+
 __all__ = [
     "REGISTERED_ALGORITHMS",
     "SUPPORTED_ALGORITHMS",
     "Digest",
     "DigestError",
     "Digester",
+    "HashStateError",
+    "ResumableDigester",
     "UnsupportedAlgorithm",
     "VerificationError",
     "digest_of",
@@ -158,6 +163,52 @@ class Digester:
         clone._hash = self._hash.copy()
         clone.size = self.size
         return clone
+
+
+class ResumableDigester:
+    """Incremental hashing whose state can be exported as bytes and restored elsewhere — in
+    another process, on another replica — to go on hashing where it stopped.
+
+    A chunked upload whose chunks land on different replicas is hashed as it arrives, and the
+    closing request needs no re-read of the whole blob. Only SHA-256 and SHA-512 (OpenSSL's
+    low-level contexts, :mod:`._openssl_sha`); check :meth:`supported` first.
+    """
+
+    __slots__ = ("_state", "algorithm")
+
+    def __init__(self, algorithm: str = "sha256") -> None:
+        if not self.supported(algorithm):
+            raise UnsupportedAlgorithm(f"no resumable {algorithm} on this system")
+        self.algorithm = algorithm
+        self._state = _openssl_sha.new_state(algorithm)
+
+    @staticmethod
+    def supported(algorithm: str) -> bool:
+        return algorithm in SUPPORTED_ALGORITHMS and _openssl_sha.available()
+
+    @classmethod
+    def restore(cls, state: bytes) -> ResumableDigester:
+        """The digester that :meth:`export` saved; :class:`HashStateError` if it is not one."""
+        if not _openssl_sha.available():
+            raise HashStateError("no resumable hashing on this system")
+        digester = cls.__new__(cls)
+        digester._state = _openssl_sha.restore_state(state)
+        digester.algorithm = state.partition(b":")[0].decode()
+        return digester
+
+    @property
+    def size(self) -> int:
+        return self._state.size
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._state.update(chunk if isinstance(chunk, bytes) else bytes(chunk))
+
+    def digest(self) -> Digest:
+        """The digest of everything so far; the digester stays usable."""
+        return Digest(f"{self.algorithm}:{self._state.hexdigest()}")
+
+    def export(self) -> bytes:
+        return self._state.export()
 
 
 def digest_of(data: bytes | bytearray | memoryview | Iterable[bytes], algorithm: str = "sha256") -> Digest:

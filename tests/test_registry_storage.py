@@ -1,0 +1,241 @@
+"""The registry on its storage settings: ``--metadata`` on PostgreSQL, ``ocikit migrate``,
+start-up refusals, 503 while the database is away, and uploads whose requests land on
+different replicas (processes sharing one root), with leases held by a dead writer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import OCIKIT, ServerProcess, start_registry
+from ocikit.registry.storage.schema import MIGRATIONS, statements
+from ocikit.registry.storage.sqlite import SQLiteMetadataStore
+from registry_helpers import digest, error_codes, push_image, repo_name
+
+
+def _serve_once(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``ocikit serve`` expected to refuse to start."""
+    return subprocess.run(
+        [*OCIKIT, "serve", "--listen", "127.0.0.1:1", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _version_1_database(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        for statement in statements(MIGRATIONS[0], "sqlite"):
+            db.execute(statement)
+        db.execute("INSERT INTO repositories (name, created_at) VALUES ('old/repo', 1)")
+
+
+def test_serve_refuses_an_old_schema_until_migrated(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    _version_1_database(root / "metadata.db")
+    refused = _serve_once("--root", str(root))
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "schema version 1" in refused.stderr
+    assert "ocikit migrate --metadata sqlite://" in refused.stderr
+    url = f"sqlite://{root / 'metadata.db'}"
+    migrated = subprocess.run(
+        [*OCIKIT, "migrate", "--metadata", url], capture_output=True, text=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrated from schema version 1 to 2" in migrated.stdout
+    again = subprocess.run(
+        [*OCIKIT, "migrate", "--root", str(root)], capture_output=True, text=True, timeout=60
+    )
+    assert "nothing to migrate" in again.stdout
+    server = start_registry(root)
+    try:
+        assert server.client().get("/v2/_catalog").json() == {"repositories": ["old/repo"]}
+    finally:
+        server.stop()
+
+
+def test_bad_settings_and_credentials_are_one_line(tmp_path: Path, postgres: Any) -> None:
+    wrong = _serve_once("--root", str(tmp_path), "--metadata", postgres.url(password="wrong"))
+    assert wrong.returncode == 1
+    assert wrong.stderr.count("\n") == 1, wrong.stderr
+    assert "PostgreSQL" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    assert "wrong" not in wrong.stderr
+    bad_url = _serve_once("--root", str(tmp_path), "--metadata", "mysql://x/y")
+    assert bad_url.returncode == 2
+    assert "metadata must be a URL" in bad_url.stderr
+    s3 = _serve_once("--root", str(tmp_path), "--storage", "ftp://bucket")
+    assert s3.returncode == 2
+    assert "storage must be a URL" in s3.stderr
+
+
+@pytest.fixture
+def pg_registry(tmp_path: Path, postgres: Any) -> Any:
+    url = postgres.database()
+    server = start_registry(tmp_path / "data", extra=["--metadata", url])
+    yield server, url
+    server.stop()
+
+
+def test_a_registry_on_postgresql(pg_registry: Any, tmp_path: Path) -> None:
+    server, url = pg_registry
+    name = repo_name()
+    with server.client() as client:
+        manifest_digest, body = push_image(client, name, tag="v1")
+        got = client.get(
+            f"/v2/{name}/manifests/v1", headers={"accept": "application/vnd.oci.image.manifest.v1+json"}
+        )
+        assert got.status_code == 200
+        assert got.content == body
+        assert client.get(f"/v2/{name}/tags/list").json() == {"name": name, "tags": ["v1"]}
+        assert client.delete(f"/v2/{name}/manifests/{manifest_digest}").status_code == 202
+    # The metadata is in PostgreSQL, not in a SQLite file under the root.
+    assert not (server.root / "metadata.db").exists()
+    collected = subprocess.run(
+        [*OCIKIT, "gc", "--root", str(server.root), "--grace", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OCIKIT_METADATA": url},
+    )
+    assert collected.returncode == 0, collected.stderr
+    assert "3 blobs" in collected.stdout
+    assert "1 empty repositories" in collected.stdout
+    assert not list((server.root / "blobs" / "sha256").iterdir())
+
+
+def test_postgresql_restarted_while_serving(pg_registry: Any, postgres: Any) -> None:
+    server, _ = pg_registry
+    name = repo_name()
+    with server.client() as client:
+        push_image(client, name, tag="v1")
+        postgres.stop()
+        try:
+            down = client.get(f"/v2/{name}/tags/list")
+            assert down.status_code == 503
+            assert error_codes(down) == ["UNAVAILABLE"]
+            assert "PostgreSQL" in down.text
+        finally:
+            postgres.start()
+        deadline = time.monotonic() + 30
+        while (response := client.get(f"/v2/{name}/tags/list")).status_code == 503:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.2)
+        assert response.json()["tags"] == ["v1"]
+        push_image(client, name, tag="v2")  # writes work again too
+    assert server.process.poll() is None  # never restarted
+
+
+def _replicas(root: Path, count: int) -> list[ServerProcess]:
+    return [start_registry(root, log=root.parent / f"replica-{i}.log") for i in range(count)]
+
+
+def test_a_chunked_upload_spread_over_replicas(tmp_path: Path) -> None:
+    """POST on one replica, each PATCH on another, the closing PUT on a third: the digest
+    state travels with the session, and the blob is whole."""
+    root = tmp_path / "data"
+    replicas = _replicas(root, 3)
+    try:
+        name = repo_name()
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        clients = [replica.client() for replica in replicas]
+        started = clients[0].post(f"/v2/{name}/blobs/uploads/")
+        location = started.headers["location"]
+        chunks = [data[i : i + 700_000] for i in range(0, len(data), 700_000)]
+        offset = 0
+        for i, chunk in enumerate(chunks[:-1]):
+            response = clients[(i + 1) % 3].patch(
+                location,
+                content=chunk,
+                headers={
+                    "content-range": f"{offset}-{offset + len(chunk) - 1}",
+                    "content-type": "application/octet-stream",
+                },
+            )
+            assert response.status_code == 202, response.text
+            offset += len(chunk)
+            assert response.headers["range"] == f"0-{offset - 1}"
+        done = clients[2].put(location, params={"digest": digest(data)}, content=chunks[-1])
+        assert done.status_code == 201, done.text
+        got = clients[1].get(f"/v2/{name}/blobs/{digest(data)}")
+        assert got.content == data
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def test_a_lease_left_by_a_dead_writer_is_waited_out(fresh_registry: ServerProcess) -> None:
+    name = repo_name()
+    with fresh_registry.client() as client:
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+        upload_id = location.rsplit("/", 1)[-1]
+
+        async def claim_and_die() -> None:  # a replica that took the lease and was killed
+            store = SQLiteMetadataStore(fresh_registry.root / "metadata.db")
+            await store.open()
+            assert await store.upload_claim(upload_id, "killed-replica", 2.0) is not None
+            await store.close()
+
+        asyncio.run(claim_and_die())
+        started = time.monotonic()
+        response = client.patch(
+            location, content=b"hello", headers={"content-type": "application/octet-stream"}
+        )
+        waited = time.monotonic() - started
+        assert response.status_code == 202, response.text
+        assert 1.0 < waited < 10, waited
+        done = client.put(location, params={"digest": digest(b"hello")})
+        assert done.status_code == 201, done.text
+
+
+def test_a_sha512_upload_is_verified_by_reading_it_back(registry: ServerProcess) -> None:
+    """The carried state is SHA-256; a blob named by SHA-512 is hashed from the staging area."""
+    name = repo_name()
+    data = os.urandom(200_000)
+    with registry.client() as client:
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=data[:1000]).status_code == 202
+        wrong = client.put(location, params={"digest": digest(b"other", "sha512")}, content=data[1000:])
+        assert wrong.status_code == 400
+        assert error_codes(wrong) == ["DIGEST_INVALID"]
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=data[:1000]).status_code == 202
+        done = client.put(location, params={"digest": digest(data, "sha512")}, content=data[1000:])
+        assert done.status_code == 201, done.text
+        assert client.get(f"/v2/{name}/blobs/{digest(data, 'sha512')}").content == data
+
+
+def test_storage_unavailable_is_503_for_library_users(tmp_path: Path) -> None:
+    """An embedding application's own store that cannot be reached: 503, the registry lives on."""
+    from ocikit.registry import create_app
+    from ocikit.registry.settings import Settings
+    from ocikit.registry.storage import StorageUnavailable
+
+    class Unreachable(SQLiteMetadataStore):
+        async def tag_target(self, repository: str, tag: str) -> Any:
+            raise StorageUnavailable("the catalogue database", "connection refused")
+
+    app = create_app(Settings(root=str(tmp_path)), metadata=Unreachable(tmp_path / "m.db"))
+
+    async def scenario() -> httpx.Response:
+        await app.startup()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+                return await client.get("/v2/a/manifests/latest")
+        finally:
+            await app.shutdown()
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert (
+        response.json()["errors"][0]["message"] == "the catalogue database is unavailable: connection refused"
+    )
