@@ -1,0 +1,492 @@
+"""Blobs in an S3-compatible object store: ``PREFIX/blobs/<alg>/<encoded>``.
+
+Staging: an upload is a sequence of immutable staging objects under ``PREFIX/uploads/<id>/``,
+each written once under a fresh random name and never overwritten. The ``stage`` value that
+the metadata store keeps lists them in order, so only objects a recorded ``stage`` names are
+part of the upload: a request that fails, or whose lease was taken over while it still wrote,
+leaves objects nobody names (removed with the upload) and cannot change recorded bytes.
+
+- *parts* are at least 5 MiB, the smallest part S3 accepts in a multipart upload but the last;
+  a long request streams its body into parts of :func:`_part_target` bytes, one being sent
+  while the next fills, so memory stays constant whatever the blob's size;
+- *pieces* are what is left at the end of a request when it is too small for a part: the next
+  request reads them back and sends them at the head of its first part, so many small chunks
+  (clients sending 1 MiB PATCHes) combine into valid parts. Pieces a later stage has absorbed
+  into a part are deleted by the request after it, once that stage is surely recorded.
+
+The commit copies the staged objects server-side into ``blobs/<alg>/<encoded>`` (one multipart
+upload of part copies, or one copy) so the blob appears whole and at once, then removes the
+staging objects. S3 has no rename: a content-addressed key needs the digest, which is only known
+at the end. Integrity on the wire: SigV4 signs every payload sent over plain HTTP, and TLS
+covers HTTPS, so no extra checksum is computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack, suppress
+from typing import Any, Final, NoReturn
+
+import aiohttp
+import botocore.exceptions  # type: ignore[import-untyped]
+import msgspec
+from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+from aiobotocore.session import get_session  # type: ignore[import-untyped]
+from botocore.loaders import create_loader  # type: ignore[import-untyped]
+
+from ...spec.digest import Digest, digest_error
+from .base import BlobInfo, StorageUnavailable
+
+__all__ = ["S3BlobStore"]
+
+COMPONENT: Final = "S3 object storage"
+MiB: Final = 1 << 20
+#: S3's smallest multipart part (all but the last).
+_MIN_PART: Final = 5 * MiB
+_MAX_PART: Final = 5 * 1024 * MiB
+_READ_CHUNK: Final = MiB
+_COPY_CONCURRENCY: Final = 8
+_DELETE_BATCH: Final = 1000
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_CONTENT_TYPE: Final = "application/octet-stream"
+
+
+def _part_target(offset: int) -> int:
+    """The part size a request streams into at ``offset``: 8 MiB, growing with the upload so
+    that even a 5 TiB blob stays within S3's 10,000 parts."""
+    return min(_MAX_PART, max(8 * MiB, offset // 1000))
+
+
+def _part_floor(offset: int) -> int:
+    """The least a request's remainder must hold to become a part rather than a piece."""
+    return min(_MAX_PART, max(_MIN_PART, offset // 1000))
+
+
+class _Stage(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """What a recorded upload consists of, in order: parts, then pieces."""
+
+    version: int = 1
+    #: (name, size) of staging objects of at least 5 MiB each.
+    parts: list[tuple[str, int]] = msgspec.field(default_factory=list)
+    #: (name, size) of small staging objects following the parts.
+    pieces: list[tuple[str, int]] = msgspec.field(default_factory=list)
+    #: Objects this stage no longer names (pieces absorbed into a part): the next request
+    #: deletes them, since by then this stage is the recorded one.
+    stale: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.parts) + sum(size for _, size in self.pieces)
+
+
+_encode_stage = msgspec.msgpack.Encoder().encode
+_stage_decoder = msgspec.msgpack.Decoder(_Stage)
+
+
+def _decode_stage(stage: bytes) -> _Stage:
+    try:
+        return _stage_decoder.decode(stage)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"not an S3 staging state: {error}") from error
+
+
+class _Missing(FileNotFoundError):
+    """The object or bucket does not exist (HTTP 404); reading an absent blob raises it."""
+
+
+class S3BlobStore:
+    """Blobs and staged uploads in one bucket of an S3-compatible object store.
+
+    Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, instance roles). With an ``endpoint`` (MinIO,
+    SeaweedFS, Ceph) requests use path-style addressing.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None, region: str | None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint = endpoint
+        self.region = region
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        return f"S3BlobStore(s3://{self.bucket}/{self.prefix}{where})"
+
+    # ---------------------------------------------------------------- connection
+
+    async def open(self) -> None:
+        config = AioConfig(
+            s3={"addressing_style": "path" if self.endpoint else "auto"},
+            retries={"mode": "standard", "max_attempts": 2},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=64,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._client = await self._stack.enter_async_context(
+            _session().create_client(
+                "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
+            )
+        )
+        try:
+            await self._call("head_bucket", Bucket=self.bucket)
+        except _Missing:
+            await self.close()
+            raise StorageUnavailable(COMPONENT, f"bucket {self.bucket!r} does not exist") from None
+        except StorageUnavailable:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def _call(self, operation: str, **params: Any) -> Any:
+        """One S3 request; 404 raises :class:`_Missing`, every other failure
+        :class:`StorageUnavailable` with a one-line reason (the registry answers 503)."""
+        if self._client is None:
+            raise StorageUnavailable(COMPONENT, "the store is not open")
+        try:
+            return await getattr(self._client, operation)(**params)
+        except botocore.exceptions.ClientError as error:
+            _raise_for_client_error(error)
+        except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise StorageUnavailable(COMPONENT, _one_line(error, self.endpoint)) from error
+
+    # ---------------------------------------------------------------- keys
+
+    def _key(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts) if self.prefix else parts)
+
+    def _blob_key(self, digest: Digest) -> str:
+        return self._key("blobs", digest.algorithm, digest.encoded)
+
+    def _upload_prefix(self, upload_id: str) -> str:
+        # Security: the id becomes part of an object key; it must not reach another upload's
+        # objects or the blobs (no "/", no "..").
+        if _UPLOAD_ID.fullmatch(upload_id) is None:
+            raise ValueError(f"invalid upload id {upload_id!r}")
+        return self._key("uploads", upload_id) + "/"
+
+    def _staged_key(self, upload_id: str, name: str) -> str:
+        return self._upload_prefix(upload_id) + name
+
+    # ---------------------------------------------------------------- content
+
+    async def stat(self, digest: Digest) -> BlobInfo | None:
+        try:
+            head = await self._call("head_object", Bucket=self.bucket, Key=self._blob_key(digest))
+        except _Missing:
+            return None
+        return BlobInfo(size=head["ContentLength"], modified=head["LastModified"].timestamp())
+
+    def local_path(self, digest: Digest) -> str | None:
+        return None
+
+    async def url(self, digest: Digest, *, expires: float) -> str | None:
+        if self._client is None:
+            raise StorageUnavailable(COMPONENT, "the store is not open")
+        url: str = await self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._blob_key(digest)},
+            ExpiresIn=max(1, int(expires)),
+        )
+        return url
+
+    async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        async for chunk in self._read_key(self._blob_key(digest), offset, length):
+            yield chunk
+
+    async def _read_key(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        if length == 0:
+            return
+        last = "" if length is None else str(offset + length - 1)
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if offset or length is not None:
+            params["Range"] = f"bytes={offset}-{last}"
+        response = await self._call("get_object", **params)
+        async with response["Body"] as body:
+            try:
+                async for chunk in body.iter_chunks(_READ_CHUNK):
+                    yield chunk
+            except (aiohttp.ClientError, OSError, TimeoutError, botocore.exceptions.BotoCoreError) as error:
+                raise StorageUnavailable(COMPONENT, _one_line(error, self.endpoint)) from error
+
+    async def delete(self, digest: Digest) -> None:
+        with suppress(_Missing):
+            await self._call("delete_object", Bucket=self.bucket, Key=self._blob_key(digest))
+
+    async def digests(self) -> AsyncIterator[tuple[Digest, BlobInfo]]:
+        start = len(self._key("blobs", ""))
+        async for item in self._list(self._key("blobs", "")):
+            text = item["Key"][start:].replace("/", ":", 1)
+            if digest_error(text) is None:
+                yield Digest(text), BlobInfo(size=item["Size"], modified=item["LastModified"].timestamp())
+
+    async def _list(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if token is not None:
+                params["ContinuationToken"] = token
+            page = await self._call("list_objects_v2", **params)
+            for item in page.get("Contents", []):
+                yield item
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or token is None:
+                return
+
+    # ---------------------------------------------------------------- staging
+
+    async def stage_create(self, upload_id: str) -> bytes:
+        self._upload_prefix(upload_id)  # refuse a bad id now rather than at the first chunk
+        return _encode_stage(_Stage())
+
+    async def stage_append(
+        self, upload_id: str, stage: bytes, offset: int, chunks: AsyncIterator[bytes]
+    ) -> tuple[int, bytes]:
+        recorded = _decode_stage(stage)
+        if recorded.size != offset:
+            raise ValueError(f"the staging state holds {recorded.size} bytes, the session {offset}")
+        await self._delete_keys([self._staged_key(upload_id, name) for name in recorded.stale])
+        writer = _StageWriter(self, upload_id, recorded)
+        try:
+            async for chunk in chunks:
+                await writer.add(chunk)
+        except BaseException:
+            await writer.cancel()
+            raise
+        return writer.written, _encode_stage(await writer.finish())
+
+    def stage_read(self, upload_id: str, stage: bytes, size: int) -> AsyncIterator[bytes]:
+        return self._read_staged(upload_id, _decode_stage(stage), size)
+
+    async def _read_staged(self, upload_id: str, stage: _Stage, size: int) -> AsyncIterator[bytes]:
+        for name, part_size in [*stage.parts, *stage.pieces]:
+            if size <= 0:
+                return
+            async for chunk in self._read_key(self._staged_key(upload_id, name), 0, min(part_size, size)):
+                size -= len(chunk)
+                yield chunk
+
+    async def stage_commit(self, upload_id: str, stage: bytes, size: int, digest: Digest) -> None:
+        recorded = _decode_stage(stage)
+        if recorded.size != size:
+            raise ValueError(f"the staging state holds {recorded.size} bytes, the commit names {size}")
+        present = await self.stat(digest)
+        if present is None or present.size != size:
+            await self._publish(upload_id, recorded, self._blob_key(digest))
+        await self.stage_abort(upload_id, None)
+
+    async def _publish(self, upload_id: str, stage: _Stage, key: str) -> None:
+        """Make ``key`` hold the staged bytes, all at once: a multipart upload completed from
+        server-side part copies (the pieces, small, travel once more as the last part)."""
+        sources = [self._staged_key(upload_id, name) for name, _ in stage.parts]
+        pieces = [self._staged_key(upload_id, name) for name, _ in stage.pieces]
+        if len(sources) + len(pieces) == 1:
+            source = (sources or pieces)[0]
+            await self._call(
+                "copy_object", Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source}
+            )
+            return
+        if not sources:
+            body = b"".join([await self._get_bytes(piece) for piece in pieces])
+            await self._call("put_object", Bucket=self.bucket, Key=key, Body=body, ContentType=_CONTENT_TYPE)
+            return
+        created = await self._call(
+            "create_multipart_upload", Bucket=self.bucket, Key=key, ContentType=_CONTENT_TYPE
+        )
+        multipart = {"Bucket": self.bucket, "Key": key, "UploadId": created["UploadId"]}
+        try:
+            etags = await _bounded_gather(
+                [self._copy_part(multipart, number, source) for number, source in enumerate(sources, 1)]
+            )
+            if pieces:
+                body = b"".join([await self._get_bytes(piece) for piece in pieces])
+                sent = await self._call("upload_part", **multipart, PartNumber=len(sources) + 1, Body=body)
+                etags.append(sent["ETag"])
+            parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)]
+            await self._call("complete_multipart_upload", **multipart, MultipartUpload={"Parts": parts})
+        except BaseException:
+            await self._abort_multipart(multipart)
+            raise
+
+    async def _copy_part(self, multipart: dict[str, Any], number: int, source: str) -> str:
+        copied = await self._call(
+            "upload_part_copy",
+            **multipart,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": source},
+        )
+        etag: str = copied["CopyPartResult"]["ETag"]
+        return etag
+
+    async def _abort_multipart(self, multipart: dict[str, Any]) -> None:
+        # An incomplete multipart upload is invisible; if aborting fails too, a bucket
+        # lifecycle rule (AbortIncompleteMultipartUpload) reaps it.
+        with suppress(_Missing, StorageUnavailable):
+            await self._call("abort_multipart_upload", **multipart)
+
+    async def _get_bytes(self, key: str) -> bytes:
+        return b"".join([chunk async for chunk in self._read_key(key)])
+
+    async def _put(self, key: str, body: bytes | bytearray) -> None:
+        await self._call("put_object", Bucket=self.bucket, Key=key, Body=body, ContentType=_CONTENT_TYPE)
+
+    async def stage_abort(self, upload_id: str, stage: bytes | None) -> None:
+        keys = [item["Key"] async for item in self._list(self._upload_prefix(upload_id))]
+        await self._delete_keys(keys)
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + _DELETE_BATCH]]
+            answer = await self._call(
+                "delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+            failed = [error for error in answer.get("Errors", []) if error.get("Code") != "NoSuchKey"]
+            if failed:
+                first = failed[0]
+                raise StorageUnavailable(COMPONENT, f"deleting {first.get('Key')}: {first.get('Message')}")
+
+    async def staged(self) -> AsyncIterator[tuple[str, float]]:
+        prefix = self._key("uploads", "")
+        latest: dict[str, float] = {}
+        async for item in self._list(prefix):
+            upload_id = item["Key"][len(prefix) :].partition("/")[0]
+            latest[upload_id] = max(latest.get(upload_id, 0.0), item["LastModified"].timestamp())
+        for upload_id, modified in latest.items():
+            yield upload_id, modified
+
+
+class _StageWriter:
+    """Streams one request's chunks into new staging objects after a recorded stage.
+
+    At most one part is in flight while the next one fills, so memory is bounded by about
+    two part targets whatever the request's size.
+    """
+
+    def __init__(self, store: S3BlobStore, upload_id: str, recorded: _Stage) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        self.offset = recorded.size
+        self.written = 0
+        self.parts = list(recorded.parts)
+        self.pieces = list(recorded.pieces)
+        self.stale: list[str] = []
+        self.buffer = bytearray()
+        self.in_flight: asyncio.Task[None] | None = None
+
+    @property
+    def _pending(self) -> int:
+        """Bytes after the recorded parts not yet in a part: old pieces plus the buffer."""
+        return sum(size for _, size in self.pieces) + len(self.buffer)
+
+    async def add(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        self.written += len(chunk)
+        while self._pending >= (target := _part_target(self.offset)):
+            await self._flush_part(target)
+
+    async def finish(self) -> _Stage:
+        try:
+            if self._pending >= _part_floor(self.offset):
+                await self._flush_part(self._pending)
+            elif self.buffer:
+                name = _new_name("piece")
+                await self.store._put(self.store._staged_key(self.upload_id, name), self.buffer)
+                self.pieces.append((name, len(self.buffer)))
+            await self._settle()
+        except BaseException:
+            await self.cancel()
+            raise
+        return _Stage(parts=self.parts, pieces=self.pieces, stale=self.stale)
+
+    async def _flush_part(self, size: int) -> None:
+        """Send the first ``size`` pending bytes as a new part (after the previous one)."""
+        try:
+            head = [
+                await self.store._get_bytes(self.store._staged_key(self.upload_id, n)) for n, _ in self.pieces
+            ]
+            take = size - sum(len(piece) for piece in head)
+            body = b"".join([*head, self.buffer[:take]]) if head else bytes(self.buffer[:take])
+            del self.buffer[:take]
+            self.stale.extend(name for name, _ in self.pieces)
+            self.pieces = []
+            name = _new_name("part")
+            self.parts.append((name, len(body)))
+            self.offset += len(body)
+            await self._settle()
+            key = self.store._staged_key(self.upload_id, name)
+            self.in_flight = asyncio.ensure_future(self.store._put(key, body))
+        except BaseException:
+            await self.cancel()
+            raise
+
+    async def _settle(self) -> None:
+        if self.in_flight is not None:
+            task, self.in_flight = self.in_flight, None
+            await task
+
+    async def cancel(self) -> None:
+        if self.in_flight is not None:
+            self.in_flight.cancel()
+            await asyncio.gather(self.in_flight, return_exceptions=True)
+            self.in_flight = None
+
+
+def _session() -> Any:
+    """A botocore session, which resolves the credentials afresh, sharing the loader of the
+    service models (loading them anew costs a fraction of a second per store)."""
+    session = get_session()
+    session.register_component("data_loader", _model_loader())
+    return session
+
+
+@functools.cache
+def _model_loader() -> Any:
+    return create_loader()
+
+
+def _new_name(kind: str) -> str:
+    """A staging object name used once: a request that fails can never overwrite an object
+    that a recorded stage names."""
+    return f"{kind}-{secrets.token_hex(12)}"
+
+
+async def _bounded_gather(calls: list[Awaitable[str]]) -> list[str]:
+    """Await ``calls`` with at most a few in flight; their results in order."""
+    limit = asyncio.Semaphore(_COPY_CONCURRENCY)
+
+    async def bounded(call: Awaitable[str]) -> str:
+        async with limit:
+            return await call
+
+    return list(await asyncio.gather(*(bounded(call) for call in calls)))
+
+
+def _raise_for_client_error(error: botocore.exceptions.ClientError) -> NoReturn:
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = error.response.get("Error", {}).get("Code", "")
+    if status == 404 or code in {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}:
+        raise _Missing(code) from error
+    if status == 403 or code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        reason = f"access denied ({code or status}): check the credentials (AWS_ACCESS_KEY_ID, ~/.aws)"
+        raise StorageUnavailable(COMPONENT, reason) from error
+    message = error.response.get("Error", {}).get("Message", "") or str(error)
+    raise StorageUnavailable(COMPONENT, f"{code or status}: {message}".splitlines()[0]) from error
+
+
+def _one_line(error: BaseException, endpoint: str | None) -> str:
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure ~/.aws"
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return f"cannot connect to {endpoint or 'the S3 endpoint'}"
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
