@@ -9,6 +9,7 @@ same port, and read the access log of.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -21,13 +22,19 @@ import pytest
 
 from conftest import OCIKIT, ServerProcess, free_port, launch_registry, require_tool
 from haproxy import REPLICA_HEADER, HAProxy, start_haproxy
+from postgres import PostgresServer
+from seaweedfs import SeaweedFS, seaweedfs_fixture  # noqa: F401  (the session's SeaweedFS)
 
 REPLICAS = 3
+#: Where in its bucket the scale-out deployment keeps its blobs.
+PREFIX = "registry"
 
 
 @dataclass(frozen=True)
 class Backend:
-    """Shared storage of the replicas: ``ocikit serve`` settings and environment variables.
+    """Shared storage of the replicas: one settings file (``config``, TOML, the way an
+    operator keeps one for ``ocikit serve``, ``gc`` and ``migrate`` alike) and the environment
+    that carries credentials.
 
     ``root`` is given to every replica as ``--root`` when the backend lives there (the shared
     local root of a single machine); None gives each replica a private, empty one, which a
@@ -36,36 +43,41 @@ class Backend:
     """
 
     name: str
-    settings: dict[str, str]
+    config: Path
     list_blobs: Callable[[], set[str]]
     env: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
 
     @property
     def args(self) -> list[str]:
-        """The settings as ``ocikit serve`` flags."""
-        return [
-            item for name, value in self.settings.items() for item in (f"--{name.replace('_', '-')}", value)
-        ]
-
-    def environment(self) -> dict[str, str]:
-        """The settings as ``OCIKIT_*`` variables, with the credentials."""
-        return {**self.env, **{f"OCIKIT_{name.upper()}": value for name, value in self.settings.items()}}
+        return ["--config", str(self.config)]
 
     def gc(self, *extra: str) -> subprocess.CompletedProcess[str]:
         """``ocikit gc`` on this storage, as an operator runs it beside the replicas."""
-        where = ["--root", str(self.root)] if self.root else []
+        return self.run("gc", *extra)
+
+    def run(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        """An ``ocikit`` command with the deployment's settings file and credentials."""
         return subprocess.run(
-            [*OCIKIT, "gc", *where, *extra],
+            [*OCIKIT, command, *self.args, *extra],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
-            env={**os.environ, **self.environment()},
+            env={**os.environ, **self.env},
         )
 
     def stored_blobs(self) -> set[str]:
         return self.list_blobs()
+
+
+def write_settings(path: Path, settings: dict[str, str]) -> Path:
+    """A registry settings file (TOML, under ``[registry]``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "[registry]\n" + "".join(f"{name} = {json.dumps(value)}\n" for name, value in settings.items())
+    )
+    return path
 
 
 @dataclass
@@ -83,7 +95,9 @@ class Cluster:
         return self.proxy.host
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+        """A client of the load balancer that follows blob redirects to the object store."""
+        options = {"follow_redirects": True, **kwargs}
+        return httpx.Client(base_url=self.url, timeout=60, **options)  # type: ignore[arg-type]
 
     def served_by(self, response: httpx.Response) -> ServerProcess:
         """The replica that answered ``response`` (HAProxy names it ``r0``, ``r1``…)."""
@@ -131,6 +145,9 @@ def start_cluster(
     HAProxy in front of them; ``workdir`` holds their logs and private roots."""
     haproxy = require_tool("haproxy", "the load balancer of the scale-out deployment")
     workdir.mkdir(parents=True, exist_ok=True)
+    # As docs/scale-out.md says: the schema first, then the replicas.
+    migrated = backend.run("migrate")
+    assert migrated.returncode == 0, migrated.stderr
     started: list[ServerProcess] = []
     try:
         for index in range(replicas):
@@ -156,30 +173,64 @@ def start_cluster(
     return cluster
 
 
-def shared_root_backend(root: Path) -> Backend:
-    """The single-machine scale-out: every replica on one local ``--root``; SQLite and file
-    locks on that disk coordinate them."""
+def shared_root_backend(root: Path, workdir: Path) -> Backend:
+    """The single-machine scale-out: every replica on one local ``--root``, coordinated by the
+    SQLite database there."""
 
     def list_blobs() -> set[str]:
         blobs = root / "blobs"
         return {f"{kind.name}:{blob.name}" for kind in blobs.iterdir() for blob in kind.iterdir()}
 
-    return Backend("shared-root", {}, list_blobs, root=root)
+    config = write_settings(workdir / "registry.toml", {"root": str(root)})
+    return Backend("shared-root", config, list_blobs, root=root)
+
+
+def s3_postgres_backend(s3: SeaweedFS, postgres: PostgresServer, workdir: Path) -> Backend:
+    """The scale-out proper: blobs in a fresh bucket of ``s3`` (under a prefix, as a shared
+    bucket would be used), metadata in a fresh database of ``postgres``."""
+    bucket = s3.new_bucket("cluster")
+    settings = {
+        "storage": f"s3://{bucket}/{PREFIX}",
+        "s3_endpoint": s3.endpoint,
+        "s3_region": s3.region,
+        "metadata": postgres.database(),
+    }
+
+    def list_blobs() -> set[str]:
+        found, start = set(), f"{PREFIX}/blobs/"
+        for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+            found |= {item["Key"][len(start) :].replace("/", ":", 1) for item in page.get("Contents", [])}
+        return found
+
+    config = write_settings(workdir / "registry.toml", settings)
+    return Backend("s3-postgres", config, list_blobs, env=s3.environment())
+
+
+def _backend(request: pytest.FixtureRequest, kind: str, workdir: Path) -> Backend:
+    if kind == "shared-root":
+        return shared_root_backend(workdir / "data", workdir)
+    return s3_postgres_backend(
+        request.getfixturevalue("seaweedfs"), request.getfixturevalue("postgres"), workdir
+    )
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One three-replica deployment for the whole session (conformance and interop tests)."""
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One three-replica deployment on S3 and PostgreSQL for the whole session (the
+    conformance and interop tests run on it)."""
     workdir = tmp_path_factory.mktemp("cluster")
-    deployment = start_cluster(workdir, shared_root_backend(workdir / "data"))
+    deployment = start_cluster(workdir, _backend(request, "s3-postgres", workdir))
     yield deployment
     deployment.stop()
 
 
 @pytest.fixture
-def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A deployment of the test's own, for tests that kill replicas or break a backend."""
-    deployment = start_cluster(tmp_path / "cluster", shared_root_backend(tmp_path / "data"))
+def fresh_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A deployment of the test's own, for tests that kill replicas or break a backend: on S3
+    and PostgreSQL, or on a shared local root with ``indirect`` parametrisation by
+    ``"shared-root"``."""
+    kind = getattr(request, "param", "s3-postgres")
+    deployment = start_cluster(tmp_path / "cluster", _backend(request, kind, tmp_path))
     yield deployment
     deployment.stop()
 
