@@ -126,13 +126,28 @@ def test_tag_not_matching_accept_header_is_not_served(client: httpx.Client, repo
     assert client.get(f"/v2/{repo}/manifests/v1", headers={"accept": "*/*"}).status_code == 200
 
 
+def fetch_blob(
+    client: httpx.Client, repo: str, blob: str, headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, httpx.Response]:
+    """GET a blob as a client does: the registry's answer, and the one with the bytes — the
+    same, or that of the object store a 307 sends the client to (the spec allows it; the
+    store then answers ``Range`` itself)."""
+    answer = client.get(f"/v2/{repo}/blobs/{blob}", headers=headers, follow_redirects=False)
+    if answer.status_code != 307:
+        return answer, answer
+    assert answer.headers["docker-content-digest"] == blob
+    location = answer.headers["location"]
+    assert location.startswith("http"), "a redirect goes to the object store, an absolute URL"
+    return answer, httpx.get(location, headers=headers, timeout=60)
+
+
 def test_blob_get_and_head(client: httpx.Client, repo: str) -> None:
     data = os.urandom(4096)
     d = push_blob(client, repo, data)
-    response = client.get(f"/v2/{repo}/blobs/{d}")
+    answer, response = fetch_blob(client, repo, d)
     assert response.status_code == 200
     assert response.content == data
-    assert response.headers["docker-content-digest"] == d
+    assert answer.headers["docker-content-digest"] == d
     head = client.head(f"/v2/{repo}/blobs/{d}")
     assert head.status_code == 200
     assert head.content == b""
@@ -177,8 +192,10 @@ def test_blob_range_requests(
 ) -> None:
     data = os.urandom(2048)
     d = push_blob(client, repo, data)
-    response = client.get(f"/v2/{repo}/blobs/{d}", headers={"range": header})
+    answer, response = fetch_blob(client, repo, d, {"range": header})
     assert response.status_code == status
+    if span is None and answer is not response:
+        return  # the object store's 416 has a body of its own (S3's XML error)
     if span is None:
         assert response.content == b""
         assert response.headers["content-range"] == "bytes */2048"
@@ -361,9 +378,9 @@ def test_closing_put_without_digest_is_400(client: httpx.Client, repo: str) -> N
 def test_sha512_blob(client: httpx.Client, repo: str) -> None:
     data = os.urandom(5000)
     d = push_blob(client, repo, data, "sha512")
-    response = client.get(f"/v2/{repo}/blobs/{d}")
+    answer, response = fetch_blob(client, repo, d)
     assert response.content == data
-    assert response.headers["docker-content-digest"] == d
+    assert answer.headers["docker-content-digest"] == d
 
 
 def test_unsupported_digest_algorithm_is_400(client: httpx.Client, repo: str) -> None:
