@@ -10,13 +10,15 @@ import os
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from cluster import Cluster
-from conftest import require_tool
+from cluster import Cluster, s3_postgres_backend
+from conftest import OCIKIT, free_port, require_tool
 from debian_image import DEBIAN_TAG, debian_layout
 from registry_helpers import (
     OCI_CONFIG,
@@ -25,6 +27,8 @@ from registry_helpers import (
     digest,
     error_codes,
     image,
+    push_blob,
+    push_image,
     put_manifest,
     repo_name,
 )
@@ -380,3 +384,93 @@ def _sha256_file(path: Path) -> str:
         while block := file.read(1 << 20):
             hasher.update(block)
     return "sha256:" + hasher.hexdigest()
+
+
+# ----------------------------------------------------------------------------- backends down
+
+
+def _until_served(client: httpx.Client, path: str, replicas: int, timeout: float = 60) -> None:
+    """Until ``path`` has answered 200 twice from every replica in a row: all have recovered."""
+    deadline, streak = time.monotonic() + timeout, 0
+    while streak < 2 * replicas:
+        response = client.get(path)
+        streak = streak + 1 if response.status_code == 200 else 0
+        assert time.monotonic() < deadline, response.text
+        if not streak:
+            time.sleep(0.2)
+
+
+def _assert_unavailable(cluster: Cluster, client: httpx.Client, path: str, component: str) -> None:
+    """Every replica answers 503 UNAVAILABLE naming the component, with a Retry-After."""
+    served = set()
+    for _ in range(2 * len(cluster.replicas)):
+        down = client.get(path)
+        assert down.status_code == 503, down.text
+        assert error_codes(down) == ["UNAVAILABLE"]
+        assert component in down.json()["errors"][0]["message"]
+        assert down.headers["retry-after"]
+        served.add(down.headers["x-ocikit-replica"])
+    assert len(served) == len(cluster.replicas)
+
+
+def test_postgresql_restarted_under_the_replicas(fresh_cluster: Cluster, postgres: Any) -> None:
+    cluster, repo = fresh_cluster, repo_name("pg-restart")
+    pids = [replica.process.pid for replica in cluster.replicas]
+    with cluster.client() as client:
+        push_image(client, repo, tag="v1")
+        postgres.stop()
+        try:
+            _assert_unavailable(cluster, client, f"/v2/{repo}/manifests/v1", "PostgreSQL")
+            assert client.post(f"/v2/{repo}/blobs/uploads/").status_code == 503
+        finally:
+            postgres.start()
+        _until_served(client, f"/v2/{repo}/tags/list", len(cluster.replicas))
+        assert client.get(f"/v2/{repo}/tags/list").json()["tags"] == ["v1"]
+        push_image(client, repo, tag="v2")  # writes work again, on whichever replica
+    assert [replica.process.pid for replica in cluster.replicas] == pids
+    assert all(replica.process.poll() is None for replica in cluster.replicas)
+
+
+def test_the_object_store_unreachable_under_the_replicas(fresh_cluster: Cluster, seaweedfs: Any) -> None:
+    cluster, repo = fresh_cluster, repo_name("s3-down")
+    pids = [replica.process.pid for replica in cluster.replicas]
+    data = os.urandom(100_000)
+    with cluster.client() as client:
+        blob = push_blob(client, repo, data)
+        seaweedfs.halt()
+        try:
+            _assert_unavailable(cluster, client, f"/v2/{repo}/blobs/{blob}", "S3 object storage")
+            location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+            assert _patch(client, location, b"chunk", 0).status_code == 503
+        finally:
+            seaweedfs.restart()
+        _until_served(client, f"/v2/{repo}/blobs/{blob}", len(cluster.replicas))
+        assert client.get(f"/v2/{repo}/blobs/{blob}").content == data
+        push_image(client, repo, tag="after")
+    assert [replica.process.pid for replica in cluster.replicas] == pids
+
+
+def test_bad_credentials_stop_a_replica_at_start_with_one_line(
+    tmp_path: Path, seaweedfs: Any, postgres: Any
+) -> None:
+    backend = s3_postgres_backend(seaweedfs, postgres, tmp_path)
+    listen = ["--listen", f"127.0.0.1:{free_port()}", "--root", str(tmp_path / "root")]
+    wrong_key = {**backend.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    metadata = tomllib.loads(backend.config.read_text())["registry"]["metadata"]
+    wrong_password = {"OCIKIT_METADATA": metadata.replace(postgres.password, "not-the-password")}
+    for component, env in (
+        ("S3 object storage", wrong_key),
+        ("PostgreSQL", {**backend.env, **wrong_password}),
+    ):
+        refused = subprocess.run(
+            [*OCIKIT, "serve", *backend.args, *listen],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **env},
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.startswith(f"ocikit serve: {component}"), refused.stderr
+        assert "not-the-" not in refused.stderr
