@@ -16,7 +16,7 @@ d) the Debian image (bench/unpack.py's, 145 MB in three layers) pushed by skopeo
    (POST, a PATCH with Content-Range per 5 MiB, closing PUT; every request on the next
    replica); MB/s of image pushed;
 e) 1 replica against N: (a) and the chunked push again with one replica of each;
-f) peak RSS of each ocikit replica (its process tree, sampled every 50 ms) during a 4 GiB
+f) peak RSS of each replica (its process tree, and its worker apart, sampled every 50 ms) during a 4 GiB
    upload in 32 MiB chunks spread over the replicas (target: < 150 MB per replica).
 
 Run from the repository root after ``make test-deps``::
@@ -59,7 +59,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))  # the deployment helpers the tests start it with
 
 import registry as single  # noqa: E402  (bench/registry.py: HTTP helpers, wrk, the report's machine)
+from cluster import write_settings  # noqa: E402
 from haproxy import HAProxy, start_haproxy  # noqa: E402
+from postgres import PostgresServer, start_postgres, stop_postgres  # noqa: E402
 from seaweedfs import SeaweedFS, start_seaweedfs  # noqa: E402
 
 MiB = single.MiB
@@ -91,7 +93,7 @@ class Plan:
 
     @classmethod
     def full(cls, replicas: int) -> Plan:
-        return cls(replicas, 3, 10, 256 * MiB, 128 * MiB, 5, 4096 * MiB)
+        return cls(replicas, 3, 10, 256 * MiB, 128 * MiB, 3, 4096 * MiB)
 
     @classmethod
     def quick(cls, replicas: int) -> Plan:
@@ -121,13 +123,11 @@ class Deployment:
 
 @dataclass
 class Storage:
-    """What both registries store into: one SeaweedFS, and PostgreSQL for ocikit's metadata."""
+    """What both registries store into: one SeaweedFS, and PostgreSQL for ocikit's metadata.
+    Every deployment gets a bucket (and ocikit a database) of its own."""
 
     s3: SeaweedFS
-    metadata: str
-
-    def bucket(self, stem: str) -> str:
-        return self.s3.new_bucket(stem)
+    postgres: PostgresServer
 
 
 def _balance(name: str, workdir: Path, replicas: list[single.Server], haproxy: str) -> Deployment:
@@ -143,55 +143,51 @@ def _balance(name: str, workdir: Path, replicas: list[single.Server], haproxy: s
     return deployment
 
 
-def start_ocikit(workdir: Path, storage: Storage, count: int, redirect: bool, haproxy: str) -> Deployment:
-    """``count`` replicas of ``ocikit serve`` on a fresh bucket, each with a private ``--root``
-    that it never needs."""
-    bucket = storage.bucket("ocikit")
-    environment = {**os.environ, **storage.s3.environment()}
-    src = REPO / "src"
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), environment.get("PYTHONPATH")]))
-    replicas: list[single.Server] = []
+def _start_all(replicas: list[tuple[single.Server, list[str]]], env: dict[str, str]) -> list[single.Server]:
+    started = []
     try:
-        for index in range(count):
-            port = single.free_port()
-            root = workdir / f"ocikit-r{index}-{bucket}"
-            replica = single.Server(f"ocikit-r{index}", "127.0.0.1", port, root, workdir / f"{root.name}.log")
-            replicas.append(replica)
-            replica.start(
-                [
-                    sys.executable,
-                    "-m",
-                    "ocikit.cli.main",
-                    "serve",
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--root",
-                    str(root),
-                    "--storage",
-                    f"s3://{bucket}/registry",
-                    "--s3-endpoint",
-                    storage.s3.endpoint,
-                    "--s3-region",
-                    storage.s3.region,
-                    "--metadata",
-                    storage.metadata,
-                    "--blob-redirect",
-                    "true" if redirect else "false",
-                ],
-                environment,
-            )
-        return _balance("ocikit", workdir, replicas, haproxy)
+        for replica, argv in replicas:
+            replica.start(argv, env)
+            started.append(replica)
     except BaseException:
-        for replica in replicas:
+        for replica in started:
             replica.stop()
         raise
+    return started
 
 
-def distribution_config(storage: Storage, bucket: str, port: int, secret: str, redirect: bool) -> str:
+def start_ocikit(workdir: Path, storage: Storage, count: int, redirect: bool, haproxy: str) -> Deployment:
+    """``count`` replicas of ``ocikit serve`` with one settings file (a fresh bucket and
+    database, the schema migrated first), each with a private ``--root`` it never needs."""
+    bucket = storage.s3.new_bucket("ocikit")
+    config = write_settings(
+        workdir / f"ocikit-{bucket}.toml",
+        {
+            "storage": f"s3://{bucket}/registry",
+            "s3_endpoint": storage.s3.endpoint,
+            "s3_region": storage.s3.region,
+            "metadata": storage.postgres.database(),
+            "blob_redirect": "true" if redirect else "false",
+        },
+    )
+    env = {**os.environ, **storage.s3.environment()}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    ocikit = [sys.executable, "-m", "ocikit.cli.main"]
+    subprocess.run([*ocikit, "migrate", "--config", str(config)], env=env, check=True, capture_output=True)
+    replicas = []
+    for index in range(count):
+        port = single.free_port()
+        root = workdir / f"ocikit-r{index}-{bucket}"
+        replica = single.Server(f"ocikit-r{index}", "127.0.0.1", port, root, workdir / f"{root.name}.log")
+        listen = ["--listen", f"127.0.0.1:{port}", "--root", str(root)]
+        replicas.append((replica, [*ocikit, "serve", "--config", str(config), *listen]))
+    return _balance("ocikit", workdir, _start_all(replicas, env), haproxy)
+
+
+def distribution_config(s3: SeaweedFS, bucket: str, port: int, secret: str, redirect: bool) -> str:
     """distribution's own configuration for an S3 deployment behind a load balancer: the same
     ``http.secret`` on every replica (upload state is signed with it), the ``inmemory`` blob
     descriptor cache of its default configuration."""
-    s3 = storage.s3
     return f"""\
 version: 0.1
 log:
@@ -224,25 +220,17 @@ http:
 def start_distribution(
     workdir: Path, storage: Storage, count: int, redirect: bool, haproxy: str, binary: str
 ) -> Deployment:
-    bucket, secret = storage.bucket("distribution"), secrets.token_hex(16)
-    environment = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-    replicas: list[single.Server] = []
-    try:
-        for index in range(count):
-            port = single.free_port()
-            name = f"distribution-r{index}-{bucket}"
-            replica = single.Server(
-                f"distribution-r{index}", "127.0.0.1", port, workdir, workdir / f"{name}.log"
-            )
-            config = workdir / f"{name}.yml"
-            config.write_text(distribution_config(storage, bucket, port, secret, redirect))
-            replicas.append(replica)
-            replica.start([binary, "serve", str(config)], environment)
-        return _balance("distribution", workdir, replicas, haproxy)
-    except BaseException:
-        for replica in replicas:
-            replica.stop()
-        raise
+    bucket, secret = storage.s3.new_bucket("distribution"), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # its S3 driver's wish
+    replicas = []
+    for index in range(count):
+        port = single.free_port()
+        name = f"distribution-r{index}-{bucket}"
+        replica = single.Server(f"distribution-r{index}", "127.0.0.1", port, workdir, workdir / f"{name}.log")
+        config = workdir / f"{name}.yml"
+        config.write_text(distribution_config(storage.s3, bucket, port, secret, redirect))
+        replicas.append((replica, [binary, "serve", str(config)]))
+    return _balance("distribution", workdir, _start_all(replicas, env), haproxy)
 
 
 # ---------------------------------------------------------------- measurements
@@ -387,7 +375,7 @@ def push_image_chunked(lb: single.Server, image: Image, repository: str) -> floa
     started = time.perf_counter()
     for blob in image.blobs():
         push_chunked(lb, repository, image.blob(blob["digest"]), blob["digest"], CHUNK)
-    digest, manifest = image.manifest()
+    _, manifest = image.manifest()
     status, _, body = single.request(
         lb, "PUT", f"/v2/{repository}/manifests/v1", manifest, {"Content-Type": single.OCI_MANIFEST}
     )
@@ -432,9 +420,13 @@ def debian_push(
 
 
 @contextlib.contextmanager
-def rss_per_replica(replicas: list[single.Server], interval: float = 0.05) -> Iterator[dict[str, float]]:
-    """Peak RSS (MB) of each replica's process tree while the block runs."""
-    peaks = {r.name: 0.0 for r in replicas}
+def rss_per_replica(
+    replicas: list[single.Server], interval: float = 0.05
+) -> Iterator[dict[str, dict[str, float]]]:
+    """Peak RSS (MB) of each replica while the block runs: of its whole process tree
+    (``tree``), and of its largest worker alone (``worker``: the tree less the Granian parent,
+    which serves no request)."""
+    peaks = {r.name: {"tree": 0.0, "worker": 0.0} for r in replicas}
     stop = threading.Event()
 
     def sample() -> None:
@@ -444,7 +436,10 @@ def rss_per_replica(replicas: list[single.Server], interval: float = 0.05) -> It
             if count % 20 == 0:
                 trees = {r.name: r.tree() for r in replicas}
             for name, pids in trees.items():
-                peaks[name] = max(peaks[name], single.tree_rss_kib(pids) * 1024 / 1e6)
+                peak = peaks[name]
+                peak["tree"] = max(peak["tree"], single.tree_rss_kib(pids) * 1024 / 1e6)
+                for pid in pids[1:]:
+                    peak["worker"] = max(peak["worker"], single.tree_rss_kib([pid]) * 1024 / 1e6)
             count += 1
             stop.wait(interval)
 
@@ -501,8 +496,9 @@ def upload_rss(deployments: list[Deployment], plan: Plan) -> dict[str, dict[str,
             seconds, digest = chunked_stream(deployment.lb, plan.stream_size, RSS_CHUNK)
         single.request(deployment.lb, "DELETE", f"/v2/{single.REPOSITORY}/blobs/{digest}")
         results[deployment.name] = {
-            "peak_rss_mb": max(peaks.values()),
-            "per_replica_mb": {name: round(mb, 1) for name, mb in peaks.items()},
+            "peak_rss_mb": max(peak["tree"] for peak in peaks.values()),
+            "peak_worker_rss_mb": max(peak["worker"] for peak in peaks.values()),
+            "per_replica_mb": {name: round(peak["tree"], 1) for name, peak in peaks.items()},
             "upload_mb_per_s": plan.stream_size / seconds / 1e6,
         }
     return results
@@ -573,6 +569,7 @@ def run(args: argparse.Namespace, tools: dict[str, str], progress: Callable[[str
     results: dict[str, dict[str, dict[str, Any]]] = {}
     deployments: list[Deployment] = []
     s3: SeaweedFS | None = None
+    postgres: PostgresServer | None = None
     debian = Image(debian_image(args.quick), "bench")
 
     def deploy(count: int, redirect: bool) -> list[Deployment]:
@@ -593,7 +590,10 @@ def run(args: argparse.Namespace, tools: dict[str, str], progress: Callable[[str
     chunked = lambda lb, repository: push_image_chunked(lb, debian, repository)  # noqa: E731
     try:
         s3 = start_seaweedfs(workdir / "seaweedfs")
-        storage = Storage(s3, metadata_url(workdir))
+        postgres = start_postgres()
+        if postgres is None:
+            raise RuntimeError("PostgreSQL (Debian's postgresql: initdb, pg_ctl, psql) is not installed")
+        storage = Storage(s3, postgres)
         both = deploy(plan.replicas, redirect=True)
         measure("manifest_get", lambda: manifest_get(tools["wrk"], both, plan))
         measure("blob_get_redirect", lambda: blob_get(both, plan, redirect=True))
@@ -624,7 +624,8 @@ def run(args: argparse.Namespace, tools: dict[str, str], progress: Callable[[str
             deployment.stop()
         if s3 is not None:
             s3.stop()
-        stop_metadata()
+        if postgres is not None:
+            stop_postgres(postgres)
         shutil.rmtree(workdir, ignore_errors=True)
     return {"plan": plan.__dict__, "results": results, "summary": summarise(results)}
 
