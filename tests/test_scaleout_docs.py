@@ -8,11 +8,14 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
-from cluster import Cluster
+from cluster import Cluster, s3_postgres_backend
 from conftest import DOCS, ServerProcess, require_tool
 from haproxy import haproxy_config
+from ocikit.registry.settings import load_settings
 from registry_helpers import OCI_INDEX, OCI_MANIFEST, digest, push_blob, push_image, put_manifest
 
 PAGE = DOCS / "scale-out.md"
@@ -30,6 +33,18 @@ def test_the_documented_haproxy_configuration_is_the_one_the_tests_run() -> None
     (documented,) = _blocks("haproxy")
     replicas = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
     assert documented == haproxy_config(5000, 5999, replicas)
+
+
+def test_the_documented_settings_file_is_the_one_the_tests_run(
+    tmp_path: Path, seaweedfs: Any, postgres: Any
+) -> None:
+    (documented,) = _blocks("toml")
+    (tmp_path / "registry.toml").write_text(documented)
+    settings = load_settings(environ={}, config_file=tmp_path / "registry.toml")
+    assert (settings.storage, settings.s3_endpoint) == ("s3://registry/ocikit", "http://127.0.0.1:8333")
+    assert settings.metadata == "postgresql://ocikit@127.0.0.1:5432/ocikit"
+    ours = tomllib.loads(s3_postgres_backend(seaweedfs, postgres, tmp_path).config.read_text())["registry"]
+    assert set(tomllib.loads(documented)["registry"]) == set(ours)
 
 
 def test_the_documented_migration_moves_every_tag_and_its_referrers(
