@@ -18,7 +18,7 @@ import pytest
 from conftest import OCIKIT, ServerProcess, start_registry
 from ocikit.registry.storage.schema import MIGRATIONS, statements
 from ocikit.registry.storage.sqlite import SQLiteMetadataStore
-from registry_helpers import digest, error_codes, push_image, repo_name
+from registry_helpers import digest, error_codes, push_blob, push_image, repo_name
 
 
 def _serve_once(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -99,11 +99,10 @@ def test_a_registry_on_postgresql(pg_registry: Any, tmp_path: Path) -> None:
     # The metadata is in PostgreSQL, not in a SQLite file under the root.
     assert not (server.root / "metadata.db").exists()
     collected = subprocess.run(
-        [*OCIKIT, "gc", "--root", str(server.root), "--grace", "0"],
+        [*OCIKIT, "gc", "--storage", server.root.as_uri(), "--metadata", url, "--grace", "0"],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "OCIKIT_METADATA": url},
     )
     assert collected.returncode == 0, collected.stderr
     assert "3 blobs" in collected.stdout
@@ -239,3 +238,50 @@ def test_storage_unavailable_is_503_for_library_users(tmp_path: Path) -> None:
     assert (
         response.json()["errors"][0]["message"] == "the catalogue database is unavailable: connection refused"
     )
+
+
+def test_an_upload_whose_staging_is_gone_is_unknown(fresh_registry: ServerProcess) -> None:
+    """As after a replica was killed between publishing a blob and closing its session: the
+    retried PUT is told to start again (404), not answered 500, and the session is gone."""
+    name = repo_name()
+    with fresh_registry.client() as client:
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+        assert client.patch(location, content=b"partial").status_code == 202
+        (fresh_registry.root / "uploads" / location.rsplit("/", 1)[-1]).unlink()
+        retried = client.put(location, params={"digest": digest(b"partial!")}, content=b"!")
+        assert retried.status_code == 404
+        assert error_codes(retried) == ["BLOB_UPLOAD_UNKNOWN"]
+        assert client.get(location).status_code == 404
+
+
+def test_deletions_of_a_crashed_collection_are_finished(tmp_path: Path) -> None:
+    """A collection that died after entering blobs as being deleted: the housekeeping replica
+    deletes their bytes, and a push of the same content then goes through."""
+    server = start_registry(tmp_path / "data", extra=["--upload-expiry", "2"])  # a 0.5 s tick
+    try:
+        name = repo_name()
+        data = os.urandom(5000)
+        with server.client() as client:
+            push_blob(client, name, data)
+            assert client.delete(f"/v2/{name}/blobs/{digest(data)}").status_code == 202
+            blob_file = server.root / "blobs" / "sha256" / digest(data).removeprefix("sha256:")
+            assert blob_file.exists()
+
+            async def crash_mid_collection() -> list[str]:
+                store = SQLiteMetadataStore(server.root / "metadata.db")
+                await store.open()
+                try:  # the collection's transaction, then no deletion of the bytes
+                    report = await store.collect_garbage(time.time() + 10, dry_run=False)
+                    return list(report.blobs)
+                finally:
+                    await store.close()
+
+            assert asyncio.run(crash_mid_collection()) == [digest(data)]
+            deadline = time.monotonic() + 20
+            while blob_file.exists():
+                assert time.monotonic() < deadline, "the interrupted deletion was not finished"
+                time.sleep(0.2)
+            push_blob(client, name, data)
+            assert client.get(f"/v2/{name}/blobs/{digest(data)}").content == data
+    finally:
+        server.stop()

@@ -25,14 +25,19 @@ def register(commands: Any) -> None:
             "bundle or LXC container uses, and that are older than the grace period; the "
             "writable snapshot of a bundle whose directory was deleted without `ocikit rm` is "
             "released when nothing is mounted from it. "
-            "With --root or --config: mark and sweep the registry there: manifests that are tagged, "
-            "recent, or reachable "
-            "from those (index children, referrers of a live subject) are kept, and so are the blobs they "
-            "use. Anything newer than the grace period is kept, so a push in progress is never broken. "
-            "Safe to run while `ocikit serve` uses the same root. Expired uploads are purged too."
+            "With --root, --storage, --metadata or --config: mark and sweep the registry there: "
+            "manifests that are tagged, recent, or reachable from those (index children, referrers of "
+            "a live subject) are kept, and so are the blobs they use; repositories left empty go. "
+            "Anything newer than the grace period is kept, so a push in progress is never broken. "
+            "Safe to run while `ocikit serve` replicas use the same storage. Expired uploads are "
+            "purged too."
         ),
     )
     parser.add_argument("--root", help="registry data directory [env OCIKIT_ROOT]")
+    parser.add_argument("--storage", metavar="URL", help="the registry's blob storage, as for ocikit serve")
+    parser.add_argument(
+        "--metadata", metavar="URL", help="the registry's metadata database, as for ocikit serve"
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML settings file, as for ocikit serve")
     parser.add_argument("--grace", type=float, metavar="SECONDS", help="override gc_grace")
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
@@ -51,10 +56,11 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.root is None and args.config is None:
+    registry_flags = {"root": args.root, "storage": args.storage, "metadata": args.metadata}
+    if args.config is None and not any(registry_flags.values()):
         return _collect_store(args)
     try:
-        settings = load_settings({"root": args.root}, config_file=args.config)
+        settings = load_settings(registry_flags, config_file=args.config)
     except SettingsError as exc:
         print(f"ocikit gc: {exc}", file=sys.stderr)
         return 2
@@ -66,8 +72,8 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
     from ..registry.maintenance import GCBusy, collect_garbage, purge_expired_uploads
     from ..registry.storage import SchemaError, StorageUnavailable
 
-    registry = Registry(settings)
     try:
+        registry = Registry(settings)
         await registry.blobs.open()
         await registry.metadata.open()
         try:
@@ -76,7 +82,7 @@ async def _collect(settings: Any, dry_run: bool, grace: float | None) -> int:
         finally:
             await registry.metadata.close()
             await registry.blobs.close()
-    except (StorageUnavailable, SchemaError, GCBusy) as exc:
+    except (StorageUnavailable, SchemaError, GCBusy, SettingsError) as exc:
         print(f"ocikit gc: {exc}", file=sys.stderr)
         return 1
     verb = "would remove" if dry_run else "removed"

@@ -11,7 +11,8 @@ housekeeping (the ``housekeeping`` lease); one collection at a time runs, online
 deleted* before it deletes their bytes, and a push of the same digest announces itself
 before publishing (``publish_begin``), so the two cannot interleave: the push waits until the
 old bytes are gone, and blobs announced by a push are never collected. A collection that
-crashed leaves its deletions recorded, and the next one finishes them first.
+crashed leaves its deletions recorded; the housekeeping replica finishes them once its lease
+has expired, or the next collection does, first.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from .storage.base import GCReport
 if TYPE_CHECKING:
     from .app import Registry
 
-__all__ = ["GCBusy", "collect_garbage", "purge_expired_uploads", "start_background"]
+__all__ = [
+    "GCBusy",
+    "collect_garbage",
+    "finish_interrupted_deletions",
+    "purge_expired_uploads",
+    "start_background",
+]
 
 log = logging.getLogger("ocikit.registry.maintenance")
 _TICK: Final = 60.0
@@ -90,8 +97,7 @@ async def collect_garbage(reg: Registry, *, dry_run: bool = False, grace: float 
     lease = _GCLease(reg)
     await lease.renew()
     try:
-        for digest in await reg.metadata.blobs_being_deleted():  # left by a collection that crashed
-            await _delete_bytes(reg, lease, digest)
+        await _finish_deletions(reg, lease)
         report = await reg.metadata.collect_garbage(cutoff, dry_run=False)
         for digest in report.blobs:
             await _delete_bytes(reg, lease, digest)
@@ -99,6 +105,29 @@ async def collect_garbage(reg: Registry, *, dry_run: bool = False, grace: float 
     finally:
         await lease.release()
     return report
+
+
+async def finish_interrupted_deletions(reg: Registry) -> int:
+    """Delete the bytes of blobs that a collection which crashed had entered as being deleted
+    (pushes of the same digests wait for it); nothing while a collection runs."""
+    if not await reg.metadata.blobs_being_deleted():
+        return 0
+    lease = _GCLease(reg)
+    try:
+        await lease.renew()
+    except GCBusy:
+        return 0  # the running collection finishes its own deletions
+    try:
+        return await _finish_deletions(reg, lease)
+    finally:
+        await lease.release()
+
+
+async def _finish_deletions(reg: Registry, lease: _GCLease) -> int:
+    pending = await reg.metadata.blobs_being_deleted()
+    for digest in pending:
+        await _delete_bytes(reg, lease, digest)
+    return len(pending)
 
 
 async def _delete_bytes(reg: Registry, lease: _GCLease, digest: Digest) -> None:
@@ -153,6 +182,12 @@ async def _housekeeping_round(reg: Registry, last_gc: float) -> float:
             log.info("purged %d expired uploads", len(purged))
     except Exception:
         log.exception("purging expired uploads failed")
+    try:
+        finished = await finish_interrupted_deletions(reg)
+        if finished:
+            log.info("finished deleting %d blobs of an interrupted garbage collection", finished)
+    except Exception:
+        log.exception("finishing an interrupted garbage collection failed")
     interval = reg.settings.gc_interval
     if not interval or time.time() - last_gc < interval:
         return last_gc

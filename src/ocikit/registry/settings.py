@@ -80,14 +80,12 @@ class SettingInfo:
 SETTINGS: Final = (
     SettingInfo("listen", "HOST:PORT to listen on"),
     SettingInfo("root", "directory holding blobs/, uploads/ and metadata.db"),
+    SettingInfo("storage", "where blobs go: file:///PATH or s3://BUCKET[/PREFIX]; empty: files under root"),
     SettingInfo(
-        "storage", "where blobs go: file:///PATH or s3://BUCKET[/PREFIX] (default: file:// under root)"
+        "metadata", "metadata database: sqlite:///PATH or postgresql://...; empty: SQLite under root"
     ),
-    SettingInfo(
-        "metadata", "metadata database: sqlite:///PATH or postgresql://... (default: sqlite:// under root)"
-    ),
-    SettingInfo("s3_endpoint", "S3 endpoint URL for s3:// storage (default: AWS)"),
-    SettingInfo("s3_region", "S3 region for s3:// storage"),
+    SettingInfo("s3_endpoint", "S3 endpoint URL of s3:// storage; empty: AWS"),
+    SettingInfo("s3_region", "S3 region of s3:// storage; empty: the AWS default"),
     SettingInfo("blob_redirect", "answer blob GETs with a redirect to the object store when it has URLs"),
     SettingInfo("workers", "worker processes"),
     SettingInfo("log_format", "request log lines as 'text' or 'json'"),

@@ -210,7 +210,11 @@ async def _append(reg: Registry, request: Request, writer: _Writer, record: Uplo
     if span is not None and span[0] != record.size:
         raise _out_of_order(reg, writer.name, record)
     intake = _Intake(request, writer, _carried_digester(record))
-    written, stage = await reg.blobs.stage_append(record.id, record.stage, record.size, intake.stream())
+    try:
+        written, stage = await reg.blobs.stage_append(record.id, record.stage, record.size, intake.stream())
+    except FileNotFoundError:
+        await reg.metadata.upload_delete(record.id)  # its staging area is gone: so is the upload
+        raise _unknown_upload(writer.name, record.id) from None
     appended = _Appended(record.size + written, intake.digester, stage, intake.disconnected)
     if appended.disconnected:
         return appended

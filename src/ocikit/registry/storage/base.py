@@ -103,6 +103,10 @@ class BlobStore(Protocol):
         ...
 
     # staging ---------------------------------------------------------------------------
+    # ``stage_append``, ``stage_read`` and ``stage_commit`` raise FileNotFoundError when the
+    # upload's staging area is gone (purged, or published by a request that crashed before
+    # the session was closed): the upload cannot go on and the client starts it again.
+
     async def stage_create(self, upload_id: str) -> bytes:
         """Prepare the staging of a new upload; the initial ``stage`` value."""
         ...
@@ -243,7 +247,9 @@ class MetadataStore(Protocol):
     async def blob_is_recorded(self, digest: Digest) -> bool: ...
 
     async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
-        """Record a blob (creating the repository) and stamp it as just pushed."""
+        """Record a blob (creating the repository) and stamp it as just pushed. Callers hold a
+        :meth:`publish_begin` announcement of the digest meanwhile, so that no collection is
+        deleting its bytes."""
         ...
 
     async def unlink_blob(self, repository: str, digest: Digest, *, refuse_if_used: bool) -> DeleteOutcome:

@@ -70,6 +70,12 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def _keep_session(connection: Any) -> None:
+    """The pool's reset between two borrowers: nothing to undo, as the store leaves no session
+    state (its advisory locks are transaction-scoped; no LISTEN, SET or cursors). asyncpg's
+    default would cost a round trip to the server on every read."""
+
+
 class _PostgresTransaction:
     dialect = "postgresql"
     for_share = " FOR SHARE"
@@ -119,7 +125,11 @@ class PostgresMetadataStore(SQLMetadataStore):
             return
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_size, timeout=_CONNECT_TIMEOUT
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=_CONNECT_TIMEOUT,
+                reset=_keep_session,
             )
         except _CONNECTION_ERRORS as exc:
             raise StorageUnavailable(_COMPONENT, f"{self.url}: {exc}") from exc

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
@@ -132,7 +133,7 @@ def _upload(row: Sequence[Any]) -> UploadRecord:
     )
 
 
-class SQLMetadataStore:
+class SQLMetadataStore(ABC):
     """Every :class:`.base.MetadataStore` method, over a driver's :meth:`_read` and
     :meth:`_transaction`. Subclasses connect, and name themselves in :attr:`url`."""
 
@@ -140,13 +141,19 @@ class SQLMetadataStore:
 
     # ------------------------------------------------------------- the seam
 
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
     async def _read(self, work: Work[T]) -> T:
         """Run read-only ``work`` (no transaction needed)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _transaction(self, work: Work[T]) -> T:
         """Run ``work`` in one transaction: committed when it returns, rolled back if it raises."""
-        raise NotImplementedError
 
     async def _write(self, work: Work[T]) -> T:
         try:
