@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from client_servers import Distribution
 from conftest import free_port, wait_for_http
 from seaweedfs import SeaweedFS
 
@@ -27,10 +27,12 @@ __all__ = ["DISTRIBUTION_V3", "Distribution", "distribution_s3_config", "start_d
 DISTRIBUTION_V3 = os.environ.get("OCIKIT_DISTRIBUTION_V3", "/work/shared/tools/distribution-v3/registry")
 
 
-def distribution_s3_config(server: SeaweedFS, bucket: str, port: int, prefix: str = "/distribution") -> str:
+def distribution_s3_config(
+    server: SeaweedFS, bucket: str, port: int, prefix: str = "/distribution", *, redirect: bool = True
+) -> str:
     """A distribution v3 configuration storing on ``bucket`` of ``server`` (its ``s3`` driver,
-    path-style, plain HTTP), blob GETs redirected to presigned URLs as distribution does by
-    default on S3."""
+    path-style, plain HTTP); blob GETs redirected to presigned URLs (distribution's default on
+    S3) unless ``redirect`` is false."""
     return "\n".join(
         [
             "version: 0.1",
@@ -47,28 +49,11 @@ def distribution_s3_config(server: SeaweedFS, bucket: str, port: int, prefix: st
             "    secure: false",
             "    v4auth: true",
             "  delete: {enabled: true}",
-            "  redirect: {disable: false}",
+            f"  redirect: {{disable: {'false' if redirect else 'true'}}}",
             f"http: {{addr: '127.0.0.1:{port}'}}",
             "",
         ]
     )
-
-
-@dataclass
-class Distribution:
-    """A running distribution v3 at ``url``."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def start_distribution_s3(
@@ -83,18 +68,18 @@ def start_distribution_s3(
     config.write_text(distribution_s3_config(server, bucket or server.bucket, port))
     # Its README: the S3 driver is checked without AWS_CA_BUNDLE in the environment.
     environment = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
-    log = open(directory / "distribution-s3.log", "wb")  # noqa: SIM115 - lives as long as the server
-    process = subprocess.Popen(
-        [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, env=environment
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_path = directory / "distribution-s3.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, env=environment
+        )
+    started = Distribution(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", directory, log_path, process)
     try:
-        wait_for_http(url + "/v2/", process)
+        wait_for_http(started.url + "/v2/", process)
     except RuntimeError:
-        process.kill()
-        process.wait()
+        started.stop()
         raise
-    return Distribution(url=url, process=process)
+    return started
 
 
 # ---------------------------------------------------------------- an upload's peak memory

@@ -29,6 +29,7 @@ from ocikit.registry.storage.filesystem import FilesystemBlobStore
 from ocikit.registry.storage.schema import CURRENT_VERSION, MIGRATIONS, statements
 from ocikit.registry.storage.sqlite import SQLiteMetadataStore
 from ocikit.spec.digest import Digest, digest_of
+from seaweedfs import seaweedfs_fixture  # noqa: F401  (the seaweedfs fixture of the s3 backend)
 
 T = TypeVar("T")
 S = TypeVar("S", BlobStore, MetadataStore)
@@ -78,9 +79,20 @@ def _postgresql(tmp_path: Path, request: pytest.FixtureRequest) -> MetadataBacke
     return MetadataBackend(lambda: PostgresMetadataStore(url), execute, "postgresql")
 
 
+def _s3(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], BlobStore]:
+    from ocikit.registry.storage.s3 import S3BlobStore
+
+    server = request.getfixturevalue("seaweedfs")
+    for name, value in server.environment().items():
+        request.getfixturevalue("monkeypatch").setenv(name, value)
+    bucket = server.new_bucket()
+    return lambda: S3BlobStore(bucket, "registry", endpoint=server.endpoint, region=server.region)
+
+
 #: Every blob store: name -> (tmp_path, request) -> a constructor of a fresh, unopened store.
 BLOB_STORES: dict[str, Callable[[Path, pytest.FixtureRequest], Callable[[], BlobStore]]] = {
     "filesystem": _filesystem,
+    "s3": _s3,
 }
 #: Every metadata store, likewise, with raw SQL access for the migration tests.
 METADATA_STORES: dict[str, Callable[[Path, pytest.FixtureRequest], MetadataBackend]] = {

@@ -7,20 +7,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 import botocore.exceptions
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, start_registry
 from ocikit.registry.storage.base import StorageUnavailable
 from ocikit.registry.storage.s3 import S3BlobStore
 from ocikit.spec.digest import Digest
-from s3_helpers import upload_rss
+from registry_helpers import digest, push_blob, push_image, repo_name
+from s3_helpers import DISTRIBUTION_V3, start_distribution_s3, upload_rss
 from seaweedfs import SeaweedFS, seaweedfs_fixture  # noqa: F401  (the seaweedfs fixture)
 
 
@@ -85,6 +88,11 @@ class S3Target:
 
     def store(self) -> S3BlobStore:
         return S3BlobStore(self.bucket, self.prefix, endpoint=self.server.endpoint, region=self.server.region)
+
+    def server_keys(self) -> list[str]:
+        """Every key of the bucket, under any prefix."""
+        listing = self.server.client().list_objects_v2(Bucket=self.bucket)
+        return [item["Key"] for item in listing.get("Contents", [])]
 
     def keys(self, under: str = "") -> list[str]:
         listing = self.server.client().list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{under}")
@@ -262,6 +270,7 @@ def test_hostile_upload_ids_and_inconsistent_states_are_refused(s3: S3Target) ->
             await store.stage_append("ok", b"\x93garbage", 0, _chunks(b"x"))
         with pytest.raises(ValueError, match="holds 0 bytes"):
             await store.stage_commit("ok", stage, 1, _digest(b"x"))
+        await store.stage_abort("ok", stage)
 
     run(s3, work)
     assert s3.keys() == []
@@ -345,3 +354,101 @@ def test_an_unreachable_object_store_is_unavailable_then_recovers(s3: S3Target) 
         assert await _collect(store.read(_digest(data))) == data
 
     run(s3, work)
+
+
+# ---------------------------------------------------------------- ocikit serve on S3
+
+
+def _serve_on(s3: S3Target, root: Path, *extra: str) -> ServerProcess:
+    storage = f"s3://{s3.bucket}/{s3.prefix}"
+    return start_registry(root, extra=["--storage", storage, "--s3-endpoint", s3.server.endpoint, *extra])
+
+
+def test_ocikit_serve_on_s3_redirects_blob_gets_to_the_object_store(s3: S3Target, tmp_path: Path) -> None:
+    """Chunked push of small and large PATCHes, manifest, then pulls: blob GETs answer 307 to
+    a presigned URL (no replica carries the bytes), which a plain client follows."""
+    server = _serve_on(s3, tmp_path / "data")
+    name, layer = repo_name(), os.urandom(9 * MiB + 3)
+    try:
+        with server.client() as client:
+            started = client.post(f"/v2/{name}/blobs/uploads/")
+            assert started.status_code == 202
+            location = started.headers["location"]
+            for start, end in [(0, MiB), (MiB, 2 * MiB), (2 * MiB, 9 * MiB), (9 * MiB, len(layer))]:
+                sent = client.patch(
+                    location,
+                    content=layer[start:end],
+                    headers={
+                        "content-range": f"{start}-{end - 1}",
+                        "content-type": "application/octet-stream",
+                    },
+                )
+                assert sent.status_code == 202, sent.text
+                location = sent.headers["location"]
+            done = client.put(location, params={"digest": digest(layer)})
+            assert done.status_code == 201, done.text
+            manifest_digest, _ = push_image(client, name, tag="v1")
+            blob = client.get(f"/v2/{name}/blobs/{digest(layer)}")
+            assert blob.status_code == 307
+            target = blob.headers["location"]
+            assert target.startswith(s3.server.endpoint + f"/{s3.bucket}/{s3.prefix}/blobs/sha256/")
+            assert httpx.get(target).content == layer
+            assert client.head(f"/v2/{name}/blobs/{digest(layer)}").headers["content-length"] == str(
+                len(layer)
+            )
+            assert client.get(f"/v2/{name}/manifests/{manifest_digest}").status_code == 200
+    finally:
+        server.stop()
+    assert s3.keys("uploads/") == []
+
+
+def test_ocikit_serve_on_s3_streams_blobs_with_ranges_without_redirects(s3: S3Target, tmp_path: Path) -> None:
+    server = _serve_on(s3, tmp_path / "data", "--blob-redirect", "false")
+    name, layer = repo_name(), os.urandom(6 * MiB + 11)
+    try:
+        with server.client() as client:
+            push_blob(client, name, layer)
+            whole = client.get(f"/v2/{name}/blobs/{digest(layer)}")
+            assert whole.status_code == 200
+            assert whole.content == layer
+            part = client.get(f"/v2/{name}/blobs/{digest(layer)}", headers={"range": "bytes=5242870-5242899"})
+            assert part.status_code == 206
+            assert part.content == layer[5242870:5242900]
+    finally:
+        server.stop()
+
+
+def test_ocikit_serve_refuses_bad_s3_credentials_in_one_line(
+    s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    storage = f"s3://{s3.bucket}/x"
+    refused = subprocess.run(
+        [*OCIKIT, "serve", "--listen", "127.0.0.1:1", "--root", str(tmp_path), "--storage", storage,
+         "--s3-endpoint", s3.server.endpoint],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "S3 object storage" in refused.stderr
+    assert "not-the-secret" not in refused.stderr
+
+
+def test_distribution_v3_runs_on_the_same_seaweedfs(s3: S3Target, tmp_path: Path) -> None:
+    """The benchmark's reference (tests/s3_helpers.py): distribution v3.1.1 with its own s3
+    driver stores a pushed blob in the bucket and redirects its GET to a presigned URL."""
+    if not os.access(DISTRIBUTION_V3, os.X_OK):
+        (pytest.fail if REQUIRE_ALL else pytest.skip)(f"CNCF distribution v3 is not at {DISTRIBUTION_V3}")
+    distribution = start_distribution_s3(s3.server, tmp_path, s3.bucket)
+    layer = os.urandom(100_000)
+    try:
+        with httpx.Client(base_url=distribution.url, timeout=60) as client:
+            location = client.post("/v2/bench/app/blobs/uploads/").headers["location"]
+            done = client.put(f"{location}&digest={digest(layer)}", content=layer)
+            assert done.status_code == 201, done.text
+            redirected = client.get(f"/v2/bench/app/blobs/{digest(layer)}")
+            assert redirected.status_code == 307
+            assert httpx.get(redirected.headers["location"]).content == layer
+    finally:
+        distribution.stop()
+    assert any(key.endswith(f"/{digest(layer).split(':')[1]}/data") for key in s3.server_keys())

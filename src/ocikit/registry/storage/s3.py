@@ -50,6 +50,9 @@ _MIN_PART: Final = 5 * MiB
 _MAX_PART: Final = 5 * 1024 * MiB
 _READ_CHUNK: Final = MiB
 _COPY_CONCURRENCY: Final = 8
+#: Parts being sent while the next one fills (memory: this many parts plus one). More were
+#: not measurably faster against a local SeaweedFS and cost 12 MiB more per upload each.
+_PARTS_IN_FLIGHT: Final = 1
 _DELETE_BATCH: Final = 1000
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CONTENT_TYPE: Final = "application/octet-stream"
@@ -212,11 +215,19 @@ class S3BlobStore:
         if offset or length is not None:
             params["Range"] = f"bytes={offset}-{last}"
         response = await self._call("get_object", **params)
+        remaining: int = response["ContentLength"]
         async with response["Body"] as body:
+            # Whole 1 MiB chunks: the HTTP client hands out what each packet brought (~256 KiB
+            # on average), and every chunk costs a trip through the ASGI server.
+            content = body.raw_stream.content
             try:
-                async for chunk in body.iter_chunks(_READ_CHUNK):
+                while remaining > 0:
+                    chunk = await content.readexactly(min(_READ_CHUNK, remaining))
+                    remaining -= len(chunk)
                     yield chunk
-            except (aiohttp.ClientError, OSError, TimeoutError, botocore.exceptions.BotoCoreError) as error:
+            except asyncio.IncompleteReadError as error:
+                raise StorageUnavailable(COMPONENT, f"the object store ended a read early: {key}") from error
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
                 raise StorageUnavailable(COMPONENT, _one_line(error, self.endpoint)) from error
 
     async def delete(self, digest: Digest) -> None:
@@ -246,7 +257,8 @@ class S3BlobStore:
     # ---------------------------------------------------------------- staging
 
     async def stage_create(self, upload_id: str) -> bytes:
-        self._upload_prefix(upload_id)  # refuse a bad id now rather than at the first chunk
+        # An empty marker, so that :meth:`staged` lists the upload before its first byte.
+        await self._put(self._staged_key(upload_id, "created"), b"")
         return _encode_stage(_Stage())
 
     async def stage_append(
@@ -368,8 +380,8 @@ class S3BlobStore:
 class _StageWriter:
     """Streams one request's chunks into new staging objects after a recorded stage.
 
-    At most one part is in flight while the next one fills, so memory is bounded by about
-    two part targets whatever the request's size.
+    At most ``_PARTS_IN_FLIGHT`` parts are being sent while the next one fills, so memory is
+    bounded by a few part targets whatever the request's size.
     """
 
     def __init__(self, store: S3BlobStore, upload_id: str, recorded: _Stage) -> None:
@@ -381,7 +393,7 @@ class _StageWriter:
         self.pieces = list(recorded.pieces)
         self.stale: list[str] = []
         self.buffer = bytearray()
-        self.in_flight: asyncio.Task[None] | None = None
+        self.in_flight: list[asyncio.Task[None]] = []
 
     @property
     def _pending(self) -> int:
@@ -422,23 +434,23 @@ class _StageWriter:
             name = _new_name("part")
             self.parts.append((name, len(body)))
             self.offset += len(body)
-            await self._settle()
+            while len(self.in_flight) >= _PARTS_IN_FLIGHT:
+                await self.in_flight.pop(0)
             key = self.store._staged_key(self.upload_id, name)
-            self.in_flight = asyncio.ensure_future(self.store._put(key, body))
+            self.in_flight.append(asyncio.ensure_future(self.store._put(key, body)))
         except BaseException:
             await self.cancel()
             raise
 
     async def _settle(self) -> None:
-        if self.in_flight is not None:
-            task, self.in_flight = self.in_flight, None
-            await task
+        while self.in_flight:
+            await self.in_flight.pop(0)
 
     async def cancel(self) -> None:
-        if self.in_flight is not None:
-            self.in_flight.cancel()
-            await asyncio.gather(self.in_flight, return_exceptions=True)
-            self.in_flight = None
+        for task in self.in_flight:
+            task.cancel()
+        await asyncio.gather(*self.in_flight, return_exceptions=True)
+        self.in_flight = []
 
 
 def _session() -> Any:
