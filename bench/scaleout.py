@@ -490,10 +490,17 @@ def chunked_stream(lb: single.Server, size: int, chunk: int) -> tuple[float, str
 
 
 def upload_rss(deployments: list[Deployment], plan: Plan) -> dict[str, dict[str, Any]]:
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for deployment in deployments:
-        with rss_per_replica(deployment.replicas) as peaks:
-            seconds, digest = chunked_stream(deployment.lb, plan.stream_size, RSS_CHUNK)
+        try:
+            with rss_per_replica(deployment.replicas) as peaks:
+                seconds, digest = chunked_stream(deployment.lb, plan.stream_size, RSS_CHUNK)
+        except (OSError, RuntimeError) as error:  # recorded: the other registry's figure still counts
+            results[deployment.name] = {
+                "error": f"{type(error).__name__}: {error}",
+                "logs": errors(deployment),
+            }
+            continue
         single.request(deployment.lb, "DELETE", f"/v2/{single.REPOSITORY}/blobs/{digest}")
         results[deployment.name] = {
             "peak_rss_mb": max(peak["tree"] for peak in peaks.values()),
@@ -502,6 +509,12 @@ def upload_rss(deployments: list[Deployment], plan: Plan) -> dict[str, dict[str,
             "upload_mb_per_s": plan.stream_size / seconds / 1e6,
         }
     return results
+
+
+def errors(deployment: Deployment) -> list[str]:
+    """The replicas' logged errors (distribution logs ``level=error``, ocikit ``ERROR``)."""
+    lines = [line for r in deployment.replicas for line in r.log_tail().splitlines()]
+    return [line[:300] for line in lines if "level=error" in line or " ERROR " in line][-5:]
 
 
 # ---------------------------------------------------------------- the run
@@ -524,6 +537,10 @@ def summarise(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[s
     summary = {}
     for key, _, field, unit in METRICS:
         if key not in results:
+            continue
+        failed = [name for name, row in results[key].items() if "error" in row]
+        if failed:
+            summary[key] = {"failed": failed, "unit": unit, "target": TARGETS[key][0], "met": False}
             continue
         ocikit, dist = results[key]["ocikit"][field], results[key]["distribution"][field]
         ratio = ocikit / dist if dist else float("inf")
@@ -552,6 +569,9 @@ def print_report(report: dict[str, Any]) -> None:
     print("-" * len(header))
     labels = {key: f"{label} ({unit})" for key, label, _, unit in METRICS}
     for key, row in report["summary"].items():
+        if "failed" in row:
+            print(f"{labels[key]:<48} {'failed: ' + ', '.join(row['failed']):>32}  {row['target']:<16} NO")
+            continue
         print(
             f"{labels[key]:<48} {row['ocikit']:>10.1f} {row['distribution']:>13.1f} {row['ratio']:>6.2f}x  "
             f"{row['target']:<16} {'yes' if row['met'] else 'NO'}"
