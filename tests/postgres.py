@@ -132,7 +132,9 @@ def start_postgres() -> PostgresServer | None:
     binaries = postgres_bin()
     if binaries is None or shutil.which("psql") is None:
         return None
-    directory = Path(tempfile.mkdtemp(prefix="ocikit-pg-"))
+    # As root the server runs as the postgres user, who must reach the directory: not under a
+    # private $TMPDIR.
+    directory = Path(tempfile.mkdtemp(prefix="ocikit-pg-", dir="/tmp" if os.geteuid() == 0 else None))
     server = PostgresServer(binaries, directory, free_port())
     server.initialise()
     server.start()

@@ -5,9 +5,11 @@ different replicas (processes sharing one root), with leases held by a dead writ
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,18 @@ import pytest
 from conftest import OCIKIT, ServerProcess, start_registry
 from ocikit.registry.storage.schema import MIGRATIONS, statements
 from ocikit.registry.storage.sqlite import SQLiteMetadataStore
-from registry_helpers import digest, error_codes, push_blob, push_image, repo_name
+from registry_helpers import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    descriptor,
+    digest,
+    error_codes,
+    push_blob,
+    push_image,
+    put_manifest,
+    repo_name,
+)
 
 
 def _serve_once(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -128,6 +141,13 @@ def test_postgresql_restarted_while_serving(pg_registry: Any, postgres: Any) -> 
             assert time.monotonic() < deadline, response.text
             time.sleep(0.2)
         assert response.json()["tags"] == ["v1"]
+        # A restart between two requests: the next read is answered, on a fresh connection in
+        # place of the pooled ones that the server closed.
+        for _ in range(4):
+            client.get(f"/v2/{name}/manifests/v1")  # several pooled connections in use
+        postgres.restart()
+        for _ in range(3):
+            assert client.get(f"/v2/{name}/tags/list").json()["tags"] == ["v1"]
         push_image(client, name, tag="v2")  # writes work again too
     assert server.process.poll() is None  # never restarted
 
@@ -285,3 +305,167 @@ def test_deletions_of_a_crashed_collection_are_finished(tmp_path: Path) -> None:
             assert client.get(f"/v2/{name}/blobs/{digest(data)}").content == data
     finally:
         server.stop()
+
+
+def test_pushes_beside_a_collector_with_no_grace_period(tmp_path: Path) -> None:
+    """Two replicas on one root, each with an online collector running every second with no
+    grace period, and four pushers of images sharing a base layer: every image whose tag was
+    accepted pulls whole afterwards, and the blobs pushed again are never lost."""
+    root = tmp_path / "data"
+    replicas = [
+        start_registry(
+            root,
+            ["--gc-interval", "1", "--gc-grace", "0", "--upload-expiry", "4"],
+            log=tmp_path / f"r{i}.log",
+        )
+        for i in range(2)
+    ]
+    base = os.urandom(200_000)
+    accepted: dict[str, tuple[str, list[bytes]]] = {}
+    failures: list[str] = []
+
+    def pusher(worker: int) -> None:
+        with replicas[worker % 2].client() as client:
+            for round_ in range(4):
+                name, tag = f"stress/w{worker}", f"r{round_}"
+                layers = [base, os.urandom(50_000 + worker)]
+                for _ in range(10):  # a blob collected before its manifest came: push again
+                    config = json.dumps({"worker": worker, "round": round_}).encode()
+                    for blob in (config, *layers):
+                        push_blob(client, name, blob)
+                    manifest = {
+                        "schemaVersion": 2,
+                        "mediaType": OCI_MANIFEST,
+                        "config": descriptor(OCI_CONFIG, config),
+                        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
+                    }
+                    body = json.dumps(manifest).encode()
+                    response = put_manifest(client, name, tag, body)
+                    if response.status_code == 201:
+                        accepted[f"{name}:{tag}"] = (digest(body), [config, *layers])
+                        break
+                    if error_codes(response) != ["MANIFEST_BLOB_UNKNOWN"]:
+                        failures.append(response.text)
+                        break
+
+    try:
+        threads = [threading.Thread(target=pusher, args=(worker,)) for worker in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert len(accepted) >= 10, "too few pushes got through to prove anything"
+        with replicas[1].client() as client:
+            for reference, (manifest_digest, blobs) in accepted.items():
+                name, tag = reference.split(":")
+                got = client.get(f"/v2/{name}/manifests/{tag}", headers={"accept": OCI_MANIFEST})
+                assert got.headers.get("docker-content-digest") == manifest_digest, got.text
+                for blob in blobs:
+                    fetched = client.get(f"/v2/{name}/blobs/{digest(blob)}")
+                    assert fetched.status_code == 200, (reference, fetched.text)
+                    assert fetched.content == blob
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def test_two_patches_racing_on_one_upload_never_interleave(registry: ServerProcess) -> None:
+    """Both claim chunk 0-N of one upload at once: one is written, the other waits for the
+    session's lease and is then told where the upload stands (416 with its Range)."""
+    name = repo_name()
+    first, second = os.urandom(2_000_000), os.urandom(2_000_000)
+    with registry.client() as client:
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+    results: dict[int, httpx.Response] = {}
+
+    def send(index: int, data: bytes) -> None:
+        with registry.client() as own:
+            headers = {"content-range": f"0-{len(data) - 1}", "content-type": "application/octet-stream"}
+            results[index] = own.patch(location, content=data, headers=headers)
+
+    threads = [threading.Thread(target=send, args=(i, data)) for i, data in enumerate((first, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(response.status_code for response in results.values())
+    assert statuses == [202, 416], [r.text for r in results.values()]
+    winner = first if results[0].status_code == 202 else second
+    refused = next(r for r in results.values() if r.status_code == 416)
+    assert refused.headers["range"] == f"0-{len(winner) - 1}"
+    with registry.client() as client:
+        done = client.put(location, params={"digest": digest(winner)})
+        assert done.status_code == 201, done.text
+        assert client.get(f"/v2/{name}/blobs/{digest(winner)}").content == winner
+
+
+def test_the_closing_put_reads_nothing_back_when_the_state_was_carried(tmp_path: Path) -> None:
+    """A chunked SHA-256 upload is verified from the digest state saved with the session; only
+    an algorithm other than the carried one makes the registry read the staged bytes again."""
+    from ocikit.registry import create_app
+    from ocikit.registry.settings import Settings
+    from ocikit.registry.storage.filesystem import FilesystemBlobStore
+
+    reads: list[int] = []
+
+    class Recording(FilesystemBlobStore):
+        def stage_read(self, upload_id: str, stage: bytes, size: int) -> Any:
+            reads.append(size)
+            return super().stage_read(upload_id, stage, size)
+
+    app = create_app(Settings(root=str(tmp_path)), blobs=Recording(tmp_path / "blobs"))
+    data = os.urandom(300_000)
+
+    async def chunked(algorithm: str) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+            location = (await client.post("/v2/a/blobs/uploads/")).headers["location"]
+            for start in range(0, 200_000, 100_000):
+                await client.patch(location, content=data[start : start + 100_000])
+            done = await client.put(
+                location, params={"digest": digest(data, algorithm)}, content=data[200_000:]
+            )
+            return done.status_code
+
+    async def scenario() -> tuple[int, int]:
+        async with app:
+            return await chunked("sha256"), await chunked("sha512")
+
+    assert asyncio.run(scenario()) == (201, 201)
+    assert reads == [len(data)]  # the SHA-512 upload only
+
+
+@pytest.mark.parametrize("source", ["PGPASSWORD", "PGPASSFILE"])
+def test_the_postgresql_password_from_the_environment_or_a_passfile(
+    source: str, tmp_path: Path, postgres: Any
+) -> None:
+    """As libpq: a URL without a password takes it from PGPASSWORD or the password file."""
+    url = postgres.database()
+    without_password = url.replace(f":{postgres.password}@", "@")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    if source == "PGPASSWORD":
+        env["PGPASSWORD"] = postgres.password
+    else:
+        passfile = tmp_path / "pgpass"
+        passfile.write_text(f"127.0.0.1:{postgres.port}:*:ocikit:{postgres.password}\n")
+        passfile.chmod(0o600)
+        env["PGPASSFILE"] = str(passfile)
+    migrated = subprocess.run(
+        [*OCIKIT, "migrate", "--metadata", without_password],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "nothing to migrate" in migrated.stdout or "migrated from schema version 0" in migrated.stdout
+    refused = subprocess.run(
+        [*OCIKIT, "migrate", "--metadata", without_password],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={key: value for key, value in env.items() if not key.startswith("PG")},
+    )
+    assert refused.returncode == 1
+    assert "PostgreSQL is unavailable" in refused.stderr
