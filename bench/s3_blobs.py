@@ -209,7 +209,13 @@ def upload_rss(servers: list[rb.Server], plan: Plan) -> dict[str, dict[str, Any]
     results = {}
     for server in servers:
         with rb.rss_sampler(server) as rss:
-            seconds, digest = rb.streamed_upload(server, plan.stream_size)
+            # On S3 the closing PUT copies the blob server-side: minutes for 4 GiB on a busy machine.
+            try:
+                seconds, digest = rb.streamed_upload(server, plan.stream_size, timeout=3600)
+            except OSError as error:
+                raise RuntimeError(
+                    f"{server.name}: streamed upload: {error}; its log: {server.log_tail()}"
+                ) from error
         status, headers, _ = rb.request(server, "HEAD", f"/v2/{REPOSITORY}/blobs/{digest}")
         # distribution redirects HEAD requests too: a redirect says the blob is there.
         if status != 307 and (status != 200 or int(headers.get("content-length", -1)) != plan.stream_size):
@@ -276,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     store = start_seaweedfs(workdir / "seaweedfs")
     servers: dict[str, rb.Server] = {}
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    failures: dict[str, str] = {}
     try:
         for name, redirect in (("ocikit", True), ("ocikit-streamed", False)):
             servers[name] = start_ocikit(workdir, store, name, redirect)
@@ -286,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, label, pair, measure, _, _ in METRICS:
             if key in wanted:
                 print(f"measuring {label}", file=sys.stderr, flush=True)
-                results[key] = measure([servers[pair[0]], servers[pair[1]]], plan)
+                try:
+                    results[key] = measure([servers[pair[0]], servers[pair[1]]], plan)
+                except (RuntimeError, OSError) as error:  # report the others all the same
+                    failures[key] = f"{type(error).__name__}: {error}"
+                    print(f"  failed: {failures[key]}", file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             server.stop()
@@ -306,12 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         "ocikit_workers": rb.OCIKIT_WORKERS,
         "results": results,
         "summary": summary,
+        "failures": failures,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return 1 if failures else 0
     m = report["machine"]
     print(
         f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM; versions {report['versions']}"
@@ -329,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     for name, r in results.get("upload_rss", {}).items():
         print(f"  upload_rss {name}: idle {r['idle_rss_mb']:.0f} MB, {r['upload_mb_per_s']:.0f} MB/s")
+    for key, failure in failures.items():
+        print(f"  {key} FAILED: {failure}")
     print(f"  median over {plan.runs} runs; the load average shows what else ran on the machine")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

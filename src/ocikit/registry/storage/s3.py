@@ -4,7 +4,8 @@ Staging: an upload is a sequence of immutable staging objects under ``PREFIX/upl
 each written once under a fresh random name and never overwritten. The ``stage`` value that
 the metadata store keeps lists them in order, so only objects a recorded ``stage`` names are
 part of the upload: a request that fails, or whose lease was taken over while it still wrote,
-leaves objects nobody names (removed with the upload) and cannot change recorded bytes.
+leaves objects nobody names (removed with the upload) and cannot change recorded bytes. An
+empty ``created`` object marks the upload from its start, for :meth:`S3BlobStore.staged`.
 
 - *parts* are at least 5 MiB, the smallest part S3 accepts in a multipart upload but the last;
   a long request streams its body into parts of :func:`_part_target` bytes, one being sent
