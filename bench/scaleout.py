@@ -617,7 +617,7 @@ def run(args: argparse.Namespace, tools: dict[str, str], progress: Callable[[str
 
     chunked = lambda lb, repository: push_image_chunked(lb, debian, repository)  # noqa: E731
     try:
-        s3 = start_seaweedfs(workdir / "seaweedfs")
+        s3 = start_seaweedfs()  # in a short temporary path of its own: it binds unix sockets there
         postgres = start_postgres()
         if postgres is None:
             raise RuntimeError("PostgreSQL (Debian's postgresql: initdb, pg_ctl, psql) is not installed")
