@@ -97,6 +97,7 @@ def start_distribution(workdir: Path, store: SeaweedFS, name: str, redirect: boo
     config.write_text(distribution_s3_config(store, store.new_bucket(name), port, redirect=redirect))
     # Its README: the S3 driver is checked without AWS_CA_BUNDLE in the environment.
     env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+    env["OTEL_TRACES_EXPORTER"] = "none"  # v3 otherwise exports traces to localhost:4318
     server.start([binary, "serve", str(config)], env)
     return server
 

@@ -68,6 +68,7 @@ def start_distribution_s3(
     config.write_text(distribution_s3_config(server, bucket or server.bucket, port))
     # Its README: the S3 driver is checked without AWS_CA_BUNDLE in the environment.
     environment = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+    environment["OTEL_TRACES_EXPORTER"] = "none"  # v3 otherwise exports traces to localhost:4318
     log_path = directory / "distribution-s3.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

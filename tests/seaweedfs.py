@@ -3,13 +3,12 @@
 ``weed server -s3`` runs master, volume server, filer and S3 gateway in one process. Every
 port (HTTP and gRPC of each) is a free loopback port chosen here, the data lives in a temporary
 directory, and an identity file makes the gateway enforce SigV4: one access key that this
-module knows, anonymous requests refused. A soft ``GOMEMLIMIT`` (tighter ones cost it much CPU) and
-small volumes keep its memory modest on a shared machine.
+module knows, anonymous requests refused. A soft ``GOMEMLIMIT`` (tighter ones cost it much
+CPU) keeps its memory modest on a shared machine.
 
 Use :func:`start_seaweedfs` from scripts (benchmarks, the scale-out deployment) and the
 ``seaweedfs`` fixture (session scope) from tests (import ``seaweedfs_fixture`` into the test
-module); :meth:`SeaweedFS.new_bucket` gives a test a
-bucket of its own.
+module); :meth:`SeaweedFS.new_bucket` gives a test a bucket of its own.
 """
 
 from __future__ import annotations
@@ -57,6 +56,8 @@ class SeaweedFS:
     directory: Path
     command: list[str] = field(repr=False)
     process: subprocess.Popen[bytes] = field(repr=False)
+    #: Where its Unix sockets go: a short path, as a socket's may not exceed 107 bytes.
+    sockets: Path = field(repr=False)
     owns_directory: bool = field(default=False, repr=False)
 
     def environment(self) -> dict[str, str]:
@@ -119,6 +120,7 @@ class SeaweedFS:
 
     def stop(self) -> None:
         self.halt()
+        shutil.rmtree(self.sockets, ignore_errors=True)
         if self.owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -145,8 +147,11 @@ def start_seaweedfs(
     identities = directory / "s3-identities.json"
     identities.write_text(json.dumps(_identity_config(access_key, secret_key)))
     identities.chmod(0o600)
-    s3_port = free_port()
-    command = [weed, "server", *_server_flags(directory, identities, s3_port)]
+    # Read from the working directory: each bucket is a collection with volumes of its own,
+    # 7 at a time by default, which exhausts the volume slots after a few dozen buckets.
+    (directory / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
+    s3_port, sockets = free_port(), Path(tempfile.mkdtemp(prefix="weed-"))
+    command = [weed, "server", *_server_flags(directory, identities, s3_port, sockets)]
     store = SeaweedFS(
         endpoint=f"http://127.0.0.1:{s3_port}",
         access_key=access_key,
@@ -157,6 +162,7 @@ def start_seaweedfs(
         command=command,
         process=_launch(command, directory),
         owns_directory=owns,
+        sockets=sockets,
     )
     try:
         _wait_until_writable(store, timeout)
@@ -170,7 +176,12 @@ def _launch(command: list[str], directory: Path) -> subprocess.Popen[bytes]:
     environment = {**os.environ, "GOMEMLIMIT": "1GiB"}
     with open(directory / "weed.log", "ab") as log:
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+            command,
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
         )
 
 
@@ -188,7 +199,7 @@ def _identity_config(access_key: str, secret_key: str) -> dict[str, Any]:
     }
 
 
-def _server_flags(directory: Path, identities: Path, s3_port: int) -> list[str]:
+def _server_flags(directory: Path, identities: Path, s3_port: int, sockets: Path) -> list[str]:
     ports = {
         "master.port": free_port(),
         "master.port.grpc": free_port(),
@@ -210,11 +221,12 @@ def _server_flags(directory: Path, identities: Path, s3_port: int) -> list[str]:
         "-filer",
         "-s3",
         f"-s3.config={identities}",
-        f"-filer.localSocket={directory / 'filer.sock'}",
-        f"-s3.localSocket={directory / 's3.sock'}",
-        # Small volumes, grown on demand: little memory and disk for a test run.
-        "-master.volumeSizeLimitMB=256",
-        "-volume.max=0",
+        f"-filer.localSocket={sockets / 'filer.sock'}",
+        f"-s3.localSocket={sockets / 's3.sock'}",
+        # Volumes grow as written (not preallocated), so many slots cost little; without a
+        # number, SeaweedFS allows free disk / volume size, which a busy disk runs out of.
+        "-master.volumeSizeLimitMB=1024",
+        "-volume.max=1000",
         "-volume.preStopSeconds=0",
         "-master.electionTimeout=1s",
     ]

@@ -127,7 +127,7 @@ class S3BlobStore:
     async def open(self) -> None:
         config = AioConfig(
             s3={"addressing_style": "path" if self.endpoint else "auto"},
-            retries={"mode": "standard", "max_attempts": 2},
+            retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=64,
