@@ -20,6 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+#: Fixtures of the scale-out deployment (``cluster``, ``fresh_cluster``, ``deployment``).
+pytest_plugins = ["cluster"]
+
 REQUIRE_ALL = os.environ.get("OCIKIT_REQUIRE_ALL") == "1"
 OCIKIT = [sys.executable, "-m", "ocikit.cli.main"]
 #: The folders where ocikit (and the tools it drives) keep a user's data, caches and settings.
@@ -169,6 +172,8 @@ class ServerProcess:
     log: Path
     args: list[str]
     ca: Path | None = None  # the CA that signed its TLS certificate (None: plain HTTP)
+    #: Variables added to the environment (credentials of the storage backends).
+    env: dict[str, str] | None = None
 
     def client(self, **kwargs: object) -> httpx.Client:
         if self.ca is not None:
@@ -189,22 +194,51 @@ class ServerProcess:
                 self.kill()
 
     def restart(self) -> None:
+        """Stop (if still running) and start again on the same port, as a supervisor would."""
         self.stop()
-        started = start_registry(self.root, extra=self.args, log=self.log, ca=self.ca)
+        port = int(self.host.rpartition(":")[2])
+        started = start_registry(
+            self.root, extra=self.args, log=self.log, ca=self.ca, port=port, env=self.env
+        )
         self.process, self.url, self.host = started.process, started.url, started.host
 
+    def wait_ready(self, client_cert: tuple[Path, Path] | None = None) -> None:
+        """Wait until it answers (trusting its CA, showing ``client_cert`` when it demands one)."""
+        verify: ssl.SSLContext | bool = True
+        if self.ca is not None:
+            verify = ssl.create_default_context(cafile=str(self.ca))
+            if client_cert is not None:
+                verify.load_cert_chain(str(client_cert[1]), str(client_cert[0]))
+        try:
+            wait_for_http(f"{self.url}/v2/", self.process, verify=verify)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"ocikit serve did not start:\n{self.log.read_text()[-3000:]}") from None
 
-def start_registry(
+    def access_lines(self) -> list[str]:
+        """The access log, one ``METHOD PATH STATUS BYTES TIME`` per request (the client
+        address and user that open each line left out), once the lines written in batches
+        (at most 0.2 s apart) have stopped coming."""
+        marker, seen = " ocikit.registry.access INFO ", -1
+        while True:
+            lines = [line for line in self.log.read_text().splitlines() if marker in line]
+            if len(lines) == seen:
+                return [line.split(marker, 1)[1].split(" ", 2)[2] for line in lines]
+            seen = len(lines)
+            time.sleep(0.3)
+
+
+def launch_registry(
     root: Path,
     extra: list[str] | None = None,
     log: Path | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
     ca: Path | None = None,
-    client_cert: tuple[Path, Path] | None = None,
 ) -> ServerProcess:
-    """``ocikit serve`` on a free port; with ``ca`` it serves HTTPS (``extra`` names the
-    certificate that CA signed) and is waited for with that CA trusted, and with the client
-    certificate ``(key, cert)`` when it demands one."""
-    port = free_port()
+    """Start ``ocikit serve`` without waiting for it (several start in parallel); with ``ca``
+    it serves HTTPS (``extra`` names the certificate that CA signed)."""
+    port = port or free_port()
     host = f"127.0.0.1:{port}"
     log = log or root.parent / f"{root.name}-serve.log"
     args = list(extra or [])
@@ -214,27 +248,43 @@ def start_registry(
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     scheme = "https" if ca is not None else "http"
-    server = ServerProcess(f"{scheme}://{host}", host, root, process, log, args, ca)
-    try:
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
-        if client_cert is not None and isinstance(verify, ssl.SSLContext):
-            verify.load_cert_chain(str(client_cert[1]), str(client_cert[0]))
-        wait_for_http(f"{server.url}/v2/", process, verify=verify)
-    except RuntimeError:
-        server.stop()
-        raise RuntimeError(f"ocikit serve did not start:\n{log.read_text()[-3000:]}") from None
+    return ServerProcess(f"{scheme}://{host}", host, root, process, log, args, ca, env)
+
+
+def start_registry(
+    root: Path,
+    extra: list[str] | None = None,
+    log: Path | None = None,
+    ca: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """``ocikit serve`` on a free port (or ``port``), waited for; with ``ca`` it serves HTTPS
+    and is waited for with that CA trusted, and with the client certificate ``(key, cert)``
+    when it demands one."""
+    server = launch_registry(root, extra, log, port, env, ca)
+    server.wait_ready(client_cert)
     return server
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One ``ocikit serve`` on default settings for the whole session."""
     root = tmp_path_factory.mktemp("registry") / "data"
     server = start_registry(root)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(local_registry: ServerProcess) -> ServerProcess:
+    """The session registry; test modules that also run against the scale-out deployment
+    override it with ``cluster.deployment``."""
+    return local_registry
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ of the same image (tree, types, modes, owners, contents, link targets, xattrs)."
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -15,20 +14,18 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import httpx
 import pytest
 
 from bundle_helpers import runc_run
-from conftest import REQUIRE_ALL, require_tool
+from conftest import require_tool
 from create_helpers import BACKENDS, Backend, Cli, active, backend_param, committed, snapshots_of, use_backend
+from debian_image import debian_layout
 from layer_helpers import snapshot
 from snapshot_helpers import _no_mounts_left  # noqa: F401  (autouse: unmounts what a failed test left)
 from zfs_pool import zfs_dataset, zfs_pool  # noqa: F401  (fixtures)
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 TAG = "create-test"
 #: Entrypoint ["/bin/sh", "-c"]: Cmd[0] is the script, the rest its $0, $1...
 SCRIPT = (
@@ -50,37 +47,6 @@ CONFIG_OPTIONS = [
     "--config.workingdir=/usr/share/doc",
     "--config.user=nobody",
 ]
-
-
-def bench_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"ocikit_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _skip_or_fail(message: str) -> None:
-    if REQUIRE_ALL:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def debian_layout() -> Path:
-    """bench/unpack.py's cached Debian image, built now if this machine has none yet."""
-    unpack = bench_module("unpack")
-    cache: Path = unpack.DEFAULT_CACHE
-    if not (cache / "ready").exists():
-        require_tool("debootstrap", "it builds the Debian image")
-        require_tool("umoci", "it writes the Debian image's layers")
-        try:
-            httpx.head(f"{unpack.DEFAULT_MIRROR}/dists/bookworm/Release", timeout=10).raise_for_status()
-        except httpx.HTTPError as exc:
-            _skip_or_fail(f"the Debian mirror {unpack.DEFAULT_MIRROR} is unreachable: {exc}")
-        cache.mkdir(parents=True, exist_ok=True)
-    layout: Path = unpack.build_debian(cache)
-    return layout
 
 
 def _link_or_copy(source: str, destination: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster import Cluster
 from conftest import REQUIRE_ALL, ServerProcess
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -52,6 +53,12 @@ def _import_oras() -> ModuleType:
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def registry(deployment: ServerProcess | Cluster) -> ServerProcess | Cluster:
+    """Each test runs against one ``ocikit serve`` and against the three-replica deployment."""
+    return deployment
 
 
 @pytest.fixture

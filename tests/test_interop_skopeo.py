@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cluster import Cluster
 from conftest import ServerProcess, require_tool, start_registry
 
 # Every test here pushes with skopeo, whose first request for each blob is a HEAD that the
@@ -122,6 +122,12 @@ def _build_image(umoci: str, path: Path, work: Path, platform: str) -> dict[str,
     return files
 
 
+@pytest.fixture(scope="session")
+def registry(deployment: ServerProcess | Cluster) -> ServerProcess | Cluster:
+    """Each test runs against one ``ocikit serve`` and against the three-replica deployment."""
+    return deployment
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     umoci = require_tool("umoci", "builds the images the skopeo tests copy")
@@ -183,7 +189,7 @@ def skopeo() -> str:
 @pytest.fixture
 def repo(request: pytest.FixtureRequest) -> str:
     """A repository name of the test's own on the session registry."""
-    return "interop/skopeo/" + request.node.name.removeprefix("test_").replace("_", "-")
+    return "interop/skopeo/" + request.node.originalname.removeprefix("test_").replace("_", "-")
 
 
 def copy(skopeo: str, source: str, destination: str, *extra: str, preserve: bool = True) -> None:
@@ -214,16 +220,10 @@ def assert_identical(source: Layout, tag: str, copied: Layout, copied_tag: str) 
 
 
 def access_log(server: ServerProcess, repository: str) -> list[str]:
-    """``METHOD PATH STATUS BYTES DURATION`` of every request the registry logged for a
-    repository (the client address and user that open each line left out), once the lines
-    written in batches (at most 0.2 s apart) have stopped coming."""
-    marker, seen = f" /v2/{repository}/", -1
-    while True:
-        lines = [line for line in server.log.read_text().splitlines() if marker in line]
-        if len(lines) == seen:
-            return [line.split(" INFO ", 1)[1].split(" ", 2)[2] for line in lines]
-        seen = len(lines)
-        time.sleep(0.5)
+    """``METHOD PATH STATUS BYTES DURATION`` of every request the registry (or each replica)
+    logged for a repository."""
+    marker = f" /v2/{repository}/"
+    return [line for line in server.access_lines() if marker in line]
 
 
 def test_push_then_pull_is_byte_identical(

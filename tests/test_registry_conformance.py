@@ -16,6 +16,7 @@ import pytest
 
 from auth_helpers import BearerFlow
 from client_servers import htpasswd_file
+from cluster import Cluster
 from conftest import ServerProcess, start_registry
 from registry_helpers import (
     OCI_CONFIG,
@@ -44,16 +45,24 @@ def signed_in_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     server.stop()
 
 
-@pytest.fixture(params=["open", "signed-in"])
+@pytest.fixture(scope="session")
+def registry(deployment: ServerProcess | Cluster) -> ServerProcess | Cluster:
+    """Tests that use the registry itself run against one ``ocikit serve`` and against the
+    three-replica deployment."""
+    return deployment
+
+
+@pytest.fixture(params=["open", "signed-in", "scale-out"])
 def client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    """Every test runs against the open registry and, through the token flow, against one
-    with access control on."""
-    if request.param == "open":
-        with request.getfixturevalue("registry").client() as c:
+    """Every test runs against the open registry, through the token flow against one with
+    access control on, and against the three-replica S3 + PostgreSQL deployment."""
+    if request.param == "signed-in":
+        server: ServerProcess = request.getfixturevalue("signed_in_registry")
+        with server.client(auth=BearerFlow("conformance", "conformance-pw")) as c:
             yield c
         return
-    server: ServerProcess = request.getfixturevalue("signed_in_registry")
-    with server.client(auth=BearerFlow("conformance", "conformance-pw")) as c:
+    name = "local_registry" if request.param == "open" else "cluster"
+    with request.getfixturevalue(name).client() as c:
         yield c
 
 
@@ -138,13 +147,28 @@ def test_tag_not_matching_accept_header_is_not_served(client: httpx.Client, repo
     assert client.get(f"/v2/{repo}/manifests/v1", headers={"accept": "*/*"}).status_code == 200
 
 
+def fetch_blob(
+    client: httpx.Client, repo: str, blob: str, headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, httpx.Response]:
+    """GET a blob as a client does: the registry's answer, and the one with the bytes — the
+    same, or that of the object store a 307 sends the client to (the spec allows it; the
+    store then answers ``Range`` itself)."""
+    answer = client.get(f"/v2/{repo}/blobs/{blob}", headers=headers, follow_redirects=False)
+    if answer.status_code != 307:
+        return answer, answer
+    assert answer.headers["docker-content-digest"] == blob
+    location = answer.headers["location"]
+    assert location.startswith("http"), "a redirect goes to the object store, an absolute URL"
+    return answer, httpx.get(location, headers=headers, timeout=60)
+
+
 def test_blob_get_and_head(client: httpx.Client, repo: str) -> None:
     data = os.urandom(4096)
     d = push_blob(client, repo, data)
-    response = client.get(f"/v2/{repo}/blobs/{d}")
+    answer, response = fetch_blob(client, repo, d)
     assert response.status_code == 200
     assert response.content == data
-    assert response.headers["docker-content-digest"] == d
+    assert answer.headers["docker-content-digest"] == d
     head = client.head(f"/v2/{repo}/blobs/{d}")
     assert head.status_code == 200
     assert head.content == b""
@@ -189,8 +213,10 @@ def test_blob_range_requests(
 ) -> None:
     data = os.urandom(2048)
     d = push_blob(client, repo, data)
-    response = client.get(f"/v2/{repo}/blobs/{d}", headers={"range": header})
+    answer, response = fetch_blob(client, repo, d, {"range": header})
     assert response.status_code == status
+    if span is None and answer is not response:
+        return  # the object store's 416 has a body of its own (S3's XML error)
     if span is None:
         assert response.content == b""
         assert response.headers["content-range"] == "bytes */2048"
@@ -373,9 +399,9 @@ def test_closing_put_without_digest_is_400(client: httpx.Client, repo: str) -> N
 def test_sha512_blob(client: httpx.Client, repo: str) -> None:
     data = os.urandom(5000)
     d = push_blob(client, repo, data, "sha512")
-    response = client.get(f"/v2/{repo}/blobs/{d}")
+    answer, response = fetch_blob(client, repo, d)
     assert response.content == data
-    assert response.headers["docker-content-digest"] == d
+    assert answer.headers["docker-content-digest"] == d
 
 
 def test_unsupported_digest_algorithm_is_400(client: httpx.Client, repo: str) -> None:
