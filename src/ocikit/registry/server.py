@@ -48,7 +48,10 @@ class StartupError(Exception):
 def _configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(settings.log_format))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # Our own INFO lines, the libraries' warnings: botocore's "found credentials" and the like
+    # would otherwise interleave with the access log (and with one-line start-up errors).
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("ocikit").setLevel(logging.INFO)
 
 
 def _die_with_parent(parent: int) -> None:
