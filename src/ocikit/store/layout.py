@@ -40,7 +40,7 @@ from .files import (
     fsync_dir,
     open_dir,
     open_regular,
-    pwritev_all,
+    pwrite_all,
     replace_file,
     write_batched,
 )
@@ -376,9 +376,9 @@ class BlobWriter:
         self.write_many([chunk])
 
     def write_many(self, chunks: list[bytes], offset: int | None = None) -> None:
-        """Hash and append ``chunks`` (one ``pwritev``); safe to run in a worker thread, where
-        hashing and writing overlap the network (both release the GIL). ``offset`` is where
-        they start (default: after what was written so far)."""
+        """Hash and append ``chunks`` (in small writes: see ``pwrite_all``); safe to run in a
+        worker thread, where hashing and writing overlap the network (both release the GIL).
+        ``offset`` is where they start (default: after what was written so far)."""
         start = self._digester.size if offset is None else offset
         for chunk in chunks:
             self._digester.update(chunk)
@@ -387,7 +387,7 @@ class BlobWriter:
                 f"size mismatch for {self._descriptor.digest}: expected {self._descriptor.size} bytes, "
                 "got more"
             )
-        pwritev_all(self.fd, chunks, start)
+        pwrite_all(self.fd, chunks, start)
 
     def commit(self, *, verify_file: bool = False) -> None:
         """Verify (the hash of what was written, or with ``verify_file`` of the staged file

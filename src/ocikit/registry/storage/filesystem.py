@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from ...spec.digest import Digest, digest_error
-from ...store.files import pwritev_all, write_batched
+from ...store.files import pwrite_all, write_batched
 from .base import BlobInfo
 
 __all__ = ["FilesystemBlobStore", "is_disk_full"]
@@ -113,7 +113,7 @@ class FilesystemBlobStore:
         try:
 
             def write(batch: list[bytes], start: int) -> None:
-                pwritev_all(fd, batch, offset + start)
+                pwrite_all(fd, batch, offset + start)
 
             written = await write_batched(chunks, write)
         finally:
