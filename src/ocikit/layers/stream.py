@@ -30,6 +30,7 @@ from .zstdframes import ZstdFrameWalker
 __all__ = ["BlobStream", "open_blob"]
 
 _READ_SIZE: Final = 1 << 20
+_WRITE_PIECE: Final = 64 << 10
 #: Chunks waiting for the writer. When the disk is the bottleneck the queue stays full, so
 #: depth times the chunk size is memory held for nothing: three are enough to keep both
 #: threads busy (measured by bench/create.py's peak RSS and bench/unpack.py's tmpfs time).
@@ -246,11 +247,13 @@ class BlobStream:
         return b"".join(parts)
 
     def write_to(self, fd: int, size: int) -> None:
-        """Copy the next ``size`` bytes into ``fd`` with writes as large as the chunks."""
+        """Copy the next ``size`` bytes into ``fd``, in writes of at most 64 KiB: larger writes
+        get large page-cache folios, whose allocation costs direct compaction on a machine
+        that has run for a while (see ``store.files.pwrite_all``)."""
         while size > 0:
             if self._offset >= len(self._buffer) and not self._next():
                 raise BadTar(f"the tar stream is truncated inside a file's content (at byte {self.position})")
-            piece = self._buffer[self._offset : self._offset + size]
+            piece = memoryview(self._buffer)[self._offset : self._offset + min(size, _WRITE_PIECE)]
             written = os.write(fd, piece)
             self._offset += written
             self.position += written
