@@ -469,3 +469,37 @@ def test_the_postgresql_password_from_the_environment_or_a_passfile(
     )
     assert refused.returncode == 1
     assert "PostgreSQL is unavailable" in refused.stderr
+
+
+async def _open_and_migrate_together(url: str, count: int) -> None:
+    from ocikit.registry.storage.postgres import PostgresMetadataStore
+
+    stores = [PostgresMetadataStore(url, pool_size=2) for _ in range(count)]
+    try:
+        await asyncio.gather(*(store.open() if i % 2 else store.migrate() for i, store in enumerate(stores)))
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+_OPEN_IN_A_PROCESS = """
+import asyncio, sys
+from ocikit.registry.storage.postgres import PostgresMetadataStore
+async def main():
+    store = PostgresMetadataStore(sys.argv[1], pool_size=1)
+    await store.open()
+    await store.close()
+asyncio.run(main())
+"""
+
+
+def test_replicas_opening_an_empty_postgresql_together_create_one_schema(postgres: Any) -> None:
+    """Version check and schema creation are one critical section: stores opened and migrated
+    at once on a fresh database (in one event loop, then in separate processes) all succeed."""
+    asyncio.run(_open_and_migrate_together(postgres.database(), 6))
+    url = postgres.database()
+    processes = [
+        subprocess.Popen([OCIKIT[0], "-c", _OPEN_IN_A_PROCESS, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    outcomes = [(process.communicate(timeout=60)[1], process.returncode) for process in processes]
+    assert [stderr for stderr, code in outcomes if code] == []
