@@ -503,3 +503,27 @@ def test_replicas_opening_an_empty_postgresql_together_create_one_schema(postgre
     ]
     outcomes = [(process.communicate(timeout=60)[1], process.returncode) for process in processes]
     assert [stderr for stderr, code in outcomes if code] == []
+
+
+def test_online_gc_runs_when_the_first_replica_has_it_off(tmp_path: Path, postgres: Any) -> None:
+    """The replica started first (and so leading the shared housekeeping) has no gc_interval;
+    the one with it set still collects, as online GC has a lease of its own."""
+    root, url = tmp_path / "data", postgres.database()
+    gc_off = start_registry(root, extra=["--metadata", url], log=tmp_path / "off.log")
+    gc_on = None
+    try:
+        time.sleep(1)  # the first replica takes the housekeeping lease
+        gc_on = start_registry(
+            root, extra=["--metadata", url, "--gc-interval", "1", "--gc-grace", "0"], log=tmp_path / "on.log"
+        )
+        name = repo_name()
+        with gc_off.client() as client:
+            loose = push_blob(client, name, os.urandom(4096))
+            deadline = time.monotonic() + 20
+            while client.head(f"/v2/{name}/blobs/{loose}").status_code != 404:
+                assert time.monotonic() < deadline, "online GC never ran"
+                time.sleep(0.3)
+    finally:
+        for replica in (gc_off, gc_on):
+            if replica is not None:
+                replica.stop()
