@@ -527,3 +527,34 @@ def test_online_gc_runs_when_the_first_replica_has_it_off(tmp_path: Path, postgr
         for replica in (gc_off, gc_on):
             if replica is not None:
                 replica.stop()
+
+
+def test_maintenance_commands_follow_the_registry_environment(pg_registry: Any, tmp_path: Path) -> None:
+    """``ocikit gc``/``fsck``/``migrate`` without location flags address the registry the
+    ``OCIKIT_*`` environment names, as ``ocikit serve`` does; an explicit ``--store`` still
+    means the local image store."""
+    server, url = pg_registry
+    name = repo_name()
+    with server.client() as client:
+        loose = push_blob(client, name, os.urandom(2048))
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "OCIKIT_ROOT": str(server.root),
+        "OCIKIT_METADATA": url,
+    }
+    env.pop("OCIKIT_STORE", None)
+
+    def ocikit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*OCIKIT, *args], capture_output=True, text=True, timeout=60, env=env)
+
+    gc = ocikit("gc", "--grace", "0", "--dry-run")
+    assert gc.returncode == 0, gc.stderr
+    assert f"would remove blob {loose}" in gc.stdout
+    fsck = ocikit("fsck")
+    assert fsck.returncode == 0, fsck.stderr
+    assert "checked 1 repositories" in fsck.stdout
+    assert "nothing to migrate" in ocikit("migrate").stdout
+    local = ocikit("gc", "--grace", "0", "--dry-run", "--store", str(tmp_path / "store"))
+    assert local.returncode == 0, local.stderr
+    assert loose not in local.stdout
