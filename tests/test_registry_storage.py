@@ -558,3 +558,12 @@ def test_maintenance_commands_follow_the_registry_environment(pg_registry: Any, 
     local = ocikit("gc", "--grace", "0", "--dry-run", "--store", str(tmp_path / "store"))
     assert local.returncode == 0, local.stderr
     assert loose not in local.stdout
+
+
+def test_the_main_process_never_loads_the_backend_libraries(pg_registry: Any) -> None:
+    """The start-up storage check runs in a forked child: the main process, which lives as
+    long as the server, holds no database driver (asyncpg's compiled protocol) in memory."""
+    server, _ = pg_registry
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "asyncpg" not in maps
+    assert "protocol.cpython" not in maps
