@@ -567,3 +567,21 @@ def test_the_main_process_never_loads_the_backend_libraries(pg_registry: Any) ->
     maps = Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "asyncpg" not in maps
     assert "protocol.cpython" not in maps
+
+
+def test_stores_opening_an_empty_sqlite_database_together_create_one_schema(tmp_path: Path) -> None:
+    """The same on SQLite, where the check and the creation share one BEGIN IMMEDIATE."""
+    path = tmp_path / "metadata.db"
+
+    async def together() -> None:
+        stores = [SQLiteMetadataStore(path) for _ in range(6)]
+        try:
+            await asyncio.gather(
+                *(store.open() if i % 2 else store.migrate() for i, store in enumerate(stores))
+            )
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))
+
+    asyncio.run(together())
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
