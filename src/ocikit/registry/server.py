@@ -123,6 +123,9 @@ def _check_storage(settings: Settings) -> None:
 def _report_storage_check(settings: Settings, pipe: int) -> None:
     """In the forked child: check the storage, write the one-line failure (if any), exit."""
     message = ""
+    # The libraries' chatter (botocore names where it found the credentials) is no part of a
+    # one-line start-up failure; warnings still show.
+    logging.disable(logging.INFO)
     try:
         try:
             asyncio.run(_open_stores(settings))
