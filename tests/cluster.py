@@ -28,6 +28,8 @@ from seaweedfs import SeaweedFS, seaweedfs_fixture  # noqa: F401  (the session's
 REPLICAS = 3
 #: Where in its bucket the scale-out deployment keeps its blobs.
 PREFIX = "registry"
+#: The replicas believe X-Forwarded-For from HAProxy (on loopback), as docs/scale-out.md shows.
+TRUSTED_PROXIES = ["127.0.0.1"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class Backend:
         return self.list_blobs()
 
 
-def write_settings(path: Path, settings: dict[str, str]) -> Path:
+def write_settings(path: Path, settings: dict[str, object]) -> Path:
     """A registry settings file (TOML, under ``[registry]``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -181,7 +183,9 @@ def shared_root_backend(root: Path, workdir: Path) -> Backend:
         blobs = root / "blobs"
         return {f"{kind.name}:{blob.name}" for kind in blobs.iterdir() for blob in kind.iterdir()}
 
-    config = write_settings(workdir / "registry.toml", {"root": str(root)})
+    config = write_settings(
+        workdir / "registry.toml", {"root": str(root), "trusted_proxies": TRUSTED_PROXIES}
+    )
     return Backend("shared-root", config, list_blobs, root=root)
 
 
@@ -194,6 +198,7 @@ def s3_postgres_backend(s3: SeaweedFS, postgres: PostgresServer, workdir: Path) 
         "s3_endpoint": s3.endpoint,
         "s3_region": s3.region,
         "metadata": postgres.database(),
+        "trusted_proxies": TRUSTED_PROXIES,
     }
 
     def list_blobs() -> set[str]:

@@ -49,6 +49,7 @@ defaults
     timeout queue 10s
     option http-server-close
     option redispatch
+    option forwardfor
     retries 2
 
 frontend registry

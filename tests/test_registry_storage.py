@@ -469,3 +469,119 @@ def test_the_postgresql_password_from_the_environment_or_a_passfile(
     )
     assert refused.returncode == 1
     assert "PostgreSQL is unavailable" in refused.stderr
+
+
+async def _open_and_migrate_together(url: str, count: int) -> None:
+    from ocikit.registry.storage.postgres import PostgresMetadataStore
+
+    stores = [PostgresMetadataStore(url, pool_size=2) for _ in range(count)]
+    try:
+        await asyncio.gather(*(store.open() if i % 2 else store.migrate() for i, store in enumerate(stores)))
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+_OPEN_IN_A_PROCESS = """
+import asyncio, sys
+from ocikit.registry.storage.postgres import PostgresMetadataStore
+async def main():
+    store = PostgresMetadataStore(sys.argv[1], pool_size=1)
+    await store.open()
+    await store.close()
+asyncio.run(main())
+"""
+
+
+def test_replicas_opening_an_empty_postgresql_together_create_one_schema(postgres: Any) -> None:
+    """Version check and schema creation are one critical section: stores opened and migrated
+    at once on a fresh database (in one event loop, then in separate processes) all succeed."""
+    asyncio.run(_open_and_migrate_together(postgres.database(), 6))
+    url = postgres.database()
+    processes = [
+        subprocess.Popen([OCIKIT[0], "-c", _OPEN_IN_A_PROCESS, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    outcomes = [(process.communicate(timeout=60)[1], process.returncode) for process in processes]
+    assert [stderr for stderr, code in outcomes if code] == []
+
+
+def test_online_gc_runs_when_the_first_replica_has_it_off(tmp_path: Path, postgres: Any) -> None:
+    """The replica started first (and so leading the shared housekeeping) has no gc_interval;
+    the one with it set still collects, as online GC has a lease of its own."""
+    root, url = tmp_path / "data", postgres.database()
+    gc_off = start_registry(root, extra=["--metadata", url], log=tmp_path / "off.log")
+    gc_on = None
+    try:
+        time.sleep(1)  # the first replica takes the housekeeping lease
+        gc_on = start_registry(
+            root, extra=["--metadata", url, "--gc-interval", "1", "--gc-grace", "0"], log=tmp_path / "on.log"
+        )
+        name = repo_name()
+        with gc_off.client() as client:
+            loose = push_blob(client, name, os.urandom(4096))
+            deadline = time.monotonic() + 20
+            while client.head(f"/v2/{name}/blobs/{loose}").status_code != 404:
+                assert time.monotonic() < deadline, "online GC never ran"
+                time.sleep(0.3)
+    finally:
+        for replica in (gc_off, gc_on):
+            if replica is not None:
+                replica.stop()
+
+
+def test_maintenance_commands_follow_the_registry_environment(pg_registry: Any, tmp_path: Path) -> None:
+    """``ocikit gc``/``fsck``/``migrate`` without location flags address the registry the
+    ``OCIKIT_*`` environment names, as ``ocikit serve`` does; an explicit ``--store`` still
+    means the local image store."""
+    server, url = pg_registry
+    name = repo_name()
+    with server.client() as client:
+        loose = push_blob(client, name, os.urandom(2048))
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "OCIKIT_ROOT": str(server.root),
+        "OCIKIT_METADATA": url,
+    }
+    env.pop("OCIKIT_STORE", None)
+
+    def ocikit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*OCIKIT, *args], capture_output=True, text=True, timeout=60, env=env)
+
+    gc = ocikit("gc", "--grace", "0", "--dry-run")
+    assert gc.returncode == 0, gc.stderr
+    assert f"would remove blob {loose}" in gc.stdout
+    fsck = ocikit("fsck")
+    assert fsck.returncode == 0, fsck.stderr
+    assert "checked 1 repositories" in fsck.stdout
+    assert "nothing to migrate" in ocikit("migrate").stdout
+    local = ocikit("gc", "--grace", "0", "--dry-run", "--store", str(tmp_path / "store"))
+    assert local.returncode == 0, local.stderr
+    assert loose not in local.stdout
+
+
+def test_the_main_process_never_loads_the_backend_libraries(pg_registry: Any) -> None:
+    """The start-up storage check runs in a forked child: the main process, which lives as
+    long as the server, holds no database driver (asyncpg's compiled protocol) in memory."""
+    server, _ = pg_registry
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "asyncpg" not in maps
+    assert "protocol.cpython" not in maps
+
+
+def test_stores_opening_an_empty_sqlite_database_together_create_one_schema(tmp_path: Path) -> None:
+    """The same on SQLite, where the check and the creation share one BEGIN IMMEDIATE."""
+    path = tmp_path / "metadata.db"
+
+    async def together() -> None:
+        stores = [SQLiteMetadataStore(path) for _ in range(6)]
+        try:
+            await asyncio.gather(
+                *(store.open() if i % 2 else store.migrate() for i, store in enumerate(stores))
+            )
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))
+
+    asyncio.run(together())
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from cluster import Cluster, s3_postgres_backend
+from cluster import Cluster, s3_postgres_backend, shared_root_backend, start_cluster
 from conftest import OCIKIT, free_port, require_tool
 from debian_image import DEBIAN_TAG, debian_layout
 from registry_helpers import (
@@ -477,3 +477,38 @@ def test_bad_credentials_stop_a_replica_at_start_with_one_line(
         assert refused.stderr.count("\n") == 1, refused.stderr
         assert refused.stderr.startswith(f"ocikit serve: {component}"), refused.stderr
         assert "not-the-" not in refused.stderr
+
+
+def test_clients_behind_the_balancer_are_told_apart(tmp_path: Path) -> None:
+    """HAProxy forwards each client's address and the replicas trust it from HAProxy only: two
+    clients (on 127.0.0.2 and 127.0.0.3) get an upload cap each, a forged X-Forwarded-For
+    changes nothing, and the access log names the real client."""
+    cluster = start_cluster(
+        tmp_path / "cluster",
+        shared_root_backend(tmp_path / "data", tmp_path),
+        replicas=2,
+        extra=["--client-upload-limit", "2"],
+    )
+    try:
+        first, second = (
+            cluster.client(transport=httpx.HTTPTransport(local_address=address))
+            for address in ("127.0.0.2", "127.0.0.3")
+        )
+        with first, second:
+            started = [first.post("/v2/caps/a/blobs/uploads/").status_code for _ in range(3)]
+            assert started == [202, 202, 429]
+            forged = first.post("/v2/caps/a/blobs/uploads/", headers={"x-forwarded-for": "198.51.100.9"})
+            assert forged.status_code == 429
+            assert second.post("/v2/caps/a/blobs/uploads/").status_code == 202
+        cluster.access_lines()  # waits until the replicas' logs are written out
+        marker = " ocikit.registry.access INFO "
+        logged = [
+            line.split(marker, 1)[1]
+            for replica in cluster.replicas
+            for line in replica.log.read_text().splitlines()
+            if marker in line and "/caps/" in line
+        ]
+        assert sorted(line.split()[0] for line in logged) == ["127.0.0.2"] * 4 + ["127.0.0.3"]
+        assert sum("127.0.0.2 - POST /v2/caps/a/blobs/uploads/ 429" in line for line in logged) == 2
+    finally:
+        cluster.stop()

@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..registry.settings import SettingsError, load_settings
+from ..registry.settings import SettingsError, load_settings, registry_selected
 from ..store.images import ImageStore
 from ..store.maintenance import check_blobs
 from ._shared import add_format_option, add_store_option, print_json, run_command
@@ -27,7 +27,9 @@ def register(commands: Any) -> None:
             "Hash every blob and compare it with its name; list corrupt blobs and referenced blobs "
             "that are missing. Exit 0 when all is well, 1 otherwise. With --delete corrupt blobs are "
             "removed, so that pulling the image again restores them. "
-            "With --root, --storage, --metadata or --config: check the registry there, one line per "
+            "With --root, --storage, --metadata or --config (or, unless --store is given, "
+            "OCIKIT_ROOT, OCIKIT_STORAGE, OCIKIT_METADATA or OCIKIT_CONFIG in the environment): "
+            "check the registry there, one line per "
             "problem: manifests whose bytes do not match their digest or break the image-spec, "
             "descriptors that disagree with stored content (size; an index's manifests also "
             "mediaType), blobs or child manifests that "
@@ -37,12 +39,20 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--delete", action="store_true", help="remove corrupt blobs (local store only)")
     parser.add_argument("--root", help="a registry data directory to check [env OCIKIT_ROOT]")
-    parser.add_argument("--storage", metavar="URL", help="the registry's blob storage, as for ocikit serve")
     parser.add_argument(
-        "--metadata", metavar="URL", help="the registry's metadata database, as for ocikit serve"
+        "--storage",
+        metavar="URL",
+        help="the registry's blob storage, as for ocikit serve [env OCIKIT_STORAGE]",
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="a registry's TOML settings file, as for ocikit serve"
+        "--metadata",
+        metavar="URL",
+        help="the registry's metadata database, as for ocikit serve [env OCIKIT_METADATA]",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a registry's TOML settings file, as for ocikit serve [env OCIKIT_CONFIG]",
     )
     add_format_option(parser)
     add_store_option(parser)
@@ -50,7 +60,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.config is not None or any(_registry_flags(args).values()):
+    if registry_selected(_registry_flags(args), args.config, local_store_flag=args.store is not None):
         return _check_registry(args)
 
     async def work() -> int:

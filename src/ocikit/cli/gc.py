@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from ..registry.settings import SettingsError, load_settings
+from ..registry.settings import SettingsError, load_settings, registry_selected
 
 
 def register(commands: Any) -> None:
@@ -18,7 +18,9 @@ def register(commands: Any) -> None:
         "gc",
         help="remove unreferenced blobs from the local store, or (--root) from a registry",
         description=(
-            "Without --root/--config: collect the local image store (--store): blobs that no name in "
+            "Without --root/--storage/--metadata/--config (nor, unless --store or --snapshots is "
+            "given, OCIKIT_ROOT, OCIKIT_STORAGE, OCIKIT_METADATA or OCIKIT_CONFIG in the "
+            "environment): collect the local image store (--store): blobs that no name in "
             "it reaches (through indexes, manifests, configs, layers; referrers of kept images are "
             "kept) and that are older than the grace period (default 1 hour) are removed, as are "
             "staging files of interrupted copies. Then, on every snapshotter under --snapshots, the "
@@ -26,7 +28,8 @@ def register(commands: Any) -> None:
             "bundle or LXC container uses, and that are older than the grace period; the "
             "writable snapshot of a bundle whose directory was deleted without `ocikit rm` is "
             "released when nothing is mounted from it. "
-            "With --root, --storage, --metadata or --config: mark and sweep the registry there: "
+            "With --root, --storage, --metadata or --config, or those variables set: mark and sweep "
+            "the registry there: "
             "manifests that are tagged, recent, or reachable from those (index children, referrers of "
             "a live subject) are kept, and so are the blobs they use; repositories left empty go. "
             "Anything newer than the grace period is kept, so a push in progress is never broken. "
@@ -35,11 +38,19 @@ def register(commands: Any) -> None:
         ),
     )
     parser.add_argument("--root", help="registry data directory [env OCIKIT_ROOT]")
-    parser.add_argument("--storage", metavar="URL", help="the registry's blob storage, as for ocikit serve")
     parser.add_argument(
-        "--metadata", metavar="URL", help="the registry's metadata database, as for ocikit serve"
+        "--storage",
+        metavar="URL",
+        help="the registry's blob storage, as for ocikit serve [env OCIKIT_STORAGE]",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings file, as for ocikit serve")
+    parser.add_argument(
+        "--metadata",
+        metavar="URL",
+        help="the registry's metadata database, as for ocikit serve [env OCIKIT_METADATA]",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML settings file, as for ocikit serve [env OCIKIT_CONFIG]"
+    )
     parser.add_argument("--grace", type=float, metavar="SECONDS", help="override gc_grace")
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     parser.add_argument(
@@ -58,7 +69,8 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     registry_flags = {"root": args.root, "storage": args.storage, "metadata": args.metadata}
-    if args.config is None and not any(registry_flags.values()):
+    local = args.store is not None or args.snapshots is not None
+    if not registry_selected(registry_flags, args.config, local_store_flag=local):
         return _collect_store(args)
     try:
         settings = load_settings(registry_flags, config_file=args.config)

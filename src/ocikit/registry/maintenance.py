@@ -6,7 +6,8 @@ links that a live manifest uses or that are recent. The grace period protects a 
 progress, whose blobs arrive before the manifest that references them.
 
 Replicas coordinate through the metadata store only. One of them at a time does the
-housekeeping (the ``housekeeping`` lease); one collection at a time runs, online or from
+housekeeping (the ``housekeeping`` lease), one of those with ``gc_interval`` set schedules
+online collection (the ``online-gc`` lease); one collection at a time runs, online or from
 ``ocikit gc`` (the ``gc`` lease). A collection enters the blobs it removes as *being
 deleted* before it deletes their bytes, and a push of the same digest announces itself
 before publishing (``publish_begin``), so the two cannot interleave: the push waits until the
@@ -21,6 +22,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from ..spec.digest import Digest
@@ -42,6 +44,7 @@ _TICK: Final = 60.0
 _GC_LEASE: Final = "gc"
 _GC_LEASE_TTL: Final = 60.0
 _HOUSEKEEPING_LEASE: Final = "housekeeping"
+_ONLINE_GC_LEASE: Final = "online-gc"
 
 
 class GCBusy(RuntimeError):
@@ -157,25 +160,36 @@ def _tick(reg: Registry) -> float:
 
 
 def start_background(reg: Registry) -> list[asyncio.Task[None]]:
-    """Periodic upload purging and (when ``gc_interval`` is set) online GC, on one replica."""
-    return [asyncio.create_task(_housekeeping(reg), name="ocikit-housekeeping")]
+    """Periodic upload purging on one replica and, when ``gc_interval`` is set, online GC on
+    one of the replicas that have it set."""
+    tasks = [
+        asyncio.create_task(_led(reg, _HOUSEKEEPING_LEASE, _housekeeping_round), name="ocikit-housekeeping")
+    ]
+    if reg.settings.gc_interval:
+        tasks.append(
+            asyncio.create_task(_led(reg, _ONLINE_GC_LEASE, _online_gc_round), name="ocikit-online-gc")
+        )
+    return tasks
 
 
-async def _housekeeping(reg: Registry) -> None:
+async def _led(reg: Registry, lease: str, work: Callable[[Registry, float], Awaitable[float]]) -> None:
+    """Run ``work`` every tick while this replica holds ``lease``. Online GC has a lease of its
+    own, taken only by replicas with ``gc_interval`` set: a leader of the shared housekeeping
+    that has GC off must not keep collection from running anywhere."""
     holder = uuid.uuid4().hex
-    last_gc = time.time()
+    last = time.time()
     while True:
         tick = _tick(reg)
         try:
             # Held a little longer than a tick, so the leader keeps it from one round to the next.
-            if await reg.metadata.lease_acquire(_HOUSEKEEPING_LEASE, holder, tick * 3):
-                last_gc = await _housekeeping_round(reg, last_gc)
+            if await reg.metadata.lease_acquire(lease, holder, tick * 3):
+                last = await work(reg, last)
         except Exception:
-            log.exception("housekeeping failed")
+            log.exception("%s failed", lease)
         await asyncio.sleep(tick)
 
 
-async def _housekeeping_round(reg: Registry, last_gc: float) -> float:
+async def _housekeeping_round(reg: Registry, last: float) -> float:
     try:
         purged = await purge_expired_uploads(reg)
         if purged:
@@ -188,8 +202,11 @@ async def _housekeeping_round(reg: Registry, last_gc: float) -> float:
             log.info("finished deleting %d blobs of an interrupted garbage collection", finished)
     except Exception:
         log.exception("finishing an interrupted garbage collection failed")
-    interval = reg.settings.gc_interval
-    if not interval or time.time() - last_gc < interval:
+    return last
+
+
+async def _online_gc_round(reg: Registry, last_gc: float) -> float:
+    if time.time() - last_gc < reg.settings.gc_interval:
         return last_gc
     try:
         report = await collect_garbage(reg)

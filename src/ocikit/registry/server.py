@@ -103,13 +103,50 @@ async def _open_stores(settings: Settings) -> None:
 def _check_storage(settings: Settings) -> None:
     """Open both stores once before any worker starts, so that bad credentials, an unreachable
     database, a schema to migrate or a root the storage cannot use end the command with one
-    line rather than a worker's traceback."""
+    line rather than a worker's traceback.
+
+    The check runs in a short-lived forked child: opening the stores imports the backends'
+    libraries (aiobotocore, asyncpg: tens of megabytes), which the main process, alive as long
+    as the server and doing nothing but supervise the workers, must never hold."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and never returns
+        os.close(read_end)
+        _report_storage_check(settings, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(child, 0)
+    if message:
+        raise StartupError(message)
+    if status != 0:
+        raise StartupError(f"the storage check failed ({_exit_description(status)})")
+
+
+def _report_storage_check(settings: Settings, pipe: int) -> None:
+    """In the forked child: check the storage, write the one-line failure (if any), exit."""
+    message = ""
+    # The libraries' chatter (botocore names where it found the credentials) is no part of a
+    # one-line start-up failure; warnings still show.
+    logging.disable(logging.INFO)
     try:
-        asyncio.run(_open_stores(settings))
-    except (StorageUnavailable, SchemaError) as exc:
-        raise StartupError(str(exc)) from None
-    except (OSError, sqlite3.Error) as exc:
-        raise StartupError(f"cannot open the storage in {settings.root}: {exc}") from None
+        try:
+            asyncio.run(_open_stores(settings))
+        except (StorageUnavailable, SchemaError) as exc:
+            message = str(exc)
+        except (OSError, sqlite3.Error) as exc:
+            message = f"cannot open the storage in {settings.root}: {exc}"
+        except Exception as exc:
+            message = f"cannot open the storage: {type(exc).__name__}: {exc}"
+        os.write(pipe, " ".join(message.split()).encode())
+    finally:
+        os._exit(0)
+
+
+def _exit_description(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 def _raise_fd_limit() -> int:

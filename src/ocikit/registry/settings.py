@@ -263,6 +263,31 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         raise SettingsError(f"setting {name}: {value!r} is not valid: {exc}") from None
 
 
+#: The settings that say where a registry's data lives: ``ocikit gc`` and ``ocikit fsck`` work
+#: on the registry, not the local image store, when one of them is given.
+LOCATION_SETTINGS: Final = ("root", "storage", "metadata")
+
+
+def registry_selected(
+    flags: Mapping[str, Any],
+    config_file: str | None,
+    *,
+    local_store_flag: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> bool:
+    """Whether a maintenance command addresses a registry rather than the local image store:
+    its flags (``--root``/``--storage``/``--metadata``/``--config``) first, then an explicit
+    local-store flag (``--store``), then the environment (``OCIKIT_ROOT``, ``OCIKIT_STORAGE``,
+    ``OCIKIT_METADATA``, ``OCIKIT_CONFIG``), as ``ocikit serve`` reads it."""
+    environ = os.environ if environ is None else environ
+    if config_file or any(flags.get(name) for name in LOCATION_SETTINGS):
+        return True
+    if local_store_flag:
+        return False
+    names = [f"OCIKIT_{name.upper()}" for name in (*LOCATION_SETTINGS, "config")]
+    return any(environ.get(name) for name in names)
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,

@@ -106,7 +106,15 @@ class _PostgresTransaction:
         await self._connection.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", key)
 
     async def table_exists(self, name: str) -> bool:
-        found = await self._connection.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
+        # The catalog read through the statement's snapshot, not to_regclass: its name cache
+        # may still hold "absent" for a table another session created while this one waited
+        # for the migration lock (an advisory lock does not make the backend take in catalog
+        # invalidations).
+        found = await self._connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables"
+            " WHERE schemaname = current_schema() AND tablename = $1)",
+            name,
+        )
         return bool(found)
 
 

@@ -170,23 +170,33 @@ class SQLMetadataStore(ABC):
         return 1 if await tx.table_exists("repositories") else 0
 
     async def _migrate(self, tx: Transaction) -> tuple[int, int]:
-        await tx.exclusive(_MIGRATE_KEY)
-        before = await self._version(tx)
+        before = await self._locked_version(tx)
         if before > CURRENT_VERSION:
             raise self._too_new(before)
+        await self._upgrade(tx, before)
+        return before, CURRENT_VERSION
+
+    async def _locked_version(self, tx: Transaction) -> int:
+        """The schema version, read only once this transaction holds the migration lock: a
+        version read before waiting for it could be stale by the time the lock is granted (two
+        replicas opening an empty database would both create the schema)."""
+        await tx.exclusive(_MIGRATE_KEY)
+        return await self._version(tx)
+
+    async def _upgrade(self, tx: Transaction, before: int) -> None:
         for version in range(before, CURRENT_VERSION):
             for statement in statements(MIGRATIONS[version], tx.dialect):
                 await tx.run(statement)
             if await tx.table_exists("schema_version"):
                 await tx.run("DELETE FROM schema_version")
                 await tx.run("INSERT INTO schema_version (version) VALUES (?)", version + 1)
-        return before, CURRENT_VERSION
 
     async def _prepare(self, tx: Transaction) -> None:
-        """On opening: create the schema in an empty database, refuse one at another version."""
-        version = await self._version(tx)
+        """On opening: create the schema in an empty database, refuse one at another version.
+        Check and creation are one critical section under the migration lock."""
+        version = await self._locked_version(tx)
         if version == 0:
-            await self._migrate(tx)
+            await self._upgrade(tx, 0)
         elif version < CURRENT_VERSION:
             raise SchemaError(
                 f"the metadata database {self.url} has schema version {version}, this ocikit needs "
