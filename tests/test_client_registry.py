@@ -273,7 +273,7 @@ def test_chunked_upload_honours_oci_chunk_min_length(tmp_path: Path) -> None:
                 await source.close()
 
         assert run(scenario()) == data
-        patches = [line for line in server.log.read_text().splitlines() if " PATCH /v2/chunked/blob/" in line]
+        patches = [line for line in server.access_lines() if line.startswith("PATCH /v2/chunked/blob/")]
         assert len(patches) == 3  # 3 MiB, 3 MiB, then the rest: never the 1 MiB asked for
     finally:
         server.stop()
