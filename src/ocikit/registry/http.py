@@ -30,9 +30,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-#: The most unread body a response waits for (so that a client that sends its body after the
-#: answer still reads the answer rather than a reset); beyond it the connection is closed.
-DRAIN_LIMIT: Final = 64 * 1024
+#: The most unread body a response waits for; beyond it the connection is closed. Closing a
+#: socket with unread bytes makes the kernel send a reset, and a proxy that is still sending the
+#: body then loses the answer (HAProxy tells its client "server disconnected without a
+#: response"): so a refused body of a plausible size — a manifest somewhat over the limit — is
+#: read and dropped first (measured: milliseconds for 16 MiB), and only absurd ones are not.
+DRAIN_LIMIT: Final = 16 * 1024 * 1024
 
 
 class ClientDisconnected(Exception):
