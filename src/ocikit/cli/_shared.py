@@ -42,6 +42,23 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_registry_options(parser: argparse.ArgumentParser, root_help: str, config_help: str) -> None:
+    """``--root``, ``--storage``, ``--metadata`` and ``--config``: the options that point a
+    maintenance command at a registry's storage, as ``ocikit serve`` names it."""
+    parser.add_argument("--root", help=f"{root_help} [env OCIKIT_ROOT]")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the registry's blob storage, as for ocikit serve [env OCIKIT_STORAGE]",
+    )
+    parser.add_argument(
+        "--metadata",
+        metavar="URL",
+        help="the registry's metadata database, as for ocikit serve [env OCIKIT_METADATA]",
+    )
+    parser.add_argument("--config", metavar="FILE", help=f"{config_help} [env OCIKIT_CONFIG]")
+
+
 def add_format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("text", "json"), default="text", help="json: machine-readable output"

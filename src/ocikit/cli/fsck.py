@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..registry.settings import SettingsError, load_settings, registry_selected
 from ..store.images import ImageStore
 from ..store.maintenance import check_blobs
-from ._shared import add_format_option, add_store_option, print_json, run_command
+from ._shared import add_format_option, add_registry_options, add_store_option, print_json, run_command
 
 if TYPE_CHECKING:
     from ..registry.integrity import IntegrityReport
@@ -38,21 +38,10 @@ def register(commands: Any) -> None:
         ),
     )
     parser.add_argument("--delete", action="store_true", help="remove corrupt blobs (local store only)")
-    parser.add_argument("--root", help="a registry data directory to check [env OCIKIT_ROOT]")
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="the registry's blob storage, as for ocikit serve [env OCIKIT_STORAGE]",
-    )
-    parser.add_argument(
-        "--metadata",
-        metavar="URL",
-        help="the registry's metadata database, as for ocikit serve [env OCIKIT_METADATA]",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="a registry's TOML settings file, as for ocikit serve [env OCIKIT_CONFIG]",
+    add_registry_options(
+        parser,
+        root_help="a registry data directory to check",
+        config_help="a registry's TOML settings file, as for ocikit serve",
     )
     add_format_option(parser)
     add_store_option(parser)

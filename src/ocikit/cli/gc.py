@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ..registry.settings import SettingsError, load_settings, registry_selected
+from ._shared import add_registry_options
 
 
 def register(commands: Any) -> None:
@@ -37,19 +38,8 @@ def register(commands: Any) -> None:
             "purged too."
         ),
     )
-    parser.add_argument("--root", help="registry data directory [env OCIKIT_ROOT]")
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="the registry's blob storage, as for ocikit serve [env OCIKIT_STORAGE]",
-    )
-    parser.add_argument(
-        "--metadata",
-        metavar="URL",
-        help="the registry's metadata database, as for ocikit serve [env OCIKIT_METADATA]",
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML settings file, as for ocikit serve [env OCIKIT_CONFIG]"
+    add_registry_options(
+        parser, root_help="registry data directory", config_help="TOML settings file, as for ocikit serve"
     )
     parser.add_argument("--grace", type=float, metavar="SECONDS", help="override gc_grace")
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
