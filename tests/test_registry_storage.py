@@ -561,12 +561,21 @@ def test_maintenance_commands_follow_the_registry_environment(pg_registry: Any, 
 
 
 def test_the_main_process_never_loads_the_backend_libraries(pg_registry: Any) -> None:
-    """The start-up storage check runs in a forked child: the main process, which lives as
-    long as the server, holds no database driver (asyncpg's compiled protocol) in memory."""
+    """The start-up check runs in a forked child: the main process, which lives as long as
+    the server, holds no database driver (asyncpg's compiled protocol) and no token
+    cryptography in memory; and workers of a registry without tokens load no cryptography."""
     server, _ = pg_registry
-    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    main = server.process.pid
+    maps = Path(f"/proc/{main}/maps").read_text()
     assert "asyncpg" not in maps
     assert "protocol.cpython" not in maps
+    assert "cryptography" not in maps
+    workers = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+    assert workers
+    for worker in workers:
+        worker_maps = Path(f"/proc/{worker}/maps").read_text()
+        assert "asyncpg" in worker_maps  # it serves on PostgreSQL
+        assert "cryptography" not in worker_maps
 
 
 def test_stores_opening_an_empty_sqlite_database_together_create_one_schema(tmp_path: Path) -> None:

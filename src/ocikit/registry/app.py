@@ -12,14 +12,13 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ..spec.digest import Digest, DigestError
 from ..spec.reference import is_valid_repository
 from . import audit, maintenance
 from .auth.access import AccessControl
 from .auth.configure import access_from_settings
-from .auth.endpoint import TokenEndpoint
 from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
 from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
@@ -28,6 +27,9 @@ from .proxies import ForwardedFor
 from .settings import Settings
 from .storage import blob_store_for, metadata_store_for
 from .storage.base import BlobStore, MetadataStore, StorageUnavailable
+
+if TYPE_CHECKING:
+    from .auth.endpoint import TokenEndpoint
 
 __all__ = ["Registry", "create_app"]
 

@@ -10,9 +10,9 @@ import logging
 
 import msgspec
 
-from .auth.access import USER_SCOPE_KEY
 from .hooks import Event
 from .http import Request
+from .scope import USER_SCOPE_KEY
 
 __all__ = ["record"]
 

@@ -14,12 +14,14 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .auth.access import USER_SCOPE_KEY
-from .http import Scope
+from .scope import USER_SCOPE_KEY
+
+if TYPE_CHECKING:
+    from .http import Scope
 
 __all__ = ["TEXT_FORMAT", "AccessLog", "JsonFormatter", "formatter", "logging_config"]
 

@@ -1,10 +1,15 @@
 """Running the registry on Granian, in one or several worker processes.
 
 The parent checks everything that can fail before any worker starts (the root, the storage,
-the address) and raises :class:`StartupError` with one line that says what is wrong. It binds
-the listening socket itself and hands it to the workers, which inherit it. Workers import
-:func:`app_from_environment`; the parent hands them its fully resolved settings through one
-environment variable so that every worker runs with exactly the settings the parent validated.
+the access control, the address) and raises :class:`StartupError` with one line that says what
+is wrong. It binds the listening socket itself and hands it to the workers, which inherit it.
+Workers import :func:`app_from_environment`; the parent hands them its fully resolved settings
+through one environment variable so that every worker runs with exactly the settings the parent
+validated.
+
+The parent lives as long as the server and only supervises the workers, so it never imports the
+application: handlers, access control (PyJWT, cryptography) and storage backends are imported
+by the workers and by the forked child that checks the storage and the access control.
 """
 
 from __future__ import annotations
@@ -19,15 +24,15 @@ import os
 import resource
 import signal
 import socket
-import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .app import Registry, create_app
 from .logs import formatter, logging_config
 from .settings import Settings
-from .storage import SchemaError, StorageUnavailable, blob_store_for, metadata_store_for
+
+if TYPE_CHECKING:
+    from .app import Registry
 
 __all__ = ["StartupError", "app_from_environment", "serve"]
 
@@ -67,6 +72,8 @@ def _die_with_parent(parent: int) -> None:
 
 def app_from_environment() -> Registry:
     """The factory each Granian worker calls."""
+    from .app import create_app
+
     values = json.loads(os.environ[_SETTINGS_VARIABLE])
     values["warnings"] = tuple(values.get("warnings", ()))
     settings = Settings(**values)
@@ -91,6 +98,8 @@ def _prepare_root(root: str) -> None:
 
 
 async def _open_stores(settings: Settings) -> None:
+    from .storage import blob_store_for, metadata_store_for
+
     blobs, metadata = blob_store_for(settings), metadata_store_for(settings)
     try:
         await blobs.open()
@@ -100,19 +109,21 @@ async def _open_stores(settings: Settings) -> None:
         await blobs.close()
 
 
-def _check_storage(settings: Settings) -> None:
-    """Open both stores once before any worker starts, so that bad credentials, an unreachable
-    database, a schema to migrate or a root the storage cannot use end the command with one
-    line rather than a worker's traceback.
+def _check_in_child(settings: Settings) -> None:
+    """Open both stores once and build the access control before any worker starts, so that bad
+    credentials, an unreachable database, a schema to migrate, a root the storage cannot use or
+    a bad htpasswd, policy or key end the command with one line rather than a worker's
+    traceback; the generated signing key exists before several workers could race to make it.
 
-    The check runs in a short-lived forked child: opening the stores imports the backends'
-    libraries (aiobotocore, asyncpg: tens of megabytes), which the main process, alive as long
-    as the server and doing nothing but supervise the workers, must never hold."""
+    The check runs in a short-lived forked child: it imports the backends' and the access
+    control's libraries (aiobotocore, asyncpg, PyJWT: tens of megabytes), which the main
+    process, alive as long as the server and doing nothing but supervise the workers, must
+    never hold."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through the pipe and never returns
         os.close(read_end)
-        _report_storage_check(settings, write_end)
+        _report_check(settings, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
@@ -120,27 +131,47 @@ def _check_storage(settings: Settings) -> None:
     if message:
         raise StartupError(message)
     if status != 0:
-        raise StartupError(f"the storage check failed ({_exit_description(status)})")
+        raise StartupError(f"the start-up check failed ({_exit_description(status)})")
 
 
-def _report_storage_check(settings: Settings, pipe: int) -> None:
-    """In the forked child: check the storage, write the one-line failure (if any), exit."""
-    message = ""
+def _report_check(settings: Settings, pipe: int) -> None:
+    """In the forked child: check, write the one-line failure (if any), exit."""
     # The libraries' chatter (botocore names where it found the credentials) is no part of a
     # one-line start-up failure; warnings still show.
     logging.disable(logging.INFO)
     try:
-        try:
-            asyncio.run(_open_stores(settings))
-        except (StorageUnavailable, SchemaError) as exc:
-            message = str(exc)
-        except (OSError, sqlite3.Error) as exc:
-            message = f"cannot open the storage in {settings.root}: {exc}"
-        except Exception as exc:
-            message = f"cannot open the storage: {type(exc).__name__}: {exc}"
+        message = _storage_failure(settings) or _access_failure(settings)
         os.write(pipe, " ".join(message.split()).encode())
     finally:
         os._exit(0)
+
+
+def _storage_failure(settings: Settings) -> str:
+    import sqlite3
+
+    from .storage import SchemaError, StorageUnavailable
+
+    try:
+        asyncio.run(_open_stores(settings))
+    except (StorageUnavailable, SchemaError) as exc:
+        return str(exc)
+    except (OSError, sqlite3.Error) as exc:
+        return f"cannot open the storage in {settings.root}: {exc}"
+    except Exception as exc:
+        return f"cannot open the storage: {type(exc).__name__}: {exc}"
+    return ""
+
+
+def _access_failure(settings: Settings) -> str:
+    from .auth.configure import access_from_settings
+
+    try:
+        access_from_settings(settings)
+    except (OSError, ValueError) as exc:
+        return f"access control: {exc}"
+    except Exception as exc:
+        return f"access control: {type(exc).__name__}: {exc}"
+    return ""
 
 
 def _exit_description(status: int) -> str:
@@ -217,18 +248,6 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _prepare_access(settings: Settings) -> None:
-    """Build the access control once before the workers start: a bad htpasswd, policy or
-    key fails here with a clear message, and the generated signing key exists before several
-    workers could race to make it."""
-    from .auth.configure import access_from_settings
-
-    try:
-        access_from_settings(settings)
-    except (OSError, ValueError) as exc:
-        raise StartupError(f"access control: {exc}") from None
-
-
 def _granian_server(listener: socket.socket, settings: Settings, fd_limit: int) -> Any:
     """Granian on ``listener`` rather than on sockets of its own (see :func:`_listen`)."""
     from granian._granian import SocketHolder
@@ -271,8 +290,7 @@ def serve(settings: Settings) -> None:
     """Serve until interrupted; :class:`StartupError` when the server cannot start."""
     _configure_logging(settings)
     _prepare_root(settings.root)
-    _check_storage(settings)
-    _prepare_access(settings)
+    _check_in_child(settings)
     fd_limit = _raise_fd_limit()
     listener = _listen(settings)
     os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))

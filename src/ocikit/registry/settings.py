@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
-from ..store.files import data_dir
+from ..store.paths import data_dir
 
 __all__ = ["SETTINGS", "Settings", "SettingsError", "default_root", "load_settings"]
 

@@ -17,10 +17,10 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from ..spec.digest import Digest, Digester
+from .paths import data_dir
 
 __all__ = [
     "BlobFile",
@@ -265,10 +265,3 @@ async def _settled(future: asyncio.Future[None]) -> None:
             break
     if cancelled:
         raise asyncio.CancelledError
-
-
-def data_dir(name: str) -> Path:
-    """Where ocikit keeps ``name`` (store, snapshots, registry) for this user:
-    ``${XDG_DATA_HOME:-~/.local/share}/ocikit/NAME``."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ocikit" / name

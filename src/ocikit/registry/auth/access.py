@@ -13,15 +13,18 @@ import binascii
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ..errors import RegistryError
 from ..hooks import Action
 from ..http import Request
+from ..scope import USER_SCOPE_KEY
 from .htpasswd import HtpasswdFile
 from .identity import ANONYMOUS_IDENTITY, Identity
 from .limits import LoginThrottle, TokenBuckets
-from .tokens import InvalidToken, TokenVerifier
+
+if TYPE_CHECKING:  # tokens import PyJWT and cryptography: only registries that use tokens load them
+    from .tokens import TokenVerifier
 
 __all__ = [
     "USER_SCOPE_KEY",
@@ -34,8 +37,6 @@ __all__ = [
     "too_many_requests",
 ]
 
-#: Where the authenticated user name is left for the access log (None: anonymous).
-USER_SCOPE_KEY: Final = "ocikit.user"
 _IDENTITY_KEY: Final = "ocikit.identity"
 #: Credentials longer than this are refused unread: no client needs more, and an attacker
 #: must not make the registry decode or hash megabytes.
@@ -121,6 +122,8 @@ class CredentialAuthenticator:
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer" and self.verifier is not None:
+            from .tokens import InvalidToken  # loaded with the verifier
+
             try:
                 return self.verifier.identify(value.strip())
             except InvalidToken as exc:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ..hooks import Action
 from ..settings import Settings
 from .access import AccessControl, CertificateHeader, CredentialAuthenticator, Permits
-from .endpoint import TokenEndpoint
 from .htpasswd import HtpasswdFile
-from .keys import load_or_create_key, load_signing_key
 from .limits import TokenBuckets
 from .policy import PolicyFile
-from .tokens import TokenIssuer, TokenVerifier, certificate_keys, jwks_keys
+
+if TYPE_CHECKING:
+    from .endpoint import TokenEndpoint
+    from .tokens import TokenIssuer, TokenVerifier
 
 __all__ = ["Configured", "access_from_settings", "signed_in_users_only"]
 
@@ -52,24 +53,8 @@ def access_from_settings(settings: Settings) -> Configured | None:
     limited = settings.rate_limit_user > 0 or settings.rate_limit_address > 0
     if not (signs_in or settings.policy or limited):
         return None
-    issuer, verifier = None, None
     service = settings.token_service or "ocikit"
-    if external:
-        keys = (
-            certificate_keys(settings.token_certs) if settings.token_certs else jwks_keys(settings.token_jwks)
-        )
-        verifier = TokenVerifier(keys, issuer=settings.token_issuer, service=service)
-    elif htpasswd is not None:
-        key_path = settings.token_key or str(Path(settings.root) / KEY_FILE)
-        key = load_signing_key(key_path) if settings.token_key else load_or_create_key(Path(key_path))
-        issuer = TokenIssuer(
-            key,
-            issuer=settings.token_issuer or "ocikit",
-            service=service,
-            lifetime=settings.token_lifetime,
-            refresh_lifetime=_REFRESH_LIFETIME,
-        )
-        verifier = issuer.verifier
+    issuer, verifier = _tokens(settings, service, external=external, issues=htpasswd is not None)
     permits: Permits = (
         PolicyFile(settings.policy) if settings.policy else signed_in_users_only if signs_in else _everyone
     )
@@ -86,5 +71,35 @@ def access_from_settings(settings: Settings) -> Configured | None:
         if settings.rate_limit_address
         else None,
     )
-    endpoint = TokenEndpoint(issuer, authenticator, access) if issuer is not None else None
-    return Configured(access, endpoint)
+    if issuer is None:
+        return Configured(access, None)
+    from .endpoint import TokenEndpoint
+
+    return Configured(access, TokenEndpoint(issuer, authenticator, access))
+
+
+def _tokens(
+    settings: Settings, service: str, *, external: bool, issues: bool
+) -> tuple[TokenIssuer | None, TokenVerifier | None]:
+    """The token issuer (tokens signed here for htpasswd users) and the verifier (of tokens
+    signed here or by an external token server), if any. PyJWT and cryptography are imported
+    only here: a registry without tokens never loads them (about 10 MB per worker)."""
+    if not (external or issues):
+        return None, None
+    from .keys import load_or_create_key, load_signing_key
+    from .tokens import TokenIssuer, TokenVerifier, certificate_keys, jwks_keys
+
+    if external:
+        certs, jwks = settings.token_certs, settings.token_jwks
+        keys = certificate_keys(certs) if certs else jwks_keys(jwks)
+        return None, TokenVerifier(keys, issuer=settings.token_issuer, service=service)
+    key_path = settings.token_key or str(Path(settings.root) / KEY_FILE)
+    key = load_signing_key(key_path) if settings.token_key else load_or_create_key(Path(key_path))
+    issuer = TokenIssuer(
+        key,
+        issuer=settings.token_issuer or "ocikit",
+        service=service,
+        lifetime=settings.token_lifetime,
+        refresh_lifetime=_REFRESH_LIFETIME,
+    )
+    return issuer, issuer.verifier
