@@ -41,7 +41,9 @@ UPLOAD_LEASE_TTL: Final = 10.0
 #: How long a blob being garbage-collected may hold up the publication of the same digest.
 _PUBLISH_WAIT: Final = 30.0
 _POLL: Final = 0.05
-_HASH_BATCH: Final = 4 << 20
+#: Bytes of body hashed at once in a thread: the batch being hashed and the one being received
+#: are held in memory until hashed, on top of what the staging holds.
+_HASH_BATCH: Final = 1 << 20
 #: Seconds a client refused for too many open uploads is asked to wait before trying again.
 _RETRY_AFTER: Final = 30
 # Hashing runs beside the receiving and the writing; OpenSSL releases the GIL.

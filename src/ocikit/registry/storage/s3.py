@@ -8,7 +8,7 @@ leaves objects nobody names (removed with the upload) and cannot change recorded
 empty ``created`` object marks the upload from its start, for :meth:`S3BlobStore.staged`.
 
 - *parts* are at least 5 MiB, the smallest part S3 accepts in a multipart upload but the last;
-  a long request streams its body into parts of :func:`_part_target` bytes, one being sent
+  a long request streams its body into parts of :func:`_part_size` bytes, one being sent
   while the next fills, so memory stays constant whatever the blob's size;
 - *pieces* are what is left at the end of a request when it is too small for a part: the next
   request reads them back and sends them at the head of its first part, so many small chunks
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable
@@ -37,7 +39,7 @@ import botocore.exceptions  # type: ignore[import-untyped]
 import msgspec
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
-from botocore.loaders import create_loader  # type: ignore[import-untyped]
+from botocore.loaders import JSONFileLoader, create_loader  # type: ignore[import-untyped]
 
 from ...spec.digest import Digest, digest_error
 from .base import BlobInfo, StorageUnavailable
@@ -51,22 +53,22 @@ _MIN_PART: Final = 5 * MiB
 _MAX_PART: Final = 5 * 1024 * MiB
 _READ_CHUNK: Final = MiB
 _COPY_CONCURRENCY: Final = 8
-#: Parts being sent while the next one fills (memory: this many parts plus one). More were
-#: not measurably faster against a local SeaweedFS and cost 12 MiB more per upload each.
+#: Parts being sent while the next one fills (each held twice: its buffer and the HTTP client's
+#: copy). More were not measurably faster against a local SeaweedFS.
 _PARTS_IN_FLIGHT: Final = 1
 _DELETE_BATCH: Final = 1000
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CONTENT_TYPE: Final = "application/octet-stream"
+_DOCUMENTATION: Final = frozenset({"documentation", "documentationUrl"})
 
 
-def _part_target(offset: int) -> int:
-    """The part size a request streams into at ``offset``: 8 MiB, growing with the upload so
-    that even a 5 TiB blob stays within S3's 10,000 parts."""
-    return min(_MAX_PART, max(8 * MiB, offset // 1000))
-
-
-def _part_floor(offset: int) -> int:
-    """The least a request's remainder must hold to become a part rather than a piece."""
+def _part_size(offset: int) -> int:
+    """The size of the parts a request streams into at ``offset``, and the least a request's
+    remainder must hold to become a part rather than a piece: S3's smallest part, growing with
+    the upload so that even a 5 TiB blob stays within S3's 10,000 parts. An upload holds three
+    parts' worth in memory (one filling, one being sent and the HTTP client's copy of it), so
+    the smallest part keeps a replica's memory lowest (5 MiB parts rather than 8 MiB: 9 MiB
+    less, measured in docs/benchmarks.md)."""
     return min(_MAX_PART, max(_MIN_PART, offset // 1000))
 
 
@@ -133,6 +135,9 @@ class S3BlobStore:
             max_pool_connections=64,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # Every call's parameters are this store's own; botocore's check of them would
+            # refuse a part's body passed as a memoryview, which saves a copy of every part.
+            parameter_validation=False,
         )
         self._client = await self._stack.enter_async_context(
             _session().create_client(
@@ -350,7 +355,7 @@ class S3BlobStore:
     async def _get_bytes(self, key: str) -> bytes:
         return b"".join([chunk async for chunk in self._read_key(key)])
 
-    async def _put(self, key: str, body: bytes | bytearray) -> None:
+    async def _put(self, key: str, body: bytes | memoryview) -> None:
         await self._call("put_object", Bucket=self.bucket, Key=key, Body=body, ContentType=_CONTENT_TYPE)
 
     async def stage_abort(self, upload_id: str, stage: bytes | None) -> None:
@@ -381,8 +386,10 @@ class S3BlobStore:
 class _StageWriter:
     """Streams one request's chunks into new staging objects after a recorded stage.
 
-    At most ``_PARTS_IN_FLIGHT`` parts are being sent while the next one fills, so memory is
-    bounded by a few part targets whatever the request's size.
+    Bytes are copied once, into a part buffer of the part's size; a full buffer is itself the
+    body of the part's upload, and returns for reuse once that upload is done. At most
+    ``_PARTS_IN_FLIGHT`` parts are being sent while the next one fills, so memory stays at
+    ``_PARTS_IN_FLIGHT + 1`` part buffers whatever the request's size.
     """
 
     def __init__(self, store: S3BlobStore, upload_id: str, recorded: _Stage) -> None:
@@ -394,27 +401,47 @@ class _StageWriter:
         self.pieces = list(recorded.pieces)
         self.stale: list[str] = []
         self.buffer = bytearray()
-        self.in_flight: list[asyncio.Task[None]] = []
+        self.filled = 0
+        self.spare: list[bytearray] = []
+        self.in_flight: list[tuple[asyncio.Task[None], bytearray | None]] = []
 
     @property
     def _pending(self) -> int:
         """Bytes after the recorded parts not yet in a part: old pieces plus the buffer."""
-        return sum(size for _, size in self.pieces) + len(self.buffer)
+        return sum(size for _, size in self.pieces) + self.filled
 
     async def add(self, chunk: bytes) -> None:
-        self.buffer += chunk
         self.written += len(chunk)
-        while self._pending >= (target := _part_target(self.offset)):
-            await self._flush_part(target)
+        view = memoryview(chunk)
+        while view:
+            target = _part_size(self.offset)
+            if len(self.buffer) != target:
+                self._resize(target)
+            take = min(len(view), target - self._pending)
+            self.buffer[self.filled : self.filled + take] = view[:take]
+            self.filled += take
+            view = view[take:]
+            if self._pending >= target:
+                await self._flush_part(target)
+
+    def _resize(self, size: int) -> None:
+        """A part buffer of ``size`` bytes holding what the current one holds."""
+        reused = next((b for b in self.spare if len(b) == size), None)
+        fresh = reused if reused is not None else bytearray(size)
+        if reused is not None:
+            self.spare.remove(reused)
+        fresh[: self.filled] = memoryview(self.buffer)[: self.filled]
+        self.buffer = fresh
 
     async def finish(self) -> _Stage:
         try:
-            if self._pending >= _part_floor(self.offset):
+            if self._pending >= _part_size(self.offset):
                 await self._flush_part(self._pending)
-            elif self.buffer:
+            elif self.filled:
                 name = _new_name("piece")
-                await self.store._put(self.store._staged_key(self.upload_id, name), self.buffer)
-                self.pieces.append((name, len(self.buffer)))
+                piece = bytes(memoryview(self.buffer)[: self.filled])
+                await self.store._put(self.store._staged_key(self.upload_id, name), piece)
+                self.pieces.append((name, len(piece)))
             await self._settle()
         except BaseException:
             await self.cancel()
@@ -424,33 +451,57 @@ class _StageWriter:
     async def _flush_part(self, size: int) -> None:
         """Send the first ``size`` pending bytes as a new part (after the previous one)."""
         try:
-            head = [
-                await self.store._get_bytes(self.store._staged_key(self.upload_id, n)) for n, _ in self.pieces
-            ]
-            take = size - sum(len(piece) for piece in head)
-            body = b"".join([*head, self.buffer[:take]]) if head else bytes(self.buffer[:take])
-            del self.buffer[:take]
-            self.stale.extend(name for name, _ in self.pieces)
-            self.pieces = []
+            body = await self._take(size)
             name = _new_name("part")
             self.parts.append((name, len(body)))
             self.offset += len(body)
             while len(self.in_flight) >= _PARTS_IN_FLIGHT:
-                await self.in_flight.pop(0)
+                await self._settle_one()
             key = self.store._staged_key(self.upload_id, name)
-            self.in_flight.append(asyncio.ensure_future(self.store._put(key, body)))
+            # A view, not the bytearray: the HTTP client would copy a bytearray it slices.
+            sent = memoryview(body) if isinstance(body, bytearray) else body
+            task = asyncio.ensure_future(self.store._put(key, sent))
+            self.in_flight.append((task, body if isinstance(body, bytearray) else None))
         except BaseException:
             await self.cancel()
             raise
 
+    async def _take(self, size: int) -> bytearray | bytes:
+        """The first ``size`` pending bytes, removed: the full buffer itself when it is exactly
+        the part (the common case), else a copy joined with the old pieces read back."""
+        buffer = memoryview(self.buffer)
+        if not self.pieces and size == self.filled == len(self.buffer):
+            body: bytearray | bytes = self.buffer
+            self.buffer, self.filled = bytearray(), 0
+            return body
+        head = [
+            await self.store._get_bytes(self.store._staged_key(self.upload_id, n)) for n, _ in self.pieces
+        ]
+        take = size - sum(len(piece) for piece in head)
+        body = b"".join([*head, buffer[:take]])
+        buffer[: self.filled - take] = buffer[take : self.filled]
+        self.filled -= take
+        self.stale.extend(name for name, _ in self.pieces)
+        self.pieces = []
+        return body
+
+    async def _read_piece(self, name: str) -> bytes:
+        return await self.store._get_bytes(self.store._staged_key(self.upload_id, name))
+
+    async def _settle_one(self) -> None:
+        task, buffer = self.in_flight.pop(0)
+        await task
+        if buffer is not None:
+            self.spare.append(buffer)
+
     async def _settle(self) -> None:
         while self.in_flight:
-            await self.in_flight.pop(0)
+            await self._settle_one()
 
     async def cancel(self) -> None:
-        for task in self.in_flight:
+        for task, _ in self.in_flight:
             task.cancel()
-        await asyncio.gather(*self.in_flight, return_exceptions=True)
+        await asyncio.gather(*(task for task, _ in self.in_flight), return_exceptions=True)
         self.in_flight = []
 
 
@@ -464,7 +515,30 @@ def _session() -> Any:
 
 @functools.cache
 def _model_loader() -> Any:
-    return create_loader()
+    loader = create_loader()
+    loader.file_loader = _CompactModels()
+    return loader
+
+
+class _CompactModels(JSONFileLoader):  # type: ignore[misc]
+    """botocore's model files as plain dicts without their documentation.
+
+    A client keeps its service model for its whole life: S3's is 1.3 MB of JSON, four fifths
+    of it documentation (which only the generated docstrings read), parsed into OrderedDicts,
+    and the endpoint tables come on top. Plain dicts (ordered, and all botocore asks of a
+    mapping) without that documentation cost each worker about 5 MB less."""
+
+    def _load_file(self, full_path: str, open_method: Any) -> Any:
+        if not os.path.isfile(full_path):
+            return None
+        with open_method(full_path, "rb") as source:
+            payload = source.read().decode("utf-8")
+        return json.loads(payload, object_pairs_hook=_without_documentation)
+
+
+def _without_documentation(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Emptied, not dropped: botocore reads some of these keys.
+    return {key: "" if key in _DOCUMENTATION else value for key, value in pairs}
 
 
 def _new_name(kind: str) -> str:
