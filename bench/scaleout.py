@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -421,14 +422,24 @@ def debian_push(
     return {name: rates(size, t) for name, t in times.items()}
 
 
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size of ``pids``: pages shared between them (the workers' code and
+    libraries, inherited from the main process) counted once in all, not once per process."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as handle:
+            total += next((int(line.split()[1]) for line in handle if line.startswith("Pss:")), 0)
+    return total
+
+
 @contextlib.contextmanager
 def rss_per_replica(
     replicas: list[single.Server], interval: float = 0.05
 ) -> Iterator[dict[str, dict[str, float]]]:
-    """Peak RSS (MB) of each replica while the block runs: of its whole process tree
-    (``tree``), and of its largest worker alone (``worker``: the tree less the Granian parent,
-    which serves no request)."""
-    peaks = {r.name: {"tree": 0.0, "worker": 0.0} for r in replicas}
+    """Peak memory (MB) of each replica while the block runs: the RSS of its whole process
+    tree (``tree``, what the target is about), of its largest worker alone (``worker``: the
+    tree less the Granian parent, which serves no request), and the tree's PSS (``pss``)."""
+    peaks = {r.name: {"tree": 0.0, "worker": 0.0, "pss": 0.0} for r in replicas}
     stop = threading.Event()
 
     def sample() -> None:
@@ -440,6 +451,7 @@ def rss_per_replica(
             for name, pids in trees.items():
                 peak = peaks[name]
                 peak["tree"] = max(peak["tree"], single.tree_rss_kib(pids) * 1024 / 1e6)
+                peak["pss"] = max(peak["pss"], pss_kib(pids) * 1024 / 1e6)
                 for pid in pids[1:]:
                     peak["worker"] = max(peak["worker"], single.tree_rss_kib([pid]) * 1024 / 1e6)
             count += 1
@@ -507,6 +519,7 @@ def upload_rss(deployments: list[Deployment], plan: Plan) -> dict[str, dict[str,
         results[deployment.name] = {
             "peak_rss_mb": max(peak["tree"] for peak in peaks.values()),
             "peak_worker_rss_mb": max(peak["worker"] for peak in peaks.values()),
+            "peak_pss_mb": max(peak["pss"] for peak in peaks.values()),
             "per_replica_mb": {name: round(peak["tree"], 1) for name, peak in peaks.items()},
             "upload_mb_per_s": plan.stream_size / seconds / 1e6,
         }
@@ -616,37 +629,49 @@ def run(args: argparse.Namespace, tools: dict[str, str], progress: Callable[[str
             results[key] = {d.name: {**report, "logs": errors(d)} for d in deployments}
 
     chunked = lambda lb, repository: push_image_chunked(lb, debian, repository)  # noqa: E731
+    steps: dict[str, Callable[[list[Deployment]], dict[str, dict[str, Any]]]] = {
+        "manifest_get": lambda both: manifest_get(tools["wrk"], both, plan),
+        "blob_get_redirect": lambda both: blob_get(both, plan, redirect=True),
+        "blob_put": lambda both: blob_put(both, plan),
+        # Once: skopeo's blob-info cache would mount the blobs from the first repository into
+        # the next ones instead of uploading them.
+        "debian_skopeo": lambda both: debian_push(
+            both,
+            plan,
+            lambda lb, r: push_image_skopeo(tools["skopeo"], lb, debian, r),
+            debian.size,
+            "skopeo",
+            runs=1,
+        ),
+        "debian_chunked": lambda both: debian_push(both, plan, chunked, debian.size, "chunked"),
+        "blob_get_streamed": lambda both: blob_get(both, plan, redirect=False),
+        "manifest_get_1_replica": lambda both: manifest_get(tools["wrk"], both, plan),
+        "debian_chunked_1_replica": lambda both: debian_push(both, plan, chunked, debian.size, "chunked1"),
+        "upload_rss": lambda both: upload_rss(both, plan),
+    }
+    phases = [  # (replicas, redirects, measurements); the 4 GiB uploads last: they leave the store busy
+        (
+            plan.replicas,
+            True,
+            ["manifest_get", "blob_get_redirect", "blob_put", "debian_skopeo", "debian_chunked"],
+        ),
+        (plan.replicas, False, ["blob_get_streamed"]),
+        (1, True, ["manifest_get_1_replica", "debian_chunked_1_replica"]),
+        (plan.replicas, True, ["upload_rss"]),
+    ]
     try:
         s3 = start_seaweedfs()  # in a short temporary path of its own: it binds unix sockets there
         postgres = start_postgres()
         if postgres is None:
             raise RuntimeError("PostgreSQL (Debian's postgresql: initdb, pg_ctl, psql) is not installed")
         storage = Storage(s3, postgres)
-        both = deploy(plan.replicas, redirect=True)
-        measure("manifest_get", lambda: manifest_get(tools["wrk"], both, plan))
-        measure("blob_get_redirect", lambda: blob_get(both, plan, redirect=True))
-        measure("blob_put", lambda: blob_put(both, plan))
-        measure(
-            "debian_skopeo",
-            lambda: debian_push(
-                both,
-                plan,
-                lambda lb, r: push_image_skopeo(tools["skopeo"], lb, debian, r),
-                debian.size,
-                "skopeo",
-                # Once: skopeo's blob-info cache would mount the blobs from the first
-                # repository into the next ones instead of uploading them.
-                runs=1,
-            ),
-        )
-        measure("debian_chunked", lambda: debian_push(both, plan, chunked, debian.size, "chunked"))
-        both = deploy(plan.replicas, redirect=False)
-        measure("blob_get_streamed", lambda: blob_get(both, plan, redirect=False))
-        both = deploy(1, redirect=True)
-        measure("manifest_get_1_replica", lambda: manifest_get(tools["wrk"], both, plan))
-        measure("debian_chunked_1_replica", lambda: debian_push(both, plan, chunked, debian.size, "chunked1"))
-        both = deploy(plan.replicas, redirect=True)  # last: 4 GiB of each leave the store busy
-        measure("upload_rss", lambda: upload_rss(both, plan))
+        for count, redirect, keys in phases:
+            wanted = [key for key in keys if not args.only or key in args.only]
+            if not wanted:
+                continue
+            both = deploy(count, redirect)
+            for key in wanted:
+                measure(key, functools.partial(steps[key], both))
     except BaseException:
         for deployment in deployments:
             progress(deployment.log_tails())
@@ -676,6 +701,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--replicas", type=int, default=3, help="replicas of each registry (3)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[key for key, *_ in METRICS],
+        help="run only this measurement (repeatable)",
+    )
     parser.add_argument("--tmpdir", help="where the temporary data goes (default: $TMPDIR or /tmp)")
     parser.add_argument(
         "--distribution",

@@ -47,7 +47,6 @@ defaults
     timeout server 10m
     timeout http-request 30s
     timeout queue 10s
-    option http-server-close
     option redispatch
     option forwardfor
     retries 2
@@ -59,7 +58,7 @@ frontend registry
 
 backend replicas
     balance roundrobin
-    http-reuse never
+    http-reuse safe
     option httpchk GET {health_path}
     http-check expect status 200
     default-server check inter 500ms fall 2 rise 1

@@ -367,6 +367,10 @@ def test_manifests_tags_and_pagination(metadata_backend: MetadataBackend) -> Non
         assert stored == first
         assert await store.manifest("other", first.digest) is None
         assert await store.tag_target("r", "a") == first.digest
+        assert await store.tagged_manifest("r", "a") == first
+        assert await store.tagged_manifest("r", "c") == second
+        assert await store.tagged_manifest("r", "missing") is None
+        assert await store.tagged_manifest("other", "a") is None
         assert await store.tags("r", 2, None) == ["a", "b"]
         assert await store.tags("r", 2, "b") == ["c"]
         assert await store.tags("unknown", 2, None) is None
@@ -376,9 +380,11 @@ def test_manifests_tags_and_pagination(metadata_backend: MetadataBackend) -> Non
         # Moving a tag.
         await store.put_manifest("r", second, blobs=[D[0]], children=[], tags=["a"])
         assert await store.tag_target("r", "a") == second.digest
+        assert await store.tagged_manifest("r", "a") == second
         assert await store.delete_tag("r", "a")
         assert not await store.delete_tag("r", "a")
         assert await store.tag_target("r", "a") is None
+        assert await store.tagged_manifest("r", "a") is None
 
     run_with(metadata_backend.make, scenario)
 
@@ -418,6 +424,7 @@ def test_deletes_refused_while_referenced(metadata_backend: MetadataBackend) -> 
         assert await store.tag_target("r", "index") is None
         assert await store.delete_manifest("r", image.digest, refuse_if_listed=True) == DeleteOutcome(True)
         assert await store.tag_target("r", "image") is None  # its tags went with it
+        assert await store.tagged_manifest("r", "image") is None
         assert await store.unlink_blob("r", D[0], refuse_if_used=True) == DeleteOutcome(True)
         assert await store.delete_manifest("r", image.digest, refuse_if_listed=True) == DeleteOutcome(False)
 

@@ -35,14 +35,19 @@ def _is_digest(reference: str) -> bool:
     return ":" in reference
 
 
-async def _resolve(reg: Registry, name: str, reference: str) -> Digest:
+async def _pulled(reg: Registry, name: str, reference: str) -> ManifestRecord:
+    """The manifest a tag or digest names, in one read of the metadata store."""
     if _is_digest(reference):
-        return reg.parse_digest(reference)
-    digest = await reg.metadata.tag_target(name, reference) if is_valid_tag(reference) else None
-    if digest is None:
-        await _unknown(reg, name, f"tag {reference!r}")
-    assert digest is not None
-    return digest
+        digest = reg.parse_digest(reference)
+        record = await reg.metadata.manifest(name, digest)
+        what = f"manifest {digest}"
+    else:
+        record = await reg.metadata.tagged_manifest(name, reference) if is_valid_tag(reference) else None
+        what = f"tag {reference!r}"
+    if record is None:
+        await _unknown(reg, name, what)
+    assert record is not None
+    return record
 
 
 async def _unknown(reg: Registry, name: str, what: str) -> None:
@@ -61,11 +66,8 @@ def _accepts(request: Request, media_type: str) -> bool:
 
 async def get(reg: Registry, request: Request, name: str, reference: str) -> Response:
     await reg.authorize(request, name, "pull")
-    digest = await _resolve(reg, name, reference)
-    record = await reg.metadata.manifest(name, digest)
-    if record is None:
-        await _unknown(reg, name, f"manifest {digest}")
-    assert record is not None
+    record = await _pulled(reg, name, reference)
+    digest = record.digest
     if not _is_digest(reference) and not _accepts(request, record.media_type):
         raise RegistryError(
             "MANIFEST_UNKNOWN",

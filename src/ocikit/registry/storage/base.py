@@ -266,6 +266,10 @@ class MetadataStore(Protocol):
 
     async def tag_target(self, repository: str, tag: str) -> Digest | None: ...
 
+    async def tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
+        """The manifest ``tag`` points to, in one read: a pull by tag asks for nothing else."""
+        ...
+
     async def put_manifest(
         self,
         repository: str,

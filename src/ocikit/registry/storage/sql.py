@@ -119,6 +119,24 @@ async def _value(tx: Transaction, sql: str, *args: Any) -> Any:
     return None if row is None else row[0]
 
 
+_MANIFEST_COLUMNS: Final = (
+    "m.digest, m.media_type, m.content, m.artifact_type, m.subject, m.annotations, m.config_media_type"
+)
+
+
+def _manifest_record(row: Sequence[Any]) -> ManifestRecord:
+    digest, media_type, content, artifact_type, subject, annotations, config_media_type = row
+    return ManifestRecord(
+        digest=Digest(digest),
+        media_type=media_type,
+        content=bytes(content),
+        artifact_type=artifact_type,
+        subject=Digest(subject) if subject else None,
+        annotations=json.loads(annotations) if annotations else None,
+        config_media_type=config_media_type,
+    )
+
+
 def _upload(row: Sequence[Any]) -> UploadRecord:
     upload_id, repository, client, size, hash_state, stage, created, updated = row
     return UploadRecord(
@@ -331,24 +349,12 @@ class SQLMetadataStore(ABC):
     async def manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
         async def work(tx: Transaction) -> ManifestRecord | None:
             row = await tx.row(
-                "SELECT m.media_type, m.content, m.artifact_type, m.subject, m.annotations, "
-                "m.config_media_type FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+                f"SELECT {_MANIFEST_COLUMNS} FROM manifests m JOIN repositories r ON r.id = m.repository_id "
                 "WHERE r.name = ? AND m.digest = ?",
                 repository,
                 digest,
             )
-            if row is None:
-                return None
-            media_type, content, artifact_type, subject, annotations, config_media_type = row
-            return ManifestRecord(
-                digest=digest,
-                media_type=media_type,
-                content=bytes(content),
-                artifact_type=artifact_type,
-                subject=Digest(subject) if subject else None,
-                annotations=json.loads(annotations) if annotations else None,
-                config_media_type=config_media_type,
-            )
+            return None if row is None else _manifest_record(row)
 
         return await self._read(work)
 
@@ -377,6 +383,19 @@ class SQLMetadataStore(ABC):
 
         digest = await self._read(work)
         return None if digest is None else Digest(digest)
+
+    async def tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
+        async def work(tx: Transaction) -> ManifestRecord | None:
+            row = await tx.row(
+                f"SELECT {_MANIFEST_COLUMNS} FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest "
+                "WHERE r.name = ? AND t.name = ?",
+                repository,
+                tag,
+            )
+            return None if row is None else _manifest_record(row)
+
+        return await self._read(work)
 
     async def put_manifest(
         self,
