@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, start_registry
+from ocikit.registry.settings import load_settings
 from ocikit.registry.storage.base import StorageUnavailable
 from ocikit.registry.storage.s3 import S3BlobStore
 from ocikit.spec.digest import Digest
@@ -440,9 +441,24 @@ def test_ocikit_serve_on_s3_redirects_blob_gets_to_the_object_store(s3: S3Target
                 len(layer)
             )
             assert client.get(f"/v2/{name}/manifests/{manifest_digest}").status_code == 200
+        # On S3 a replica runs one worker unless told otherwise: the deployment grows by
+        # replicas, and each worker holds an S3 client of its own.
+        main = server.process.pid
+        assert ", 1 worker(s)" in server.log.read_text()
+        assert len(Path(f"/proc/{main}/task/{main}/children").read_text().split()) == 1
     finally:
         server.stop()
     assert s3.keys("uploads/") == []
+
+
+def test_workers_default_to_one_on_s3_and_to_the_cpus_elsewhere() -> None:
+    assert load_settings({"storage": "s3://bucket/prefix"}, environ={}).workers == 1
+    assert load_settings({}, environ={"OCIKIT_STORAGE": "s3://bucket"}).workers == 1
+    assert load_settings({"storage": "s3://bucket", "workers": "3"}, environ={}).workers == 3
+    assert load_settings({}, environ={}).workers == len(os.sched_getaffinity(0))
+    assert load_settings({"storage": "file:///srv/registry"}, environ={}).workers == len(
+        os.sched_getaffinity(0)
+    )
 
 
 def test_ocikit_serve_on_s3_streams_blobs_with_ranges_without_redirects(s3: S3Target, tmp_path: Path) -> None:

@@ -17,11 +17,20 @@ from typing import Any, Final
 
 from ..store.paths import data_dir
 
-__all__ = ["SETTINGS", "Settings", "SettingsError", "default_root", "load_settings"]
+__all__ = ["SETTINGS", "Settings", "SettingsError", "default_root", "default_workers", "load_settings"]
 
 
 class SettingsError(ValueError):
     """A setting has a value of the wrong form."""
+
+
+def default_workers(storage: str) -> int:
+    """One worker per CPU the process may use; one on S3 object storage. There a deployment
+    grows by replicas, each a process of its own behind the load balancer, and each worker
+    holds an S3 client and its libraries (about 80 MB): a replica of one worker stays under
+    150 MB while uploading, and three such replicas on two CPUs served manifest GETs as fast
+    as three of two workers (docs/benchmarks.md)."""
+    return 1 if storage.startswith("s3://") else available_cpus()
 
 
 def default_root() -> str:
@@ -120,7 +129,7 @@ SETTINGS: Final = (
     SettingInfo("s3_endpoint", "S3 endpoint URL of s3:// storage; empty: AWS"),
     SettingInfo("s3_region", "S3 region of s3:// storage; empty: the AWS default"),
     SettingInfo("blob_redirect", "answer blob GETs with a redirect to the object store when it has URLs"),
-    SettingInfo("workers", "worker processes (default: the CPUs available to the process)"),
+    SettingInfo("workers", "worker processes (default: the CPUs available to the process; 1 on S3 storage)"),
     SettingInfo("log_format", "request log lines as 'text' or 'json'"),
     SettingInfo("access_log", "log one line per request (true/false)"),
     SettingInfo("delete_blobs", "allow DELETE of blobs (405 when false)"),
@@ -314,6 +323,8 @@ def load_settings(
             if source is not None:
                 values[info.name] = _coerce(info.name, source, kind)
                 break
+    if "workers" not in values:
+        values["workers"] = default_workers(values.get("storage", ""))
     settings = Settings(**values)
     _split_listen(settings.listen)
     if settings.log_format not in ("text", "json"):
