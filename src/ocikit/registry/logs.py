@@ -10,13 +10,12 @@ after its first line, whichever is sooner.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
-
-import msgspec
 
 from .scope import USER_SCOPE_KEY
 
@@ -29,8 +28,6 @@ TEXT_FORMAT: Final = "%(asctime)s %(name)s %(levelname)s %(message)s"
 ACCESS_LOGGER: Final = "ocikit.registry.access"
 _BATCH_LINES: Final = 256
 _BATCH_DELAY: Final = 0.2  # seconds a line may wait for the batch's write
-
-_encoder = msgspec.json.Encoder()
 
 
 _second: list[Any] = [None, ""]  # the last second formatted, and its text
@@ -58,7 +55,9 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return _encoder.encode(entry).decode()
+        # The standard library here: the server's main process formats its few lines without
+        # loading msgspec, which the workers' access log uses for its many.
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
 
 
 def formatter(log_format: str) -> logging.Formatter:
@@ -99,7 +98,10 @@ class AccessLog:
     """One line per request: client address, user, method, path, status, bytes, duration."""
 
     def __init__(self, log_format: str, fd: int = 2) -> None:
+        import msgspec  # here: only workers keep an access log
+
         self._json = log_format == "json"
+        self._encode_lines = msgspec.json.Encoder().encode_lines if self._json else None
         self._fd = fd
         self._pending: list[_Line] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -129,8 +131,8 @@ class AccessLog:
         lines, self._pending = self._pending, []
         if not lines:
             return
-        if self._json:
-            data = _encoder.encode_lines(list(map(self._json_entry, lines)))
+        if self._encode_lines is not None:
+            data = self._encode_lines(list(map(self._json_entry, lines)))
         else:
             data = "".join(map(self._text_line, lines)).encode()
         view = memoryview(data)

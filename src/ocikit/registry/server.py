@@ -42,9 +42,6 @@ _BACKLOG: Final = 2048
 _SHUTDOWN_GRACE: Final = 10  # seconds a worker has to finish its requests when stopped
 _FD_RESERVE: Final = 256  # descriptors a worker keeps for files, the database and logs
 _PR_SET_PDEATHSIG: Final = 1
-_M_MMAP_THRESHOLD: Final = -3
-#: Allocations from this size up get pages of their own, returned to the system when freed.
-_MMAP_THRESHOLD: Final = 1 << 20
 
 log = logging.getLogger("ocikit.registry")
 
@@ -73,18 +70,6 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _fix_mmap_threshold() -> None:
-    """glibc serves allocations above a threshold with pages of their own, but raises the
-    threshold to the size of each such block freed (up to 32 MiB): after an upload's first
-    8 MiB part buffer is freed, later buffers and body copies come from the heap, which keeps
-    them long after they are freed (a worker stayed 30 MB larger after one upload). A fixed
-    threshold keeps large blocks apart and returned; request chunks (under 1 MiB) still come
-    from the heap."""
-    libc = ctypes.CDLL(None)
-    if hasattr(libc, "mallopt"):  # glibc; other C libraries manage memory their own way
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-
-
 def app_from_environment() -> Registry:
     """The factory each Granian worker calls."""
     from .app import create_app
@@ -94,7 +79,6 @@ def app_from_environment() -> Registry:
     settings = Settings(**values)
     if sys.platform == "linux":
         _die_with_parent(int(os.environ[_PARENT_VARIABLE]))
-        _fix_mmap_threshold()
     _configure_logging(settings)
     return create_app(settings)
 
