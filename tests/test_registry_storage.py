@@ -238,7 +238,7 @@ def test_storage_unavailable_is_503_for_library_users(tmp_path: Path) -> None:
     from ocikit.registry.storage import StorageUnavailable
 
     class Unreachable(SQLiteMetadataStore):
-        async def tag_target(self, repository: str, tag: str) -> Any:
+        async def tagged_manifest(self, repository: str, tag: str) -> Any:
             raise StorageUnavailable("the catalogue database", "connection refused")
 
     app = create_app(Settings(root=str(tmp_path)), metadata=Unreachable(tmp_path / "m.db"))
