@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .app import Registry, create_app
+from .idle import SilentConnections
 from .logs import formatter, logging_config
 from .settings import Settings
 from .storage import SchemaError, StorageUnavailable, blob_store_for, metadata_store_for
@@ -33,6 +34,7 @@ __all__ = ["StartupError", "app_from_environment", "serve"]
 
 _SETTINGS_VARIABLE: Final = "OCIKIT_RESOLVED_SETTINGS"
 _PARENT_VARIABLE: Final = "OCIKIT_SERVER_PID"
+_PORT_VARIABLE: Final = "OCIKIT_LISTENING_PORT"
 _BACKLOG: Final = 2048
 _SHUTDOWN_GRACE: Final = 10  # seconds a worker has to finish its requests when stopped
 _FD_RESERVE: Final = 256  # descriptors a worker keeps for files, the database and logs
@@ -73,7 +75,11 @@ def app_from_environment() -> Registry:
     if sys.platform == "linux":
         _die_with_parent(int(os.environ[_PARENT_VARIABLE]))
     _configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    if sys.platform == "linux":
+        port = int(os.environ[_PORT_VARIABLE])
+        SilentConnections(port, settings.header_timeout, app.requests_in_progress).start()
+    return app
 
 
 # ------------------------------------------------------------------ start-up checks
@@ -277,6 +283,7 @@ def serve(settings: Settings) -> None:
     listener = _listen(settings)
     os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
     os.environ[_PARENT_VARIABLE] = str(os.getpid())
+    os.environ[_PORT_VARIABLE] = str(listener.getsockname()[1])
     log.info(
         "ocikit registry on %s://%s:%d, data in %s, %d worker(s)",
         "https" if settings.tls_cert else "http",
