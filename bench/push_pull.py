@@ -6,9 +6,10 @@ as three gzip layers by ``umoci repack``: about 145 MB compressed, 10k files, wh
 cached under ``--cache``. ``--quick`` uses its small synthetic image instead.
 
 Each round, for each tool in turn, as a user would run it (one process per copy, start-up
-included), each tool with an empty cache of blob locations of its own at the start of the round
-(skopeo's blob-info cache is bind-mounted from a fresh directory in a private mount namespace,
-ocikit's is a fresh ``$XDG_CACHE_HOME``; both tools run under the same ``unshare`` wrapper):
+included; ocikit through its console script), each tool with an empty cache of blob locations of
+its own at the start of the round (skopeo's blob-info cache is bind-mounted from a fresh
+directory in a private mount namespace, ocikit's is a fresh ``$XDG_CACHE_HOME``; both tools run
+under the same ``unshare`` wrapper):
 
 - push: ``TOOL copy oci:LAYOUT:bench docker://127.0.0.1:PORT/bench/TOOL-N:v1`` into a freshly
   started CNCF distribution (Debian's ``docker-registry``), so that no tool can skip or mount a
@@ -85,7 +86,15 @@ def copy_command(tool: str, skopeo: str, source: str, destination: str) -> list[
             source,
             destination,
         ]
-    return [sys.executable, "-m", "ocikit.cli.main", "copy", "-q", source, destination]
+    return [*ocikit_command(), "copy", "-q", source, destination]
+
+
+def ocikit_command() -> list[str]:
+    """The ``ocikit`` console script beside this interpreter, as a user runs it after ``pip
+    install`` (``python -m`` would add runpy's start-up); ``PYTHONPATH`` still points it at this
+    checkout. ``-m`` only where no script is installed."""
+    script = Path(sys.executable).with_name("ocikit")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "ocikit.cli.main"]
 
 
 def measure(layout: Path, rounds: int, work: Path, skopeo: str, registry: Any) -> dict[str, list[float]]:
