@@ -153,23 +153,31 @@ def summarise(times: dict[str, list[float]], payload: int) -> dict[str, Any]:
     return summary
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(description: str, rounds: int, quick: str) -> tuple[argparse.Namespace, str, Path]:
+    """The command line this benchmark and ``bench/startup.py`` share: the options, skopeo's
+    path, and the image layout (built into ``--cache`` the first time)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cache", type=Path, default=Path("/var/tmp/ocikit-bench-unpack"))
     parser.add_argument("--mirror", default="http://deb.debian.org/debian")
     parser.add_argument("--tmpdir", type=Path, default=Path("/var/tmp"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="the small synthetic image, one round")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--quick", action="store_true", help=f"the small synthetic image, {quick}")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         parser.error("skopeo is not installed (scripts/install-system-deps.sh installs it as root)")
-    unpack, registry = _load("unpack"), _load("registry")
+    unpack = _load("unpack")
     args.cache.mkdir(parents=True, exist_ok=True)
     layout = (
         unpack.build_synthetic(args.cache) if args.quick else unpack.build_debian(args.cache, args.mirror)
     )
+    return args, skopeo, layout
+
+
+def main() -> int:
+    args, skopeo, layout = arguments(__doc__.split("\n\n")[0], 5, "one round")
+    unpack, registry = _load("unpack"), _load("registry")
     layers = unpack.image_layers(layout)
     payload = sum(path.stat().st_size for path, _, _, _ in layers)
     rounds = 1 if args.quick else args.rounds

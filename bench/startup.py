@@ -24,11 +24,9 @@ benchmark times, in turns, one fresh process each (median and minimum of ``--rou
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -78,8 +76,8 @@ def commands(push_pull: Any, skopeo: str, layout: Path, host: str, caches: dict[
     return cases
 
 
-def measure(layout: Path, rounds: int, work: Path, skopeo: str) -> dict[str, list[float]]:
-    push_pull, registry = _load("push_pull"), _load("registry")
+def measure(push_pull: Any, layout: Path, rounds: int, work: Path, skopeo: str) -> dict[str, list[float]]:
+    registry = _load("registry")
     src = HERE.parent / "src"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed by pip, with bytecode
@@ -112,25 +110,11 @@ def measure(layout: Path, rounds: int, work: Path, skopeo: str) -> dict[str, lis
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=Path("/var/tmp/ocikit-bench-unpack"))
-    parser.add_argument("--mirror", default="http://deb.debian.org/debian")
-    parser.add_argument("--tmpdir", type=Path, default=Path("/var/tmp"))
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--quick", action="store_true", help="the small synthetic image, 3 rounds")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    skopeo = shutil.which("skopeo")
-    if skopeo is None:
-        parser.error("skopeo is not installed (scripts/install-system-deps.sh installs it as root)")
-    unpack = _load("unpack")
-    args.cache.mkdir(parents=True, exist_ok=True)
-    layout = (
-        unpack.build_synthetic(args.cache) if args.quick else unpack.build_debian(args.cache, args.mirror)
-    )
+    push_pull = _load("push_pull")
+    args, skopeo, layout = push_pull.arguments(__doc__.split("\n\n")[0], 21, "3 rounds")
     rounds = 3 if args.quick else args.rounds
     with tempfile.TemporaryDirectory(dir=args.tmpdir, prefix="ocikit-bench-startup-") as work:
-        times = measure(layout, rounds, Path(work), skopeo)
+        times = measure(push_pull, layout, rounds, Path(work), skopeo)
     skopeo_push = statistics.median(times["skopeo push again"])
     summary = {
         name: {
