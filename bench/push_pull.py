@@ -6,9 +6,10 @@ as three gzip layers by ``umoci repack``: about 145 MB compressed, 10k files, wh
 cached under ``--cache``. ``--quick`` uses its small synthetic image instead.
 
 Each round, for each tool in turn, as a user would run it (one process per copy, start-up
-included), each tool with an empty cache of blob locations of its own at the start of the round
-(skopeo's blob-info cache is bind-mounted from a fresh directory in a private mount namespace,
-ocikit's is a fresh ``$XDG_CACHE_HOME``; both tools run under the same ``unshare`` wrapper):
+included; ocikit through its console script), each tool with an empty cache of blob locations of
+its own at the start of the round (skopeo's blob-info cache is bind-mounted from a fresh
+directory in a private mount namespace, ocikit's is a fresh ``$XDG_CACHE_HOME``; both tools run
+under the same ``unshare`` wrapper):
 
 - push: ``TOOL copy oci:LAYOUT:bench docker://127.0.0.1:PORT/bench/TOOL-N:v1`` into a freshly
   started CNCF distribution (Debian's ``docker-registry``), so that no tool can skip or mount a
@@ -85,7 +86,15 @@ def copy_command(tool: str, skopeo: str, source: str, destination: str) -> list[
             source,
             destination,
         ]
-    return [sys.executable, "-m", "ocikit.cli.main", "copy", "-q", source, destination]
+    return [*ocikit_command(), "copy", "-q", source, destination]
+
+
+def ocikit_command() -> list[str]:
+    """The ``ocikit`` console script beside this interpreter, as a user runs it after ``pip
+    install`` (``python -m`` would add runpy's start-up); ``PYTHONPATH`` still points it at this
+    checkout. ``-m`` only where no script is installed."""
+    script = Path(sys.executable).with_name("ocikit")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "ocikit.cli.main"]
 
 
 def measure(layout: Path, rounds: int, work: Path, skopeo: str, registry: Any) -> dict[str, list[float]]:
@@ -144,23 +153,31 @@ def summarise(times: dict[str, list[float]], payload: int) -> dict[str, Any]:
     return summary
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(description: str, rounds: int, quick: str) -> tuple[argparse.Namespace, str, Path]:
+    """The command line this benchmark and ``bench/startup.py`` share: the options, skopeo's
+    path, and the image layout (built into ``--cache`` the first time)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cache", type=Path, default=Path("/var/tmp/ocikit-bench-unpack"))
     parser.add_argument("--mirror", default="http://deb.debian.org/debian")
     parser.add_argument("--tmpdir", type=Path, default=Path("/var/tmp"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="the small synthetic image, one round")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--quick", action="store_true", help=f"the small synthetic image, {quick}")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         parser.error("skopeo is not installed (scripts/install-system-deps.sh installs it as root)")
-    unpack, registry = _load("unpack"), _load("registry")
+    unpack = _load("unpack")
     args.cache.mkdir(parents=True, exist_ok=True)
     layout = (
         unpack.build_synthetic(args.cache) if args.quick else unpack.build_debian(args.cache, args.mirror)
     )
+    return args, skopeo, layout
+
+
+def main() -> int:
+    args, skopeo, layout = arguments(__doc__.split("\n\n")[0], 5, "one round")
+    unpack, registry = _load("unpack"), _load("registry")
     layers = unpack.image_layers(layout)
     payload = sum(path.stat().st_size for path, _, _, _ in layers)
     rounds = 1 if args.quick else args.rounds

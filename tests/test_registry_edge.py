@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from auth_helpers import start_auth_server
 from conftest import OCIKIT, ServerProcess, free_port, require_tool, start_registry
 from registry_helpers import digest, error_codes, push_blob, repo_name
 
@@ -203,6 +204,73 @@ def test_above_the_connection_cap_clients_get_a_fast_503(impatient: ServerProces
     finally:
         for sock in idle:
             sock.close()
+
+
+@pytest.fixture
+def watchful(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A registry with a two-second header timeout and one worker accepting 100 connections."""
+    server = start_registry(
+        tmp_path / "data", ["--header-timeout", "2", "--max-connections", "50", "--workers", "1"]
+    )
+    yield server
+    server.stop()
+
+
+def test_a_connection_that_never_sends_a_byte_is_closed(watchful: ServerProcess) -> None:
+    with connect(watchful) as silent, connect(watchful) as late:
+        started = time.monotonic()
+        time.sleep(1.2)  # within the header timeout: a late request is still served
+        late.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+        assert read_response(late, timeout=5)[0] == 200
+        assert closed_by_server(silent, timeout=6)
+        assert 1.9 < time.monotonic() - started < 4.5
+
+
+def test_silent_connections_cannot_fill_a_worker(watchful: ServerProcess) -> None:
+    """Four times the connections the worker accepts, none sending a byte: before the sweep of
+    silent connections, every later client waited as long as the attacker liked."""
+    silent = [connect(watchful) for _ in range(400)]
+    try:
+        time.sleep(0.3)
+        with httpx.Client(base_url=watchful.url, timeout=10) as other:
+            started = time.monotonic()
+            assert other.get("/v2/").status_code == 200
+            assert time.monotonic() - started < 5
+        assert all(closed_by_server(sock, timeout=5) for sock in silent)
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_quiet_request_in_progress_is_not_cut(tmp_path: Path) -> None:
+    """The body timeout governs a request in progress, not the sweep of silent connections."""
+    server = start_registry(tmp_path / "data", ["--header-timeout", "1", "--body-timeout", "6"])
+    repo = repo_name("quiet")
+    data = os.urandom(64)
+    try:
+        with server.client() as c, connect(server) as sock:
+            location = upload_url(c, repo)
+            send_head(sock, "PATCH", location, len(data), "Content-Type: application/octet-stream\r\n")
+            sock.sendall(data[:32])
+            time.sleep(2.5)  # twice the header timeout, silent in both directions
+            sock.sendall(data[32:])
+            status, _, body = read_response(sock, timeout=5)
+            assert status == 202, body
+            assert c.put(location, params={"digest": digest(data)}).status_code == 201
+    finally:
+        server.stop()
+
+
+def test_a_stalled_tls_handshake_is_closed(tmp_path: Path) -> None:
+    server = start_auth_server(tmp_path, extra=["--header-timeout", "2", "--workers", "1"])
+    try:
+        with connect(server.server) as sock:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello's first bytes, no more
+            started = time.monotonic()
+            assert closed_by_server(sock, timeout=6)
+            assert time.monotonic() - started < 4.5
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------- oversized bodies

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import getpass
 import sys
 from typing import Any
+
+import msgspec
 
 from ..client import (
     ClientOptions,
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         host = registry_host(args.host)
         username, password = _ask(args)
         # The credentials being checked, whatever --creds or stored ones say.
-        options = dataclasses.replace(client_options_from_args(args), credentials=(username, password))
+        options = msgspec.structs.replace(client_options_from_args(args), credentials=(username, password))
     except (OptionsError, ReferenceError) as exc:
         return _fail(str(exc), 2)
     try:

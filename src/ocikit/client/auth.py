@@ -17,8 +17,9 @@ import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Final
+
+import msgspec
 
 from ..store.transport import TransportError
 from .credentials import Credentials
@@ -35,10 +36,9 @@ _EXPIRY_MARGIN: Final = 10
 _TOKEN_RESPONSE_LIMIT: Final = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Challenge:
+class Challenge(msgspec.Struct, frozen=True):
     scheme: str  # lower case: "bearer", "basic", …
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def _skip(value: str, index: int, chars: str) -> int:
@@ -113,8 +113,7 @@ def _basic(credentials: Credentials) -> str:
     )
 
 
-@dataclass(slots=True)
-class _Token:
+class _Token(msgspec.Struct):
     value: str
     expires: float
 

@@ -25,9 +25,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import msgspec
 
 __all__ = [
     "CredentialError",
@@ -49,8 +50,7 @@ class CredentialError(Exception):
     """Stored credentials cannot be read or written; the message is meant for the user."""
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
+class Credentials(msgspec.Struct, frozen=True):
     """A user name and password, or an identity (refresh) token for OAuth2 token services."""
 
     username: str

@@ -18,7 +18,6 @@ import contextlib
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
@@ -468,8 +467,7 @@ class _RangeRefused(TransportError):
     pass
 
 
-@dataclass(slots=True)
-class _Upload:
+class _Upload(msgspec.Struct):
     """An upload session: where to send the next request (registries move it along)."""
 
     location: str

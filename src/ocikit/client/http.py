@@ -18,8 +18,9 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from ..store.transport import TransportError
 
@@ -54,8 +55,7 @@ class IncompleteBody(TransportError):
         self.received = received
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(msgspec.Struct, frozen=True):
     scheme: str
     host: str
     port: int

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+import msgspec
 
 from .. import __version__
 
@@ -37,8 +38,7 @@ class OptionsError(ValueError):
     """A client flag has a value that cannot be used; the message is meant for the user."""
 
 
-@dataclass(frozen=True, slots=True)
-class ClientOptions:
+class ClientOptions(msgspec.Struct, frozen=True):
     """Connection and credential settings shared by every registry a command talks to.
 
     ``plain_http``: None (the default) speaks plain HTTP to loopback hosts only and TLS to

@@ -19,9 +19,10 @@ every push and pull a user times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import msgspec
 
 from ..spec import Platform, Reference, ReferenceError, parse_reference
 from ..store.copy import DEFAULT_CONCURRENCY, CopyResult, ProgressCallback, copy_image
@@ -38,8 +39,7 @@ Kind = Literal["docker", "oci", "oci-archive", "store"]
 _UNSUPPORTED = ("dir:", "docker-archive:", "docker-daemon:", "containers-storage:", "ostree:", "sif:")
 
 
-@dataclass(frozen=True, slots=True)
-class TransportSpec:
+class TransportSpec(msgspec.Struct, frozen=True):
     """A parsed location.
 
     ``location`` is the registry repository (``HOST/REPO``), the layout directory or archive

@@ -11,6 +11,7 @@ import contextvars
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -22,6 +23,7 @@ from .auth.configure import access_from_settings
 from .errors import RegistryError
 from .hooks import Action, Authorizer, Event, EventHook, allow_all
 from .http import ClientDisconnected, Receive, Request, Response, Scope, Send
+from .idle import Peer, peer_of
 from .logs import AccessLog
 from .proxies import ForwardedFor
 from .settings import Settings
@@ -118,6 +120,9 @@ class Registry:
             ForwardedFor(self.settings.trusted_proxies) if self.settings.trusted_proxies else None
         )
         self._active = 0
+        #: Requests in progress per peer (address, port): the sweep of silent connections
+        #: (:mod:`.idle`) never cuts a connection with a request in progress.
+        self.requests_in_progress: Counter[Peer] = Counter()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -200,6 +205,18 @@ class Registry:
             return
         if not self._opened:
             await self.startup()
+        client = scope.get("client")
+        peer = peer_of(client[0], client[1]) if client else ("", 0)
+        self.requests_in_progress[peer] += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            if left := self.requests_in_progress[peer] - 1:
+                self.requests_in_progress[peer] = left
+            else:
+                del self.requests_in_progress[peer]
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         if self._forwarded is not None:
             self._forwarded.apply(scope)

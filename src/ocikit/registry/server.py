@@ -38,6 +38,7 @@ __all__ = ["StartupError", "app_from_environment", "serve"]
 
 _SETTINGS_VARIABLE: Final = "OCIKIT_RESOLVED_SETTINGS"
 _PARENT_VARIABLE: Final = "OCIKIT_SERVER_PID"
+_PORT_VARIABLE: Final = "OCIKIT_LISTENING_PORT"
 _BACKLOG: Final = 2048
 _SHUTDOWN_GRACE: Final = 10  # seconds a worker has to finish its requests when stopped
 _FD_RESERVE: Final = 256  # descriptors a worker keeps for files, the database and logs
@@ -73,6 +74,7 @@ def _die_with_parent(parent: int) -> None:
 def app_from_environment() -> Registry:
     """The factory each Granian worker calls."""
     from .app import create_app
+    from .idle import SilentConnections
 
     values = json.loads(os.environ[_SETTINGS_VARIABLE])
     values["warnings"] = tuple(values.get("warnings", ()))
@@ -80,7 +82,11 @@ def app_from_environment() -> Registry:
     if sys.platform == "linux":
         _die_with_parent(int(os.environ[_PARENT_VARIABLE]))
     _configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    if sys.platform == "linux":
+        port = int(os.environ[_PORT_VARIABLE])
+        SilentConnections(port, settings.header_timeout, app.requests_in_progress).start()
+    return app
 
 
 # ------------------------------------------------------------------ start-up checks
@@ -295,6 +301,7 @@ def serve(settings: Settings) -> None:
     listener = _listen(settings)
     os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
     os.environ[_PARENT_VARIABLE] = str(os.getpid())
+    os.environ[_PORT_VARIABLE] = str(listener.getsockname()[1])
     log.info(
         "ocikit registry on %s://%s:%d, data in %s, %d worker(s)",
         "https" if settings.tls_cert else "http",

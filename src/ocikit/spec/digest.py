@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
-from . import _openssl_sha
-from ._openssl_sha import StateError as HashStateError
+if TYPE_CHECKING:
+    from ._openssl_sha import HashState
 
 __all__ = [
     "REGISTERED_ALGORITHMS",
@@ -52,6 +52,10 @@ class UnsupportedAlgorithm(DigestError):
 
 class VerificationError(ValueError):
     """Content does not match the size or digest it was expected to have."""
+
+
+class HashStateError(ValueError):
+    """An exported hash state is malformed, or this system cannot carry hash states."""
 
 
 def _algorithm_error(algorithm: str) -> str | None:
@@ -171,7 +175,9 @@ class ResumableDigester:
 
     A chunked upload whose chunks land on different replicas is hashed as it arrives, and the
     closing request needs no re-read of the whole blob. Only SHA-256 and SHA-512 (OpenSSL's
-    low-level contexts, :mod:`._openssl_sha`); check :meth:`supported` first.
+    low-level contexts, :mod:`._openssl_sha`); check :meth:`supported` first. That module is
+    imported here, at first use: it binds libcrypto through ctypes, which the many processes
+    that never carry a hash state (every client command) need not import.
     """
 
     __slots__ = ("_state", "algorithm")
@@ -179,20 +185,29 @@ class ResumableDigester:
     def __init__(self, algorithm: str = "sha256") -> None:
         if not self.supported(algorithm):
             raise UnsupportedAlgorithm(f"no resumable {algorithm} on this system")
+        from . import _openssl_sha
+
         self.algorithm = algorithm
-        self._state = _openssl_sha.new_state(algorithm)
+        self._state: HashState = _openssl_sha.new_state(algorithm)
 
     @staticmethod
     def supported(algorithm: str) -> bool:
+        from . import _openssl_sha
+
         return algorithm in SUPPORTED_ALGORITHMS and _openssl_sha.available()
 
     @classmethod
     def restore(cls, state: bytes) -> ResumableDigester:
         """The digester that :meth:`export` saved; :class:`HashStateError` if it is not one."""
+        from . import _openssl_sha
+
         if not _openssl_sha.available():
             raise HashStateError("no resumable hashing on this system")
         digester = cls.__new__(cls)
-        digester._state = _openssl_sha.restore_state(state)
+        try:
+            digester._state = _openssl_sha.restore_state(state)
+        except _openssl_sha.StateError as exc:
+            raise HashStateError(str(exc)) from None
         digester.algorithm = state.partition(b":")[0].decode()
         return digester
 

@@ -9,7 +9,7 @@ JSON path rather than stopping at the first.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+import functools
 from typing import Any, Final, Generic, TypeVar
 
 import msgspec
@@ -177,8 +177,7 @@ def encode(value: msgspec.Struct) -> bytes:
     return _encoder.encode(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Content(Generic[T]):
+class Content(msgspec.Struct, Generic[T], frozen=True, dict=True):
     """A parsed document beside the exact bytes it was parsed from.
 
     Digests are always of ``raw``: a re-serialisation may differ in whitespace or key order and
@@ -188,17 +187,14 @@ class Content(Generic[T]):
     raw: bytes
     value: T
     media_type: str
-    _digest: list[Digest] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def parse(cls, raw: bytes, kind: type[T], media_type: str) -> Content[T]:
         return cls(raw=raw, value=decode(raw, kind), media_type=media_type)
 
-    @property
+    @functools.cached_property  # kept in the instance's __dict__ (dict=True), outside its fields
     def digest(self) -> Digest:
-        if not self._digest:
-            self._digest.append(digest_of(self.raw))
-        return self._digest[0]
+        return digest_of(self.raw)
 
     def descriptor(self, **extra: Any) -> Descriptor:
         return Descriptor(media_type=self.media_type, digest=self.digest, size=len(self.raw), **extra)

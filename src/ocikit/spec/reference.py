@@ -8,8 +8,9 @@ Names without a registry are resolved the way Docker does (``busybox`` is
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from .digest import Digest, DigestError
 
@@ -59,8 +60,7 @@ def referrers_tag(digest: str) -> str:
     return _NOT_IN_TAGS.sub("-", f"{algorithm[:32]}-{encoded[:64]}")
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
+class Reference(msgspec.Struct, frozen=True):
     """A parsed reference. ``tag`` and ``digest`` may both be set; the digest then wins."""
 
     registry: str

@@ -16,7 +16,6 @@ import datetime
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -42,8 +41,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Violation:
+class Violation(msgspec.Struct, frozen=True):
     """One broken rule: where (a JSON path, or a file for layouts) and what."""
 
     path: str

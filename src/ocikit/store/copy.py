@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
@@ -56,8 +55,7 @@ class CopyError(TransportError):
     conflict, no such platform); the message says which document and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class CopyEvent:
+class CopyEvent(msgspec.Struct, frozen=True):
     """A step of a copy, for progress bars and JSON-lines output.
 
     ``done`` is the bytes transferred so far for ``blob-progress`` and the full size for
@@ -74,8 +72,7 @@ class CopyEvent:
 ProgressCallback = Callable[[CopyEvent], None]
 
 
-@dataclass(slots=True)
-class CopyResult:
+class CopyResult(msgspec.Struct):
     """What the destination received: ``descriptor`` is its root (the index, or the chosen
     platform's manifest)."""
 

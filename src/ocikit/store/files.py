@@ -16,8 +16,9 @@ import mmap
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from ..spec.digest import Digest, Digester
 from .paths import data_dir
@@ -46,8 +47,7 @@ _IOV_BATCH: Final = 512
 _WRITE_PIECE: Final = 64 << 10
 
 
-@dataclass(slots=True)
-class BlobFile:
+class BlobFile(msgspec.Struct):
     """A blob as a span of an open file: a whole file in a layout, or a member of an archive.
 
     ``owned`` spans close their descriptor on :meth:`close`; spans of a shared archive

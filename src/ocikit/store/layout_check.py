@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+import msgspec
 
 from ..spec import mediatype as mt
 from ..spec.digest import SUPPORTED_ALGORITHMS, Digester, digest_error
@@ -23,12 +24,11 @@ _MAX_DOCUMENT: Final = 4 * 1024 * 1024  # manifests larger than this are refused
 _CHUNK: Final = 1 << 20
 
 
-@dataclass
-class _LayoutCheck:
+class _LayoutCheck(msgspec.Struct):
     root: Path
-    violations: list[Violation] = field(default_factory=list)
-    _verified: dict[str, bool] = field(default_factory=dict)
-    _visited: set[str] = field(default_factory=set)
+    violations: list[Violation] = msgspec.field(default_factory=list)
+    _verified: dict[str, bool] = msgspec.field(default_factory=dict)
+    _visited: set[str] = msgspec.field(default_factory=set)
 
     def fail(self, where: str, rule: str) -> None:
         self.violations.append(Violation(where, rule))
