@@ -3,13 +3,13 @@ and of bench/scaleout.py.
 
 Requests are balanced round-robin one by one, never by client connection or address: in
 HAProxy's keep-alive mode every request is balanced on its own, and ``http-reuse safe`` sends
-it over a kept connection to the chosen replica, so the POST, each PATCH and the closing PUT
-of one upload land on different replicas, as they may behind any load balancer. Every response names its replica in ``X-Ocikit-Replica`` (what an operator
-adds to trace a request, and what the tests use to know whom to kill). A replica that does
-not answer ``GET /v2/`` is taken out of rotation within a second, and a request whose
-connection to a dead replica is refused is sent to another one (``option redispatch``);
-HAProxy never resends a request that a replica has started to read, so a retried PATCH is
-the client's decision alone.
+it over a kept connection to the chosen replica, so the POST, each PATCH and the closing PUT of
+one upload land on different replicas, as they may behind any load balancer. Every response
+names its replica in ``X-Ocikit-Replica`` (what an operator adds to trace a request, and what
+the tests use to know whom to kill). A replica that does not answer ``GET /v2/`` is taken out
+of rotation within a second, and a request whose connection to a dead replica is refused is
+sent to another one (``option redispatch``); HAProxy never resends a request that a replica has
+started to read, so a retried PATCH is the client's decision alone.
 """
 
 from __future__ import annotations
