@@ -23,7 +23,7 @@ from ocikit.registry.settings import load_settings
 from ocikit.registry.storage.base import StorageUnavailable
 from ocikit.registry.storage.s3 import S3BlobStore
 from ocikit.spec.digest import Digest
-from registry_helpers import digest, push_blob, push_image, repo_name
+from registry_helpers import digest, error_codes, push_blob, push_image, repo_name
 from s3_helpers import DISTRIBUTION_V3, start_distribution_s3, upload_rss
 from seaweedfs import SeaweedFS, seaweedfs_fixture  # noqa: F401  (the seaweedfs fixture)
 
@@ -449,6 +449,32 @@ def test_ocikit_serve_on_s3_redirects_blob_gets_to_the_object_store(s3: S3Target
     finally:
         server.stop()
     assert s3.keys("uploads/") == []
+
+
+def test_a_blob_lost_from_the_bucket_is_never_served_as_other_bytes(s3: S3Target, tmp_path: Path) -> None:
+    """The redirect trusts the metadata (no stat of the object first); an object deleted behind
+    the registry's back leads to the store's own 404, and HEAD and streamed GETs say
+    BLOB_UNKNOWN."""
+    name, layer = repo_name(), os.urandom(1000)
+    path = f"/v2/{name}/blobs/{digest(layer)}"
+    server = _serve_on(s3, tmp_path / "data")
+    try:
+        with server.client() as client:
+            push_blob(client, name, layer)
+            assert httpx.get(client.get(path).headers["location"]).content == layer
+            (key,) = s3.keys("blobs/")
+            s3.server.client().delete_object(Bucket=s3.bucket, Key=key)
+            assert httpx.get(client.get(path).headers["location"]).status_code == 404
+            assert client.head(path).status_code == 404
+    finally:
+        server.stop()
+    server = _serve_on(s3, tmp_path / "data", "--blob-redirect", "false")
+    try:
+        with server.client() as client:
+            lost = client.get(path)
+            assert (lost.status_code, error_codes(lost)) == (404, ["BLOB_UNKNOWN"])
+    finally:
+        server.stop()
 
 
 def test_workers_default_to_one_on_s3_and_to_the_cpus_elsewhere() -> None:
