@@ -242,6 +242,44 @@ def test_many_small_chunks_and_large_ones(blob_backend: Callable[[], BlobStore])
     run_with(blob_backend, scenario)
 
 
+def test_a_whole_blob_staged_for_its_destination(blob_backend: Callable[[], BlobStore]) -> None:
+    """One request with the whole blob and its digest known (a monolithic upload): a store may
+    write it straight to the blob's place, but nothing is visible before the commit, and an
+    aborted or failed one leaves nothing at all; small and multi-part sizes alike."""
+    small, large, lost = os.urandom(70_000), os.urandom(11 * 1024 * 1024 + 3), os.urandom(6 * 1024 * 1024)
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield lost
+        raise ConnectionError("client went away")
+
+    async def scenario(store: BlobStore) -> None:
+        for data in (small, large):
+            name, digest = upload_id(), digest_of(data)
+            state = await store.stage_create(name)
+            written, state = await store.stage_append(
+                name, state, 0, chunks_of(data[:999], data[999:]), digest
+            )
+            assert written == len(data)
+            assert await store.stat(digest) is None
+            await store.stage_commit(name, state, written, digest)
+            assert await read_all(store.read(digest)) == data
+            assert name not in [n async for n, _ in store.staged()]
+        name, digest = upload_id(), digest_of(lost)
+        state = await store.stage_create(name)
+        with pytest.raises(ConnectionError):
+            await store.stage_append(name, state, 0, failing(), digest)
+        aborted = upload_id()
+        begun = await store.stage_create(aborted)
+        written, staged = await store.stage_append(aborted, begun, 0, chunks_of(lost), digest)
+        await store.stage_abort(aborted, staged)
+        await store.stage_abort(name, state)
+        assert await store.stat(digest) is None
+        assert digest not in [d async for d, _ in store.digests()]
+        assert not {name, aborted} & {n async for n, _ in store.staged()}
+
+    run_with(blob_backend, scenario)
+
+
 def test_committing_an_already_stored_digest(blob_backend: Callable[[], BlobStore]) -> None:
     data = os.urandom(10_000)
     digest = digest_of(data)

@@ -135,6 +135,30 @@ def run(target: S3Target, work: Callable[[S3BlobStore], Awaitable[None]]) -> Non
     asyncio.run(_opened(target, work))
 
 
+def test_a_monolithic_upload_is_written_straight_to_its_blob(s3: S3Target) -> None:
+    """With its destination known, a whole blob goes into a multipart upload at the blob's own
+    key (no staging objects, no copy at the commit), invisible until committed."""
+    data = os.urandom(12 * MiB + 7)
+    digest = _digest(data)
+    blob_key = f"{s3.prefix}/blobs/sha256/{digest.encoded}"
+
+    async def work(store: S3BlobStore) -> None:
+        stage = await store.stage_create("whole")
+        written, stage = await store.stage_append("whole", stage, 0, _chunks(data), digest)
+        assert written == len(data)
+        assert s3.keys("uploads/") == [f"{s3.prefix}/uploads/whole/created"]
+        pending = s3.server.client().list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
+        assert [upload["Key"] for upload in pending] == [blob_key]
+        assert await store.stat(digest) is None
+        with pytest.raises(ValueError, match="was written as"):
+            await store.stage_commit("whole", stage, len(data), _digest(b"another blob"))
+        await store.stage_commit("whole", stage, len(data), digest)
+        assert await _collect(store.read(digest)) == data
+        assert s3.keys("uploads/") == []
+
+    run(s3, work)
+
+
 def test_a_staged_upload_becomes_a_blob_readable_by_range(s3: S3Target) -> None:
     data = os.urandom(9 * MiB + 12345)
     digest = _digest(data)

@@ -156,8 +156,11 @@ class _Intake:
     the registry then reports.
     """
 
-    def __init__(self, request: Request, writer: _Writer, digester: ResumableDigester | None) -> None:
+    def __init__(
+        self, request: Request, writer: _Writer, digester: ResumableDigester | None, *, keep_partial: bool
+    ) -> None:
         self.request, self.writer, self.digester = request, writer, digester
+        self.keep_partial = keep_partial
         self.disconnected = False
 
     def _update(self, pieces: list[bytes]) -> None:
@@ -197,6 +200,8 @@ class _Intake:
             async for chunk in self.request.stream():
                 yield chunk
         except ClientDisconnected:
+            if not self.keep_partial:
+                raise
             self.disconnected = True
 
 
@@ -208,15 +213,27 @@ class _Appended:
     disconnected: bool
 
 
-async def _append(reg: Registry, request: Request, writer: _Writer, record: UploadRecord) -> _Appended:
-    """Stage the request body after the session's bytes."""
+async def _append(
+    reg: Registry, request: Request, writer: _Writer, record: UploadRecord, closing: Digest | None = None
+) -> _Appended:
+    """Stage the request body after the session's bytes. ``closing`` is the digest of the
+    blob when this body ends the upload."""
     declared = request.headers.get("content-range")
     span = _parse_content_range(declared) if declared else None
     if span is not None and span[0] != record.size:
         raise _out_of_order(reg, writer.name, record)
-    intake = _Intake(request, writer, _carried_digester(record))
+    digester = _carried_digester(record)
+    # A whole blob in one request, hashed on the way: the store may write it straight to its
+    # place (invisibly until committed). Such a body is all or nothing: cut short, it is not
+    # kept for a resumption, since its bytes cannot be read back from there.
+    destination = None
+    if closing is not None and record.size == 0 and digester is not None:
+        destination = closing if digester.algorithm == closing.algorithm else None
+    intake = _Intake(request, writer, digester, keep_partial=destination is None)
     try:
-        written, stage = await reg.blobs.stage_append(record.id, record.stage, record.size, intake.stream())
+        written, stage = await reg.blobs.stage_append(
+            record.id, record.stage, record.size, intake.stream(), destination
+        )
     except FileNotFoundError:
         await reg.metadata.upload_delete(record.id)  # its staging area is gone: so is the upload
         raise _unknown_upload(writer.name, record.id) from None
@@ -431,7 +448,7 @@ async def finish(reg: Registry, request: Request, name: str, upload_id: str) -> 
 async def _finish(reg: Registry, request: Request, writer: _Writer, digest: Digest) -> Response:
     record = await writer.claim()
     try:
-        appended = await _append(reg, request, writer, record)
+        appended = await _append(reg, request, writer, record, closing=digest)
         if appended.disconnected:
             await _advance(reg, writer, appended)
         await _verify(reg, record, appended, digest)

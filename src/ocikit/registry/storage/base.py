@@ -112,7 +112,12 @@ class BlobStore(Protocol):
         ...
 
     async def stage_append(
-        self, upload_id: str, stage: bytes, offset: int, chunks: AsyncIterator[bytes]
+        self,
+        upload_id: str,
+        stage: bytes,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        destination: Digest | None = None,
     ) -> tuple[int, bytes]:
         """Stage ``chunks`` after the first ``offset`` bytes; (bytes written, new ``stage``).
 
@@ -121,6 +126,12 @@ class BlobStore(Protocol):
         overwritten or ignored. Raising leaves the recorded session valid as it was (the failed
         chunk is simply not part of the upload). The caller holds the session's lease, so no
         other request appends to the same upload meanwhile.
+
+        ``destination``, given only for the whole blob in one request (``offset`` 0) whose
+        digest the caller computes on the way, is the digest it will commit the stage as: a
+        store without a rename (S3) may then write the bytes straight to that blob's place,
+        invisibly until :meth:`stage_commit`. Such a stage need not support :meth:`stage_read`
+        or a further append; :meth:`stage_abort` with it releases what it holds.
         """
         ...
 

@@ -107,8 +107,14 @@ class FilesystemBlobStore:
         return _NO_STAGE
 
     async def stage_append(
-        self, upload_id: str, stage: bytes, offset: int, chunks: AsyncIterator[bytes]
+        self,
+        upload_id: str,
+        stage: bytes,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        destination: Digest | None = None,
     ) -> tuple[int, bytes]:
+        # ``destination`` is not needed: publishing a staged file is a rename, not a copy.
         fd = os.open(self._stage_path(upload_id), os.O_WRONLY)
         try:
 

@@ -83,9 +83,14 @@ class _Stage(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     #: Objects this stage no longer names (pieces absorbed into a part): the next request
     #: deletes them, since by then this stage is the recorded one.
     stale: list[str] = msgspec.field(default_factory=list)
+    #: A monolithic upload written straight to its blob's key: (key, multipart upload id,
+    #: the parts' (ETag, size)); invisible until :meth:`S3BlobStore.stage_commit` completes it.
+    direct: tuple[str, str, list[tuple[str, int]]] | None = None
 
     @property
     def size(self) -> int:
+        if self.direct is not None:
+            return sum(size for _, size in self.direct[2])
         return sum(size for _, size in self.parts) + sum(size for _, size in self.pieces)
 
 
@@ -268,13 +273,22 @@ class S3BlobStore:
         return _encode_stage(_Stage())
 
     async def stage_append(
-        self, upload_id: str, stage: bytes, offset: int, chunks: AsyncIterator[bytes]
+        self,
+        upload_id: str,
+        stage: bytes,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        destination: Digest | None = None,
     ) -> tuple[int, bytes]:
         recorded = _decode_stage(stage)
-        if recorded.size != offset:
+        if recorded.size != offset or recorded.direct is not None:
             raise ValueError(f"the staging state holds {recorded.size} bytes, the session {offset}")
         await self._delete_keys([self._staged_key(upload_id, name) for name in recorded.stale])
-        writer = _StageWriter(self, upload_id, recorded)
+        writer = (
+            _DirectWriter(self, upload_id, self._blob_key(destination))
+            if destination is not None and recorded.size == 0
+            else _StageWriter(self, upload_id, recorded)
+        )
         try:
             async for chunk in chunks:
                 await writer.add(chunk)
@@ -284,7 +298,10 @@ class S3BlobStore:
         return writer.written, _encode_stage(await writer.finish())
 
     def stage_read(self, upload_id: str, stage: bytes, size: int) -> AsyncIterator[bytes]:
-        return self._read_staged(upload_id, _decode_stage(stage), size)
+        recorded = _decode_stage(stage)
+        if recorded.direct is not None:  # the caller hashed it on the way: nothing to read back
+            raise ValueError("a stage written straight to its blob cannot be read back")
+        return self._read_staged(upload_id, recorded, size)
 
     async def _read_staged(self, upload_id: str, stage: _Stage, size: int) -> AsyncIterator[bytes]:
         for name, part_size in [*stage.parts, *stage.pieces]:
@@ -298,6 +315,10 @@ class S3BlobStore:
         recorded = _decode_stage(stage)
         if recorded.size != size:
             raise ValueError(f"the staging state holds {recorded.size} bytes, the commit names {size}")
+        if recorded.direct is not None:
+            await self._complete_direct(recorded.direct, self._blob_key(digest))
+            await self.stage_abort(upload_id, None)
+            return
         present = await self.stat(digest)
         if present is None or present.size != size:
             await self._publish(upload_id, recorded, self._blob_key(digest))
@@ -358,7 +379,22 @@ class S3BlobStore:
     async def _put(self, key: str, body: bytes | memoryview) -> None:
         await self._call("put_object", Bucket=self.bucket, Key=key, Body=body, ContentType=_CONTENT_TYPE)
 
+    async def _complete_direct(self, direct: tuple[str, str, list[tuple[str, int]]], key: str) -> None:
+        written_to, multipart_id, parts = direct
+        if written_to != key:  # security: a stage commits only as the blob it was written as
+            raise ValueError(f"the stage was written as {written_to}, not {key}")
+        numbered = [{"PartNumber": number, "ETag": etag} for number, (etag, _) in enumerate(parts, 1)]
+        await self._call(
+            "complete_multipart_upload",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=multipart_id,
+            MultipartUpload={"Parts": numbered},
+        )
+
     async def stage_abort(self, upload_id: str, stage: bytes | None) -> None:
+        if stage is not None and (direct := _decode_stage(stage).direct) is not None:
+            await self._abort_multipart({"Bucket": self.bucket, "Key": direct[0], "UploadId": direct[1]})
         keys = [item["Key"] async for item in self._list(self._upload_prefix(upload_id))]
         await self._delete_keys(keys)
 
@@ -452,19 +488,24 @@ class _StageWriter:
         """Send the first ``size`` pending bytes as a new part (after the previous one)."""
         try:
             body = await self._take(size)
-            name = _new_name("part")
+            name = self._part_name()
             self.parts.append((name, len(body)))
             self.offset += len(body)
             while len(self.in_flight) >= _PARTS_IN_FLIGHT:
                 await self._settle_one()
-            key = self.store._staged_key(self.upload_id, name)
             # A view, not the bytearray: the HTTP client would copy a bytearray it slices.
             sent = memoryview(body) if isinstance(body, bytearray) else body
-            task = asyncio.ensure_future(self.store._put(key, sent))
+            task = asyncio.ensure_future(self._send(name, sent))
             self.in_flight.append((task, body if isinstance(body, bytearray) else None))
         except BaseException:
             await self.cancel()
             raise
+
+    def _part_name(self) -> str:
+        return _new_name("part")
+
+    async def _send(self, name: str, body: bytes | memoryview) -> None:
+        await self.store._put(self.store._staged_key(self.upload_id, name), body)
 
     async def _take(self, size: int) -> bytearray | bytes:
         """The first ``size`` pending bytes, removed: the full buffer itself when it is exactly
@@ -503,6 +544,53 @@ class _StageWriter:
             task.cancel()
         await asyncio.gather(*(task for task, _ in self.in_flight), return_exceptions=True)
         self.in_flight = []
+
+
+class _DirectWriter(_StageWriter):
+    """A monolithic upload streamed into a multipart upload at its blob's own key, so that
+    publishing it is one ``CompleteMultipartUpload`` rather than a server-side copy of every
+    byte (which the object store performs at about the speed of the upload itself). Nothing
+    is visible at the key until the caller, having checked the digest, commits the stage; a
+    body that ends in a failure aborts the multipart upload."""
+
+    def __init__(self, store: S3BlobStore, upload_id: str, key: str) -> None:
+        super().__init__(store, upload_id, _Stage())
+        self.key = key
+        self.multipart: dict[str, Any] | None = None
+        self.etags: dict[int, str] = {}
+
+    async def _send(self, name: str, body: bytes | memoryview) -> None:
+        if self.multipart is None:
+            created = await self.store._call(
+                "create_multipart_upload", Bucket=self.store.bucket, Key=self.key, ContentType=_CONTENT_TYPE
+            )
+            self.multipart = {"Bucket": self.store.bucket, "Key": self.key, "UploadId": created["UploadId"]}
+        number = int(name)
+        sent = await self.store._call("upload_part", **self.multipart, PartNumber=number, Body=body)
+        self.etags[number] = sent["ETag"]
+
+    def _part_name(self) -> str:
+        return str(len(self.parts) + 1)
+
+    async def finish(self) -> _Stage:
+        if not self.parts:  # smaller than a part: a staged piece, published by a plain copy
+            return await super().finish()
+        try:
+            if self.filled:  # the last part may be of any size
+                await self._flush_part(self.filled)
+            await self._settle()
+        except BaseException:
+            await self.cancel()
+            raise
+        assert self.multipart is not None
+        sizes = [size for _, size in self.parts]
+        parts = [(self.etags[number], size) for number, size in enumerate(sizes, 1)]
+        return _Stage(direct=(self.key, self.multipart["UploadId"], parts))
+
+    async def cancel(self) -> None:
+        await super().cancel()
+        if self.multipart is not None:
+            await self.store._abort_multipart(self.multipart)
 
 
 def _session() -> Any:
