@@ -18,7 +18,9 @@ empty ``created`` object marks the upload from its start, for :meth:`S3BlobStore
 The commit copies the staged objects server-side into ``blobs/<alg>/<encoded>`` (one multipart
 upload of part copies, or one copy) so the blob appears whole and at once, then removes the
 staging objects. S3 has no rename: a content-addressed key needs the digest, which is only known
-at the end. Integrity on the wire: SigV4 signs every payload sent over plain HTTP, and TLS
+at the end — except for a whole blob in one request whose digest the caller names: that one is
+written straight into a multipart upload at its key (a *direct* stage) and committed by
+completing it. Integrity on the wire: SigV4 signs every payload sent over plain HTTP, and TLS
 covers HTTPS, so no extra checksum is computed.
 """
 
