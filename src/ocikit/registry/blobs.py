@@ -47,19 +47,14 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     await reg.authorize(request, name, "pull")
     digest = reg.parse_digest(reference)
     size = await reg.metadata.linked_blob_size(name, digest)
-    unknown = RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
-    if size is None:
-        raise unknown
+    # The object is asked for even before a redirect: a blob lost behind the registry's back
+    # is BLOB_UNKNOWN, and an unreachable store is 503, never a redirect into nothing.
+    if size is None or await reg.blobs.stat(digest) is None:
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
     if reg.settings.blob_redirect and request.method == "GET":
-        # No stat of the object first (a request to the object store, 2-11 ms): the metadata
-        # records a blob only once its content is stored and GC forgets it before deleting the
-        # content, so only a loss behind the registry's back (which fsck reports) makes the
-        # redirect lead to the store's own 404, never to other bytes.
         url = await reg.blobs.url(digest, expires=_REDIRECT_EXPIRY)
         if url is not None:  # the object store serves the bytes (and the Range) itself
             return Response(status=307, headers=[("location", url), ("docker-content-digest", digest)])
-    if await reg.blobs.stat(digest) is None:
-        raise unknown
     headers = [
         ("content-type", "application/octet-stream"),
         ("docker-content-digest", digest),
