@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -498,6 +499,39 @@ def test_a_blob_lost_from_the_bucket_is_unknown_whether_redirected_or_streamed(
         with server.client() as client:
             lost = client.get(path)
             assert (lost.status_code, error_codes(lost)) == (404, ["BLOB_UNKNOWN"])
+    finally:
+        server.stop()
+
+
+def test_a_monolithic_upload_cut_short_leaves_nothing_and_a_retry_succeeds(
+    s3: S3Target, tmp_path: Path
+) -> None:
+    """The client announces 12 MiB, sends 7 and hangs up: the multipart upload written straight
+    to the blob's key is aborted, nothing is visible, and the upload starts again from 0."""
+    server = _serve_on(s3, tmp_path / "data")
+    name, layer = repo_name(), os.urandom(12 * MiB)
+    try:
+        with server.client() as client:
+            location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+            host, port = server.host.rsplit(":", 1)
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(
+                    f"PUT {location}{'&' if '?' in location else '?'}digest={digest(layer)} HTTP/1.1\r\n"
+                    f"Host: registry\r\nContent-Type: application/octet-stream\r\n"
+                    f"Content-Length: {len(layer)}\r\n\r\n".encode()
+                )
+                sock.sendall(layer[: 7 * MiB])
+            deadline = time.monotonic() + 10
+            while s3.server.client().list_multipart_uploads(Bucket=s3.bucket).get("Uploads"):
+                assert time.monotonic() < deadline, "the multipart upload was not aborted"
+                time.sleep(0.1)
+            assert client.head(f"/v2/{name}/blobs/{digest(layer)}").status_code == 404
+            status = client.get(location)
+            assert status.status_code == 204, status.text
+            assert status.headers["range"] == "0-0"  # empty, as distribution reports it
+            done = client.put(location, params={"digest": digest(layer)}, content=layer)
+            assert done.status_code == 201, done.text
+            assert client.get(f"/v2/{name}/blobs/{digest(layer)}", follow_redirects=True).content == layer
     finally:
         server.stop()
 
