@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 _COMPONENT: Final = "PostgreSQL"
 _CONNECT_TIMEOUT: Final = 10.0
-_PLACEHOLDER: Final = re.compile(r"\?")
+_PARAMETER_MARKER: Final = re.compile(r"\?")
 
 #: Failures of the connection, not of a statement (SQLSTATE classes 08 and 57P0x, asyncpg's own).
 _CONNECTION_ERRORS: Final = (
@@ -48,11 +48,11 @@ _CONNECTION_ERRORS: Final = (
 
 
 def _numbered(sql: str, cache: dict[str, str]) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (the statements hold no literal ``?``)."""
+    """``?`` parameter markers as PostgreSQL's ``$1, $2, ...`` (the statements hold no literal ``?``)."""
     converted = cache.get(sql)
     if converted is None:
         counter = iter(range(1, 1 << 16))
-        converted = cache[sql] = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+        converted = cache[sql] = _PARAMETER_MARKER.sub(lambda _: f"${next(counter)}", sql)
     return converted
 
 

@@ -17,7 +17,7 @@ sees what has committed before it) is as safe as SQLite's one writer at a time:
   and a delete locks or deletes its row before looking for references, so whichever of two
   racing transactions comes second sees the other's committed result.
 
-Drivers run statements written with ``?`` placeholders; the logic is ``async`` because
+Drivers run statements written with ``?`` parameter markers; the logic is ``async`` because
 PostgreSQL's driver is, and SQLite's transaction functions never suspend, so the SQLite
 driver runs them to completion on its writer thread (:func:`run_to_completion`).
 """
@@ -68,7 +68,7 @@ live (repository_id, digest) AS (
 
 
 class Transaction(Protocol):
-    """What the rules need from a database driver: statements with ``?`` placeholders."""
+    """What the rules need from a database driver: statements with ``?`` parameter markers."""
 
     dialect: str
     #: Appended to a SELECT whose rows must stay as they are until the transaction ends.
