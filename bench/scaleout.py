@@ -344,6 +344,26 @@ class Image:
         return sum(blob["size"] for blob in self.blobs()) + len(self.manifest()[1])
 
 
+def patch_chunk(
+    conn: http.client.HTTPConnection, lb: single.Server, location: str, offset: int, piece: bytes | memoryview
+) -> str:
+    """One PATCH of an upload at ``offset``; the Location to send the next request to."""
+    conn.request(
+        "PATCH",
+        location,
+        body=piece,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+        },
+    )
+    response = conn.getresponse()
+    response.read()
+    if response.status != 202:
+        raise RuntimeError(f"{lb.name}: PATCH at {offset}: {response.status}")
+    return single.location_path(response.getheader("location", location))
+
+
 def push_chunked(lb: single.Server, repository: str, path: Path, digest: str, chunk: int) -> None:
     """POST, a PATCH with Content-Range per ``chunk`` bytes, closing PUT: a client's chunked
     upload, with the server's Location followed at every step."""
@@ -353,20 +373,7 @@ def push_chunked(lb: single.Server, repository: str, path: Path, digest: str, ch
         with open(path, "rb") as source:
             offset = 0
             while piece := source.read(chunk):
-                conn.request(
-                    "PATCH",
-                    location,
-                    body=piece,
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{offset}-{offset + len(piece) - 1}",
-                    },
-                )
-                response = conn.getresponse()
-                response.read()
-                if response.status != 202:
-                    raise RuntimeError(f"{lb.name}: PATCH at {offset}: {response.status}")
-                location = single.location_path(response.getheader("location", location))
+                location = patch_chunk(conn, lb, location, offset, piece)
                 offset += len(piece)
         conn.request("PUT", single.with_query(location, digest=digest), headers={"Content-Length": "0"})
         response = conn.getresponse()
@@ -483,20 +490,7 @@ def chunked_stream(lb: single.Server, size: int, chunk: int) -> tuple[float, str
             block[:8] = offset.to_bytes(8, "little")  # every chunk differs from every other
             piece = memoryview(block)[: min(chunk, size - offset)]
             hasher.update(piece)
-            conn.request(
-                "PATCH",
-                location,
-                body=piece,
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{offset + len(piece) - 1}",
-                },
-            )
-            response = conn.getresponse()
-            response.read()
-            if response.status != 202:
-                raise RuntimeError(f"{lb.name}: PATCH at {offset}: {response.status}")
-            location = single.location_path(response.getheader("location", location))
+            location = patch_chunk(conn, lb, location, offset, piece)
         digest = "sha256:" + hasher.hexdigest()
         conn.request("PUT", single.with_query(location, digest=digest), headers={"Content-Length": "0"})
         response = conn.getresponse()
