@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 
 
-def _load(name: str) -> Any:
+def load_sibling(name: str) -> Any:
     """A sibling benchmark as a module (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
     assert spec is not None
@@ -167,7 +167,7 @@ def arguments(description: str, rounds: int, quick: str) -> tuple[argparse.Names
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         parser.error("skopeo is not installed (scripts/install-system-deps.sh installs it as root)")
-    unpack = _load("unpack")
+    unpack = load_sibling("unpack")
     args.cache.mkdir(parents=True, exist_ok=True)
     layout = (
         unpack.build_synthetic(args.cache) if args.quick else unpack.build_debian(args.cache, args.mirror)
@@ -177,7 +177,7 @@ def arguments(description: str, rounds: int, quick: str) -> tuple[argparse.Names
 
 def main() -> int:
     args, skopeo, layout = arguments(__doc__.split("\n\n")[0], 5, "one round")
-    unpack, registry = _load("unpack"), _load("registry")
+    unpack, registry = load_sibling("unpack"), load_sibling("registry")
     layers = unpack.image_layers(layout)
     payload = sum(path.stat().st_size for path, _, _, _ in layers)
     rounds = 1 if args.quick else args.rounds

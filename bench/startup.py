@@ -24,7 +24,6 @@ benchmark times, in turns, one fresh process each (median and minimum of ``--rou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
@@ -35,6 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import push_pull  # bench/ is the script's directory, first on sys.path
+
 HERE = Path(__file__).resolve().parent
 
 FLOORS = {
@@ -43,17 +44,6 @@ FLOORS = {
     "client floor": "import asyncio, msgspec.json, argparse, sqlite3",
     "sync floor": "import http.client, json, argparse, sqlite3, hashlib",
 }
-
-
-def _load(name: str) -> Any:
-    """A sibling benchmark as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"bench_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def commands(push_pull: Any, skopeo: str, layout: Path, host: str, caches: dict[str, Path]) -> dict[str, Any]:
@@ -77,7 +67,7 @@ def commands(push_pull: Any, skopeo: str, layout: Path, host: str, caches: dict[
 
 
 def measure(push_pull: Any, layout: Path, rounds: int, work: Path, skopeo: str) -> dict[str, list[float]]:
-    registry = _load("registry")
+    registry = push_pull.load_sibling("registry")
     src = HERE.parent / "src"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed by pip, with bytecode
@@ -110,7 +100,6 @@ def measure(push_pull: Any, layout: Path, rounds: int, work: Path, skopeo: str) 
 
 
 def main() -> int:
-    push_pull = _load("push_pull")
     args, skopeo, layout = push_pull.arguments(__doc__.split("\n\n")[0], 21, "3 rounds")
     rounds = 3 if args.quick else args.rounds
     with tempfile.TemporaryDirectory(dir=args.tmpdir, prefix="ocikit-bench-startup-") as work:
