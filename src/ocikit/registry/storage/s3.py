@@ -283,7 +283,9 @@ class S3BlobStore:
         destination: Digest | None = None,
     ) -> tuple[int, bytes]:
         recorded = _decode_stage(stage)
-        if recorded.size != offset or recorded.direct is not None:
+        if recorded.direct is not None:
+            raise ValueError("a stage written straight to its blob takes no further bytes")
+        if recorded.size != offset:
             raise ValueError(f"the staging state holds {recorded.size} bytes, the session {offset}")
         await self._delete_keys([self._staged_key(upload_id, name) for name in recorded.stale])
         writer = (
