@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Final
 
 from .errors import RegistryError, still_referenced
@@ -9,6 +10,7 @@ from .hooks import Event
 from .http import Request, Response
 
 if TYPE_CHECKING:
+    from ..spec.digest import Digest
     from .app import Registry
 
 __all__ = ["delete", "get", "parse_range"]
@@ -46,11 +48,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 async def get(reg: Registry, request: Request, name: str, reference: str) -> Response:
     await reg.authorize(request, name, "pull")
     digest = reg.parse_digest(reference)
-    size = await reg.metadata.linked_blob_size(name, digest)
-    # The object is asked for even before a redirect: a blob lost behind the registry's back
-    # is BLOB_UNKNOWN, and an unreachable store is 503, never a redirect into nothing.
-    if size is None or await reg.blobs.stat(digest) is None:
-        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+    size = await _linked_and_stored(reg, name, digest)
     if reg.settings.blob_redirect and request.method == "GET":
         url = await reg.blobs.url(digest, expires=_REDIRECT_EXPIRY)
         if url is not None:  # the object store serves the bytes (and the Range) itself
@@ -79,6 +77,26 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     # Streamed from the event loop in 1 MiB reads: measured ~35% faster than handing the path
     # to Granian 2.8 (http.response.pathsend), which reads in 128 KiB pieces (docs/benchmarks.md).
     return Response(headers=headers, chunks=reg.blobs.read(digest))
+
+
+async def _linked_and_stored(reg: Registry, name: str, digest: Digest) -> int:
+    """The blob's size when ``name`` links it and the blob store holds it.
+
+    The object is asked for even before a redirect: a blob lost behind the registry's back is
+    BLOB_UNKNOWN, and an unreachable store is 503, never a redirect into nothing. Both stores
+    are asked at once, so that a GET waits for one round trip, not two (on S3 and PostgreSQL
+    each is a network request).
+    """
+    linked, stored = await asyncio.gather(
+        reg.metadata.linked_blob_size(name, digest), reg.blobs.stat(digest), return_exceptions=True
+    )
+    if isinstance(linked, BaseException):
+        raise linked
+    if linked is not None and isinstance(stored, BaseException):
+        raise stored
+    if linked is None or stored is None:
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+    return linked
 
 
 async def delete(reg: Registry, request: Request, name: str, reference: str) -> Response:

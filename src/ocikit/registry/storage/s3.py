@@ -32,13 +32,18 @@ import json
 import os
 import re
 import secrets
+import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, suppress
+from email.utils import parsedate_to_datetime
 from typing import Any, Final, NoReturn
 
 import aiohttp
 import botocore.exceptions  # type: ignore[import-untyped]
 import msgspec
+import yarl
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore.loaders import JSONFileLoader, create_loader  # type: ignore[import-untyped]
@@ -62,6 +67,11 @@ _DELETE_BATCH: Final = 1000
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CONTENT_TYPE: Final = "application/octet-stream"
 _DOCUMENTATION: Final = frozenset({"documentation", "documentationUrl"})
+_ACCESS_DENIED: Final = "access denied ({code}): check the credentials (AWS_ACCESS_KEY_ID, ~/.aws)"
+#: A HEAD's presigned URL is used at once: its life only has to cover clock skew.
+_HEAD_EXPIRY: Final = 60
+#: botocore's standard retry mode, which the store's other requests use.
+_HEAD_ATTEMPTS: Final = 3
 
 
 def _part_size(offset: int) -> int:
@@ -111,6 +121,10 @@ class _Missing(FileNotFoundError):
     """The object or bucket does not exist (HTTP 404); reading an absent blob raises it."""
 
 
+class _Transient(StorageUnavailable):
+    """A failure worth another attempt: no connection, or the store's 5xx or 429."""
+
+
 class S3BlobStore:
     """Blobs and staged uploads in one bucket of an S3-compatible object store.
 
@@ -126,6 +140,8 @@ class S3BlobStore:
         self.region = region
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._http: aiohttp.ClientSession | None = None
+        self._proxy: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         where = f" at {self.endpoint}" if self.endpoint else ""
@@ -146,11 +162,15 @@ class S3BlobStore:
             # refuse a part's body passed as a memoryview, which saves a copy of every part.
             parameter_validation=False,
         )
+        session = _session()
         self._client = await self._stack.enter_async_context(
-            _session().create_client(
+            session.create_client(
                 "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
             )
         )
+        ca_bundle = session.get_config_variable("ca_bundle")
+        self._http = await self._stack.enter_async_context(_plain_http(ca_bundle))
+        self._proxy = _proxy_for(await self._presigned("head_object", self._key("blobs"), _HEAD_EXPIRY))
         try:
             await self._call("head_bucket", Bucket=self.bucket)
         except _Missing:
@@ -163,6 +183,7 @@ class S3BlobStore:
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+        self._http = None
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 request; 404 raises :class:`_Missing`, every other failure
@@ -197,23 +218,46 @@ class S3BlobStore:
     # ---------------------------------------------------------------- content
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
+        """The object's HEAD, sent presigned by plain aiohttp: every blob GET asks it, and
+        botocore's request and response pipeline costs more time and CPU than the request
+        itself (measured in docs/benchmarks.md). Retried as botocore's standard mode would."""
+        url = await self._presigned("head_object", self._blob_key(digest), _HEAD_EXPIRY)
+        for _ in range(_HEAD_ATTEMPTS - 1):
+            with suppress(_Transient):
+                return await self._head(url)
+        return await self._head(url)
+
+    async def _head(self, url: str) -> BlobInfo | None:
+        assert self._http is not None, "the store is not open"
         try:
-            head = await self._call("head_object", Bucket=self.bucket, Key=self._blob_key(digest))
-        except _Missing:
+            async with self._http.head(url, allow_redirects=False, **self._proxy) as response:
+                status, headers = response.status, response.headers
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise _Transient(COMPONENT, _one_line(error, self.endpoint)) from error
+        if status == 200:
+            return _blob_info(headers)
+        if status == 404:
             return None
-        return BlobInfo(size=head["ContentLength"], modified=head["LastModified"].timestamp())
+        if status == 403:
+            raise StorageUnavailable(COMPONENT, _ACCESS_DENIED.format(code=status))
+        failure = _Transient if status >= 500 or status == 429 else StorageUnavailable
+        raise failure(COMPONENT, f"HTTP {status} to a HEAD of an object")
 
     def local_path(self, digest: Digest) -> str | None:
         return None
 
     async def url(self, digest: Digest, *, expires: float) -> str | None:
+        return await self._presigned("get_object", self._blob_key(digest), expires)
+
+    async def _presigned(self, operation: str, key: str, expires: float) -> str:
         if self._client is None:
             raise StorageUnavailable(COMPONENT, "the store is not open")
-        url: str = await self._client.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.bucket, "Key": self._blob_key(digest)},
-            ExpiresIn=max(1, int(expires)),
-        )
+        try:
+            url: str = await self._client.generate_presigned_url(
+                operation, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=max(1, int(expires))
+            )
+        except botocore.exceptions.BotoCoreError as error:  # no credentials
+            raise StorageUnavailable(COMPONENT, _one_line(error, self.endpoint)) from error
         return url
 
     async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -656,10 +700,44 @@ def _raise_for_client_error(error: botocore.exceptions.ClientError) -> NoReturn:
     if status == 404 or code in {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}:
         raise _Missing(code) from error
     if status == 403 or code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-        reason = f"access denied ({code or status}): check the credentials (AWS_ACCESS_KEY_ID, ~/.aws)"
-        raise StorageUnavailable(COMPONENT, reason) from error
+        raise StorageUnavailable(COMPONENT, _ACCESS_DENIED.format(code=code or status)) from error
     message = error.response.get("Error", {}).get("Message", "") or str(error)
     raise StorageUnavailable(COMPONENT, f"{code or status}: {message}".splitlines()[0]) from error
+
+
+def _blob_info(headers: Any) -> BlobInfo:
+    try:
+        modified = parsedate_to_datetime(headers["Last-Modified"]).timestamp()
+        return BlobInfo(size=int(headers["Content-Length"]), modified=modified)
+    except (KeyError, TypeError, ValueError) as error:
+        raise StorageUnavailable(COMPONENT, f"the store answered a HEAD without a valid {error}") from error
+
+
+def _plain_http(ca_bundle: str | None) -> aiohttp.ClientSession:
+    """The HTTP client for presigned requests, trusting what botocore trusts: ``AWS_CA_BUNDLE``
+    or ``ca_bundle`` in ~/.aws/config, else the system's roots."""
+    context = ssl.create_default_context(cafile=ca_bundle)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, ssl=context),
+        timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60),
+        auto_decompress=False,
+    )
+
+
+def _proxy_for(url: str) -> dict[str, Any]:
+    """aiohttp's arguments for the proxy the environment names for the store's URLs (as
+    botocore honours ``HTTPS_PROXY`` and ``NO_PROXY``), decided once: aiohttp's ``trust_env``
+    looks it up again for every request, which made a HEAD take twice as long."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
+        return {}
+    address = yarl.URL(proxy)
+    if address.user is None:
+        return {"proxy": address}
+    credentials = aiohttp.BasicAuth.from_url(address)
+    assert credentials is not None
+    return {"proxy": address.with_user(None), "proxy_headers": {"Proxy-Authorization": credentials.encode()}}
 
 
 def _one_line(error: BaseException, endpoint: str | None) -> str:
