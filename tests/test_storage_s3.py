@@ -21,6 +21,7 @@ import pytest
 
 from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, start_registry
 from ocikit.registry.settings import load_settings
+from ocikit.registry.storage import s3 as s3_module
 from ocikit.registry.storage.base import StorageUnavailable
 from ocikit.registry.storage.s3 import S3BlobStore
 from ocikit.spec.digest import Digest
@@ -241,13 +242,81 @@ def test_part_buffers_reused_across_a_long_request_keep_every_byte(s3: S3Target)
         assert (written, len(s3.keys("uploads/reuse/piece-"))) == (len(head), 1)
         written, stage = await store.stage_append("reuse", stage, len(head), _chunks(*chunks))
         assert written == len(body)
-        # 24 MiB and 4322 bytes: four parts of 5 MiB, and what is left as a piece.
-        assert len(s3.keys("uploads/reuse/part-")) == 4
+        # 24 MiB and 4322 bytes: one run of four parts of 5 MiB and the rest, the piece in it.
+        assert len(s3.keys("uploads/reuse/run-")) == 1
         data = head + body
         await store.stage_commit("reuse", stage, len(data), _digest(data))
         assert await _read_all(store, _digest(data)) == data
 
     run(s3, work)
+
+
+def test_a_blob_sent_in_one_request_is_one_staging_object(s3: S3Target) -> None:
+    """A blob streamed in one request of unknown digest (skopeo's PATCH) is staged as one run,
+    which the commit copies whole, once; a short second request leaves a piece after it."""
+    data, tail = os.urandom(12 * MiB + 5), os.urandom(1000)
+
+    async def work(store: S3BlobStore) -> None:
+        stage = await store.stage_create("one")
+        written, stage = await store.stage_append("one", stage, 0, _chunks(data[:MiB], data[MiB:]))
+        assert written == len(data)
+        assert [key.rpartition("/")[2][:4] for key in s3.keys("uploads/one/")] == ["crea", "run-"]
+        assert s3.server.client().list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+        assert await _collect(store.stage_read("one", stage, len(data))) == data
+        _, stage = await store.stage_append("one", stage, len(data), _chunks(tail))
+        assert len(s3.keys("uploads/one/piece-")) == 1
+        whole = data + tail
+        await store.stage_commit("one", stage, len(whole), _digest(whole))
+        assert await _read_all(store, _digest(whole)) == whole
+
+    run(s3, work)
+    assert s3.keys("uploads/") == []
+
+
+def test_staging_objects_beyond_the_largest_part_are_copied_in_ranges(
+    s3: S3Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run larger than S3's largest part (5 GiB; 10 MiB here) is published by copies of
+    ranges, each above the smallest part, whether it is the only object staged or not."""
+    monkeypatch.setattr(s3_module, "_MAX_PART", 10 * MiB)
+    big, more = os.urandom(23 * MiB + 1), os.urandom(6 * MiB)
+    spans = [span.partition("=")[2].split("-") for span in s3_module._copy_ranges(len(big)) if span]
+    sizes = [int(last) - int(first) + 1 for first, last in spans]
+    assert (len(sizes), sum(sizes)) == (3, len(big))
+    assert 5 * MiB <= min(sizes) <= max(sizes) <= 10 * MiB
+
+    async def work(store: S3BlobStore) -> None:
+        for upload_id, requests in (("alone", [big]), ("then", [big, more])):
+            stage, size = await store.stage_create(upload_id), 0
+            for body in requests:
+                written, stage = await store.stage_append(upload_id, stage, size, _chunks(body))
+                size += written
+            data = b"".join(requests)
+            await store.stage_commit(upload_id, stage, size, _digest(data))
+            assert await _read_all(store, _digest(data)) == data
+
+    run(s3, work)
+    assert s3.keys("uploads/") == []
+
+
+def test_a_run_cut_off_by_a_crash_is_aborted_with_its_upload(s3: S3Target) -> None:
+    """A replica killed in the middle of a long request leaves the run's multipart upload
+    unfinished: invisible, but holding storage until the upload is removed."""
+    client = s3.server.client()
+    key = f"{s3.prefix}/uploads/cut/run-left-by-a-crash"
+
+    async def work(store: S3BlobStore) -> None:
+        await store.stage_create("cut")
+        started = client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+        client.upload_part(
+            Bucket=s3.bucket, Key=key, UploadId=started, PartNumber=1, Body=os.urandom(5 * MiB)
+        )
+        assert [upload_id async for upload_id, _ in store.staged()] == ["cut"]
+        await store.stage_abort("cut", None)
+
+    run(s3, work)
+    assert client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert s3.keys("uploads/") == []
 
 
 class _ClientVanished(Exception):

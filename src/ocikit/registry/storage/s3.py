@@ -7,27 +7,31 @@ part of the upload: a request that fails, or whose lease was taken over while it
 leaves objects nobody names (removed with the upload) and cannot change recorded bytes. An
 empty ``created`` object marks the upload from its start, for :meth:`S3BlobStore.staged`.
 
-- *parts* are at least 5 MiB, the smallest part S3 accepts in a multipart upload but the last;
-  a long request streams its body into parts of :func:`_part_size` bytes, one being sent
-  while the next fills, so memory stays constant whatever the blob's size;
-- *pieces* are what is left at the end of a request when it is too small for a part: the next
-  request reads them back and sends them at the head of its first part, so many small chunks
-  (clients sending 1 MiB PATCHes) combine into valid parts. Pieces a later stage has absorbed
-  into a part are deleted by the request after it, once that stage is surely recorded.
+- *runs* hold at least 5 MiB, the smallest part S3 accepts in a multipart upload but the
+  last: a request long enough streams its body into a multipart upload of its own, in parts
+  of :func:`_part_size` bytes (one being sent while the next fills, so memory stays constant
+  whatever the blob's size), and completes it when the body ends, so a blob sent in one
+  request (as skopeo and containerd send them) is one staging object. A run cut off by a crash
+  is an unfinished multipart upload under the prefix, aborted with the upload;
+- *pieces* are what a request leaves when it is too short for a part: the next request reads
+  them back and sends them at the head of its first part, so many small chunks (clients
+  sending 1 MiB PATCHes) combine into valid parts. Pieces a later stage has absorbed into a run
+  are deleted by the request after it, once that stage is surely recorded.
 
-The commit copies the staged objects server-side into ``blobs/<alg>/<encoded>`` (one multipart
-upload of part copies, or one copy) so the blob appears whole and at once, then removes the
-staging objects. S3 has no rename: a content-addressed key needs the digest, which is only known
-at the end — except for a whole blob in one request whose digest the caller names: that one is
-written straight into a multipart upload at its key (a *direct* stage) and committed by
-completing it. Integrity on the wire: SigV4 signs every payload sent over plain HTTP, and TLS
-covers HTTPS, so no extra checksum is computed.
+The commit copies the staged objects server-side into ``blobs/<alg>/<encoded>`` (one copy of a
+single run, else one multipart upload of part copies) so the blob appears whole and at once,
+then removes the staging objects. S3 has no rename: a content-addressed key needs the digest,
+which is only known at the end — except for a whole blob in one request whose digest the
+caller names: that one is written straight into a multipart upload at its key (a *direct*
+stage) and committed by completing it. Integrity on the wire: SigV4 signs every payload sent
+over plain HTTP, and TLS covers HTTPS, so no extra checksum is computed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import os
 import re
@@ -88,7 +92,7 @@ class _Stage(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     """What a recorded upload consists of, in order: parts, then pieces."""
 
     version: int = 1
-    #: (name, size) of staging objects of at least 5 MiB each.
+    #: (name, size) of staging objects of at least 5 MiB each (runs).
     parts: list[tuple[str, int]] = msgspec.field(default_factory=list)
     #: (name, size) of small staging objects following the parts.
     pieces: list[tuple[str, int]] = msgspec.field(default_factory=list)
@@ -373,18 +377,19 @@ class S3BlobStore:
         await self.stage_abort(upload_id, None)
 
     async def _publish(self, upload_id: str, stage: _Stage, key: str) -> None:
-        """Make ``key`` hold the staged bytes, all at once: a multipart upload completed from
-        server-side part copies (the pieces, small, travel once more as the last part)."""
-        sources = [self._staged_key(upload_id, name) for name, _ in stage.parts]
-        pieces = [self._staged_key(upload_id, name) for name, _ in stage.pieces]
-        if len(sources) + len(pieces) == 1:
-            source = (sources or pieces)[0]
-            await self._call(
-                "copy_object", Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source}
-            )
+        """Make ``key`` hold the staged bytes, all at once: one server-side copy of a single
+        staging object, else a multipart upload completed from server-side part copies (pieces
+        but the last, small, travel once more joined into the last part)."""
+        sources = [(self._staged_key(upload_id, name), size) for name, size in stage.parts]
+        pieces = [(self._staged_key(upload_id, name), size) for name, size in stage.pieces]
+        if len(pieces) == 1:
+            sources, pieces = sources + pieces, []
+        if len(sources) == 1 and not pieces and sources[0][1] <= _MAX_PART:
+            source = {"Bucket": self.bucket, "Key": sources[0][0]}
+            await self._call("copy_object", Bucket=self.bucket, Key=key, CopySource=source)
             return
         if not sources:
-            body = b"".join([await self._get_bytes(piece) for piece in pieces])
+            body = b"".join([await self._get_bytes(piece) for piece, _ in pieces])
             await self._call("put_object", Bucket=self.bucket, Key=key, Body=body, ContentType=_CONTENT_TYPE)
             return
         created = await self._call(
@@ -392,12 +397,13 @@ class S3BlobStore:
         )
         multipart = {"Bucket": self.bucket, "Key": key, "UploadId": created["UploadId"]}
         try:
+            ranges = [(source, span) for source, size in sources for span in _copy_ranges(size)]
             etags = await _bounded_gather(
-                [self._copy_part(multipart, number, source) for number, source in enumerate(sources, 1)]
+                [self._copy_part(multipart, number, *copied) for number, copied in enumerate(ranges, 1)]
             )
             if pieces:
-                body = b"".join([await self._get_bytes(piece) for piece in pieces])
-                sent = await self._call("upload_part", **multipart, PartNumber=len(sources) + 1, Body=body)
+                body = b"".join([await self._get_bytes(piece) for piece, _ in pieces])
+                sent = await self._call("upload_part", **multipart, PartNumber=len(etags) + 1, Body=body)
                 etags.append(sent["ETag"])
             parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)]
             await self._call("complete_multipart_upload", **multipart, MultipartUpload={"Parts": parts})
@@ -405,12 +411,13 @@ class S3BlobStore:
             await self._abort_multipart(multipart)
             raise
 
-    async def _copy_part(self, multipart: dict[str, Any], number: int, source: str) -> str:
+    async def _copy_part(self, multipart: dict[str, Any], number: int, source: str, span: str | None) -> str:
         copied = await self._call(
             "upload_part_copy",
             **multipart,
             PartNumber=number,
             CopySource={"Bucket": self.bucket, "Key": source},
+            **({"CopySourceRange": span} if span is not None else {}),
         )
         etag: str = copied["CopyPartResult"]["ETag"]
         return etag
@@ -443,8 +450,21 @@ class S3BlobStore:
     async def stage_abort(self, upload_id: str, stage: bytes | None) -> None:
         if stage is not None and (direct := _decode_stage(stage).direct) is not None:
             await self._abort_multipart({"Bucket": self.bucket, "Key": direct[0], "UploadId": direct[1]})
-        keys = [item["Key"] async for item in self._list(self._upload_prefix(upload_id))]
+        prefix = self._upload_prefix(upload_id)
+        async for multipart in self._unfinished(prefix):  # runs of requests cut off by a crash
+            await self._abort_multipart(multipart)
+        keys = [item["Key"] async for item in self._list(prefix)]
         await self._delete_keys(keys)
+
+    async def _unfinished(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = await self._call("list_multipart_uploads", **params)
+            for upload in page.get("Uploads", []):
+                yield {"Bucket": self.bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
+            if not page.get("IsTruncated"):
+                return
+            params.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
 
     async def _delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), _DELETE_BATCH):
@@ -468,7 +488,10 @@ class S3BlobStore:
 
 
 class _StageWriter:
-    """Streams one request's chunks into new staging objects after a recorded stage.
+    """Streams one request's chunks after a recorded stage into one new staging object: a
+    multipart upload of its own (a *run*), completed when the request ends, so that an upload
+    sent in one long request is one object to copy at the commit. A request too short for a
+    part leaves a piece instead.
 
     Bytes are copied once, into a part buffer of the part's size; a full buffer is itself the
     body of the part's upload, and returns for reuse once that upload is done. At most
@@ -476,18 +499,23 @@ class _StageWriter:
     ``_PARTS_IN_FLIGHT + 1`` part buffers whatever the request's size.
     """
 
-    def __init__(self, store: S3BlobStore, upload_id: str, recorded: _Stage) -> None:
+    def __init__(self, store: S3BlobStore, upload_id: str, recorded: _Stage, key: str | None = None) -> None:
         self.store = store
         self.upload_id = upload_id
         self.offset = recorded.size
         self.written = 0
-        self.parts = list(recorded.parts)
         self.pieces = list(recorded.pieces)
         self.stale: list[str] = []
         self.buffer = bytearray()
         self.filled = 0
         self.spare: list[bytearray] = []
         self.in_flight: list[tuple[asyncio.Task[None], bytearray | None]] = []
+        self.recorded = recorded
+        self.run = _new_name("run")
+        self.key = key if key is not None else store._staged_key(upload_id, self.run)
+        self.multipart: dict[str, Any] | None = None
+        #: (ETag, size) of the run's parts, in order; an ETag is filled in once its part is sent.
+        self.sent: list[tuple[str, int]] = []
 
     @property
     def _pending(self) -> int:
@@ -519,41 +547,65 @@ class _StageWriter:
 
     async def finish(self) -> _Stage:
         try:
-            if self._pending >= _part_size(self.offset):
-                await self._flush_part(self._pending)
-            elif self.filled:
-                name = _new_name("piece")
-                piece = bytes(memoryview(self.buffer)[: self.filled])
-                await self.store._put(self.store._staged_key(self.upload_id, name), piece)
-                self.pieces.append((name, len(piece)))
+            if not self.sent:
+                await self._leave_piece()
+                return _Stage(parts=list(self.recorded.parts), pieces=self.pieces, stale=self.stale)
+            if self.filled:  # a run's last part may be of any size
+                await self._flush_part(self.filled)
             await self._settle()
+            await self._complete()
         except BaseException:
             await self.cancel()
             raise
-        return _Stage(parts=self.parts, pieces=self.pieces, stale=self.stale)
+        run = (self.run, sum(size for _, size in self.sent))
+        return _Stage(parts=[*self.recorded.parts, run], stale=self.stale)
+
+    async def _leave_piece(self) -> None:
+        if self.filled:
+            name = _new_name("piece")
+            piece = bytes(memoryview(self.buffer)[: self.filled])
+            await self.store._put(self.store._staged_key(self.upload_id, name), piece)
+            self.pieces.append((name, len(piece)))
+
+    async def _complete(self) -> None:
+        assert self.multipart is not None
+        numbered = [{"PartNumber": number, "ETag": etag} for number, (etag, _) in enumerate(self.sent, 1)]
+        await self.store._call(
+            "complete_multipart_upload", **self.multipart, MultipartUpload={"Parts": numbered}
+        )
 
     async def _flush_part(self, size: int) -> None:
-        """Send the first ``size`` pending bytes as a new part (after the previous one)."""
+        """Send the first ``size`` pending bytes as the run's next part."""
         try:
+            if self.multipart is None:
+                created = await self.store._call(
+                    "create_multipart_upload",
+                    Bucket=self.store.bucket,
+                    Key=self.key,
+                    ContentType=_CONTENT_TYPE,
+                )
+                self.multipart = {
+                    "Bucket": self.store.bucket,
+                    "Key": self.key,
+                    "UploadId": created["UploadId"],
+                }
             body = await self._take(size)
-            name = self._part_name()
-            self.parts.append((name, len(body)))
+            self.sent.append(("", len(body)))
             self.offset += len(body)
             while len(self.in_flight) >= _PARTS_IN_FLIGHT:
                 await self._settle_one()
             # A view, not the bytearray: the HTTP client would copy a bytearray it slices.
-            sent = memoryview(body) if isinstance(body, bytearray) else body
-            task = asyncio.ensure_future(self._send(name, sent))
+            view = memoryview(body) if isinstance(body, bytearray) else body
+            task = asyncio.ensure_future(self._send(len(self.sent), view))
             self.in_flight.append((task, body if isinstance(body, bytearray) else None))
         except BaseException:
             await self.cancel()
             raise
 
-    def _part_name(self) -> str:
-        return _new_name("part")
-
-    async def _send(self, name: str, body: bytes | memoryview) -> None:
-        await self.store._put(self.store._staged_key(self.upload_id, name), body)
+    async def _send(self, number: int, body: bytes | memoryview) -> None:
+        assert self.multipart is not None
+        answer = await self.store._call("upload_part", **self.multipart, PartNumber=number, Body=body)
+        self.sent[number - 1] = (answer["ETag"], self.sent[number - 1][1])
 
     async def _take(self, size: int) -> bytearray | bytes:
         """The first ``size`` pending bytes, removed: the full buffer itself when it is exactly
@@ -574,9 +626,6 @@ class _StageWriter:
         self.pieces = []
         return body
 
-    async def _read_piece(self, name: str) -> bytes:
-        return await self.store._get_bytes(self.store._staged_key(self.upload_id, name))
-
     async def _settle_one(self) -> None:
         task, buffer = self.in_flight.pop(0)
         await task
@@ -592,6 +641,9 @@ class _StageWriter:
             task.cancel()
         await asyncio.gather(*(task for task, _ in self.in_flight), return_exceptions=True)
         self.in_flight = []
+        if self.multipart is not None:
+            await self.store._abort_multipart(self.multipart)
+            self.multipart = None
 
 
 class _DirectWriter(_StageWriter):
@@ -602,26 +654,10 @@ class _DirectWriter(_StageWriter):
     body that ends in a failure aborts the multipart upload."""
 
     def __init__(self, store: S3BlobStore, upload_id: str, key: str) -> None:
-        super().__init__(store, upload_id, _Stage())
-        self.key = key
-        self.multipart: dict[str, Any] | None = None
-        self.etags: dict[int, str] = {}
-
-    async def _send(self, name: str, body: bytes | memoryview) -> None:
-        if self.multipart is None:
-            created = await self.store._call(
-                "create_multipart_upload", Bucket=self.store.bucket, Key=self.key, ContentType=_CONTENT_TYPE
-            )
-            self.multipart = {"Bucket": self.store.bucket, "Key": self.key, "UploadId": created["UploadId"]}
-        number = int(name)
-        sent = await self.store._call("upload_part", **self.multipart, PartNumber=number, Body=body)
-        self.etags[number] = sent["ETag"]
-
-    def _part_name(self) -> str:
-        return str(len(self.parts) + 1)
+        super().__init__(store, upload_id, _Stage(), key)
 
     async def finish(self) -> _Stage:
-        if not self.parts:  # smaller than a part: a staged piece, published by a plain copy
+        if not self.sent:  # smaller than a part: a staged piece, published by a plain copy
             return await super().finish()
         try:
             if self.filled:  # the last part may be of any size
@@ -631,14 +667,7 @@ class _DirectWriter(_StageWriter):
             await self.cancel()
             raise
         assert self.multipart is not None
-        sizes = [size for _, size in self.parts]
-        parts = [(self.etags[number], size) for number, size in enumerate(sizes, 1)]
-        return _Stage(direct=(self.key, self.multipart["UploadId"], parts))
-
-    async def cancel(self) -> None:
-        await super().cancel()
-        if self.multipart is not None:
-            await self.store._abort_multipart(self.multipart)
+        return _Stage(direct=(self.key, self.multipart["UploadId"], list(self.sent)))
 
 
 def _session() -> Any:
@@ -675,6 +704,17 @@ class _CompactModels(JSONFileLoader):  # type: ignore[misc]
 def _without_documentation(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Emptied, not dropped: botocore reads some of these keys.
     return {key: "" if key in _DOCUMENTATION else value for key, value in pairs}
+
+
+def _copy_ranges(size: int) -> list[str | None]:
+    """How a staging object of ``size`` bytes is copied as parts: whole (None) when S3 takes
+    it as one part, else in equal ranges no larger than a part may be (each well above the
+    smallest part, which every part but the blob's last must reach)."""
+    if size <= _MAX_PART:
+        return [None]
+    count = -(-size // _MAX_PART)
+    bounds = [size * index // count for index in range(count + 1)]
+    return [f"bytes={start}-{end - 1}" for start, end in itertools.pairwise(bounds)]
 
 
 def _new_name(kind: str) -> str:
