@@ -38,6 +38,7 @@ def haproxy_config(port: int, admin_port: int, backends: Sequence[str], *, healt
     return f"""\
 global
     maxconn 4096
+    tune.bufsize 65536
     stats socket ipv4@127.0.0.1:{admin_port} level admin
 
 defaults
