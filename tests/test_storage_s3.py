@@ -27,6 +27,7 @@ from ocikit.spec.digest import Digest
 from registry_helpers import digest, error_codes, push_blob, push_image, repo_name
 from s3_helpers import DISTRIBUTION_V3, start_distribution_s3, upload_rss
 from seaweedfs import SeaweedFS, seaweedfs_fixture  # noqa: F401  (the seaweedfs fixture)
+from tinyproxy import Tinyproxy, tinyproxy_fixture  # noqa: F401  (the tinyproxy fixture)
 
 
 def test_seaweedfs_refuses_anonymous_requests(seaweedfs: SeaweedFS) -> None:
@@ -423,6 +424,133 @@ def test_an_unreachable_object_store_is_unavailable_then_recovers(s3: S3Target) 
         assert await _collect(store.read(_digest(data))) == data
 
     run(s3, work)
+
+
+# ---------------------------------------------------------------- behind a forward proxy
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def _behind(monkeypatch: pytest.MonkeyPatch, proxy: str, *, no_proxy: str | None = None) -> None:
+    """The environment of a user whose HTTP_PROXY is ``proxy``: both spellings of each
+    variable (urllib and botocore read either), nothing inherited from the caller's."""
+    for name in _PROXY_VARIABLES:
+        for spelling in (name, name.lower()):
+            monkeypatch.delenv(spelling, raising=False)
+            if name == "HTTP_PROXY":
+                monkeypatch.setenv(spelling, proxy)
+            elif name == "NO_PROXY" and no_proxy is not None:
+                monkeypatch.setenv(spelling, no_proxy)
+
+
+def _store_and_read_back(s3: S3Target, data: bytes) -> None:
+    """A store opens, stages ``data`` and commits it as a blob, whose stat and read answer it."""
+    digest = _digest(data)
+
+    async def work(store: S3BlobStore) -> None:
+        stage = await store.stage_create("proxied")
+        _, stage = await store.stage_append("proxied", stage, 0, _chunks(data))
+        await store.stage_commit("proxied", stage, len(data), digest)
+        info = await store.stat(digest)
+        assert info is not None
+        assert info.size == len(data)
+        assert await _read_all(store, digest) == data
+
+    run(s3, work)
+
+
+def _through(proxy: Tinyproxy, s3: S3Target) -> list[tuple[str, str]]:
+    """(method, key) of each request for the test's bucket that went through ``proxy``."""
+    bucket = f"/{s3.bucket}"
+    return [
+        (method, target.path.removeprefix(bucket).lstrip("/"))
+        for method, target in proxy.requests()
+        if f"{target.scheme}://{target.netloc}" == s3.server.endpoint and target.path.startswith(bucket)
+    ]
+
+
+def _blob_key(s3: S3Target, data: bytes) -> str:
+    return f"{s3.prefix}/blobs/sha256/{hashlib.sha256(data).hexdigest()}"
+
+
+def test_every_request_of_the_store_goes_through_the_http_proxy(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a proxy, the presigned HEAD of ``stat`` (plain aiohttp) goes where botocore's
+    requests go. A blob of a part and a piece: bodies big enough for a part go through too
+    (botocore's "Expect: 100-continue" held them at tinyproxy until the read timeout)."""
+    proxy = tinyproxy()
+    _behind(monkeypatch, proxy.url())
+    data = os.urandom(5 * MiB + 1000)
+    _store_and_read_back(s3, data)
+    through = _through(proxy, s3)
+    blob = _blob_key(s3, data)
+    assert ("HEAD", blob) in through  # stat
+    assert ("GET", blob) in through  # read
+    assert ("GET", "") in through  # open's check of the bucket
+    staged = [key for method, key in through if method == "PUT" and key.startswith(f"{s3.prefix}/uploads/")]
+    assert len(staged) >= 3, through  # created, the part, the piece
+    assert any(key == blob and method in ("PUT", "POST") for method, key in through), through  # commit
+
+
+def test_proxy_credentials_in_the_url_are_sent_and_a_refusal_is_one_line(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = ("ocikit", "pa-ss_w.rd")  # tinyproxy's configuration admits no more signs
+    proxy = tinyproxy(credentials=credentials)
+    _behind(monkeypatch, proxy.url(credentials))
+    data = os.urandom(70_000)
+    _store_and_read_back(s3, data)
+    assert ("HEAD", _blob_key(s3, data)) in _through(proxy, s3)
+
+    def refused(url: str) -> str:
+        _behind(monkeypatch, url)
+        with pytest.raises(StorageUnavailable) as failure:
+            asyncio.run(s3.store().open())
+        return str(failure.value)
+
+    for url, status in [(proxy.url(("ocikit", "wrong-password")), 401), (proxy.url(), 407)]:
+        assert refused(url) == (
+            f"S3 object storage is unavailable: the proxy refused the request (HTTP {status}): "
+            "check the user and password in HTTPS_PROXY or HTTP_PROXY"
+        )
+
+
+def test_a_proxy_that_stops_accepting_the_credentials_fails_stat_in_one_line(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's password changes while a replica runs: its next stat is a storage error
+    naming the proxy, never the presigned URL (whose signature a log would keep)."""
+    proxy = tinyproxy(credentials=("ocikit", "before"))
+    _behind(monkeypatch, proxy.url(("ocikit", "before")))
+    data = os.urandom(1000)
+
+    async def work(store: S3BlobStore) -> None:
+        stage = await store.stage_create("rotated")
+        _, stage = await store.stage_append("rotated", stage, 0, _chunks(data))
+        await store.stage_commit("rotated", stage, len(data), _digest(data))
+        proxy.stop()
+        rotated = tinyproxy(credentials=("ocikit", "after"), port=proxy.port)
+        with pytest.raises(StorageUnavailable) as failure:
+            await store.stat(_digest(data))
+        assert str(failure.value).startswith(
+            "S3 object storage is unavailable: the proxy refused the request"
+        )
+        assert ("HEAD", _blob_key(s3, data)) in _through(rotated, s3)
+
+    run(s3, work)
+
+
+def test_no_proxy_sends_the_store_straight_to_the_object_store(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = tinyproxy()
+    _behind(monkeypatch, proxy.url(), no_proxy="127.0.0.1")
+    _store_and_read_back(s3, os.urandom(70_000))
+    assert proxy.requests() == []
+    _behind(monkeypatch, proxy.url())  # the proxy does serve when not bypassed
+    _store_and_read_back(s3, os.urandom(1000))
+    assert proxy.requests() != []
 
 
 # ---------------------------------------------------------------- ocikit serve on S3
