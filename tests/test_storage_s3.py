@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import time
@@ -519,8 +520,10 @@ def test_proxy_credentials_in_the_url_are_sent_and_a_refusal_is_one_line(
 def test_a_proxy_that_stops_accepting_the_credentials_fails_stat_in_one_line(
     s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The proxy's password changes while a replica runs: its next stat is a storage error
-    naming the proxy, never the presigned URL (whose signature a log would keep)."""
+    """The proxy's password changes while a replica runs: its next stat is a one-line storage
+    error naming the proxy, never the presigned URL (whose signature a log would keep).
+    tinyproxy follows its 401 to a HEAD with a page, which the HTTP parser refuses when both
+    arrive in one packet (mostly): either reason is a fair one."""
     proxy = tinyproxy(credentials=("ocikit", "before"))
     _behind(monkeypatch, proxy.url(("ocikit", "before")))
     data = os.urandom(1000)
@@ -529,14 +532,23 @@ def test_a_proxy_that_stops_accepting_the_credentials_fails_stat_in_one_line(
         stage = await store.stage_create("rotated")
         _, stage = await store.stage_append("rotated", stage, 0, _chunks(data))
         await store.stage_commit("rotated", stage, len(data), _digest(data))
+        assert await store.stat(_digest(data)) is not None
         proxy.stop()
         rotated = tinyproxy(credentials=("ocikit", "after"), port=proxy.port)
         with pytest.raises(StorageUnavailable) as failure:
             await store.stat(_digest(data))
-        assert str(failure.value).startswith(
-            "S3 object storage is unavailable: the proxy refused the request"
-        )
         assert ("HEAD", _blob_key(s3, data)) in _through(rotated, s3)
+        refused = re.escape(
+            "the proxy refused the request (HTTP 401): "
+            "check the user and password in HTTPS_PROXY or HTTP_PROXY"
+        )
+        broken = r"an invalid HTTP response \([^\n]*\)" + re.escape(
+            f" through the proxy 127.0.0.1:{proxy.port}"
+        )
+        message = str(failure.value)
+        assert re.fullmatch(f"S3 object storage is unavailable: ({refused}|{broken})", message), message
+        assert "Signature" not in message
+        assert s3.bucket not in message
 
     run(s3, work)
 

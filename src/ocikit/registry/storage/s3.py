@@ -245,7 +245,10 @@ class S3BlobStore:
             async with self._http.head(url, allow_redirects=False, **self._proxy) as response:
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            raise _Transient(COMPONENT, _one_line(error, self.endpoint)) from error
+            reason = _one_line(error, self.endpoint)
+            if "proxy" in self._proxy:
+                reason += f" through the proxy {self._proxy['proxy'].host}:{self._proxy['proxy'].port}"
+            raise _Transient(COMPONENT, reason) from error
         if status == 200:
             return _blob_info(headers)
         if status == 404:
@@ -766,6 +769,7 @@ def _one_line(error: BaseException, endpoint: str | None) -> str:
     if isinstance(error, botocore.exceptions.HTTPClientError):
         error = error.kwargs.get("error", error)
     if isinstance(error, aiohttp.ClientResponseError):  # its text names the (presigned) URL
-        return f"an invalid HTTP response: {error.message.splitlines()[0] if error.message else error.status}"
+        reason = error.message.splitlines()[0].rstrip(":") if error.message else str(error.status)
+        return f"an invalid HTTP response ({reason})"
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
