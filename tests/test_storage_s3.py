@@ -1,6 +1,6 @@
 """The S3 blob store (``registry/storage/s3.py``) against a real SeaweedFS, and the SeaweedFS
 fixture itself: what the shared backend suite cannot see (part sizes, restarts between
-appends, presigned URLs, signatures, memory)."""
+appends, presigned URLs, signatures, memory, a forward proxy)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -20,7 +20,8 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, start_registry
+from client_servers import make_certificate, wait_for_port
+from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, require_tool, start_registry
 from ocikit.registry.settings import load_settings
 from ocikit.registry.storage.base import StorageUnavailable
 from ocikit.registry.storage.s3 import S3BlobStore
@@ -89,9 +90,12 @@ class S3Target:
     server: SeaweedFS
     bucket: str
     prefix: str = "registry"
+    #: Where the store reaches the server, when not at its own endpoint.
+    endpoint: str | None = None
 
     def store(self) -> S3BlobStore:
-        return S3BlobStore(self.bucket, self.prefix, endpoint=self.server.endpoint, region=self.server.region)
+        endpoint = self.endpoint or self.server.endpoint
+        return S3BlobStore(self.bucket, self.prefix, endpoint=endpoint, region=self.server.region)
 
     def server_keys(self) -> list[str]:
         """Every key of the bucket, under any prefix."""
@@ -432,13 +436,15 @@ def test_an_unreachable_object_store_is_unavailable_then_recovers(s3: S3Target) 
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
-def _behind(monkeypatch: pytest.MonkeyPatch, proxy: str, *, no_proxy: str | None = None) -> None:
-    """The environment of a user whose HTTP_PROXY is ``proxy``: both spellings of each
+def _behind(
+    monkeypatch: pytest.MonkeyPatch, proxy: str, *, variable: str = "HTTP_PROXY", no_proxy: str | None = None
+) -> None:
+    """The environment of a user whose ``variable`` is ``proxy``: both spellings of each
     variable (urllib and botocore read either), nothing inherited from the caller's."""
     for name in _PROXY_VARIABLES:
         for spelling in (name, name.lower()):
             monkeypatch.delenv(spelling, raising=False)
-            if name == "HTTP_PROXY":
+            if name == variable:
                 monkeypatch.setenv(spelling, proxy)
             elif name == "NO_PROXY" and no_proxy is not None:
                 monkeypatch.setenv(spelling, no_proxy)
@@ -563,6 +569,70 @@ def test_no_proxy_sends_the_store_straight_to_the_object_store(
     _behind(monkeypatch, proxy.url())  # the proxy does serve when not bypassed
     _store_and_read_back(s3, os.urandom(1000))
     assert proxy.requests() != []
+
+
+@pytest.fixture
+def tls_s3(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Target]:
+    """The test's bucket behind an HTTPS endpoint, as AWS S3 is: HAProxy terminating TLS in
+    front of the SeaweedFS, its self-signed certificate trusted through AWS_CA_BUNDLE."""
+    haproxy = require_tool("haproxy", "the TLS endpoint in front of SeaweedFS")
+    key, cert = make_certificate(tmp_path, "s3")
+    bundle = tmp_path / "s3.pem"
+    bundle.write_text(cert.read_text() + key.read_text())
+    port, backend = free_port(), s3.server.endpoint.removeprefix("http://")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend s3\n  bind 127.0.0.1:{port} ssl crt {bundle}\n  default_backend seaweedfs\n"
+        f"backend seaweedfs\n  server s0 {backend}\n"
+    )
+    front = subprocess.Popen(
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, front)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        yield S3Target(s3.server, s3.bucket, endpoint=f"https://127.0.0.1:{port}")
+    finally:
+        front.terminate()
+        front.wait(timeout=10)
+
+
+def test_an_https_endpoint_is_tunnelled_through_the_proxy_with_its_credentials(
+    tls_s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY with credentials: every connection, stat's own included, is a CONNECT that
+    carries them (the request inside the tunnel is encrypted, the proxy never reads it)."""
+    credentials = ("ocikit", "tunnel-pass")
+    proxy = tinyproxy(credentials=credentials)
+    _behind(monkeypatch, proxy.url(credentials), variable="HTTPS_PROXY")
+    data = os.urandom(70_000)
+    tunnel = ("CONNECT", tls_s3.endpoint.removeprefix("https://"))
+
+    def tunnels() -> int:
+        return sum((method, target.path) == tunnel for method, target in proxy.requests())
+
+    async def work(store: S3BlobStore) -> None:
+        opened = tunnels()
+        assert await store.stat(_digest(data)) is None
+        assert tunnels() == opened + 1  # stat's own connection, through the proxy
+        stage = await store.stage_create("tunnelled")
+        _, stage = await store.stage_append("tunnelled", stage, 0, _chunks(data))
+        await store.stage_commit("tunnelled", stage, len(data), _digest(data))
+        info = await store.stat(_digest(data))
+        assert info is not None
+        assert info.size == len(data)
+        assert await _read_all(store, _digest(data)) == data
+
+    run(tls_s3, work)
+    assert [method for method, _ in proxy.requests()] == ["CONNECT"] * tunnels()
+    _behind(monkeypatch, proxy.url(("ocikit", "wrong-password")), variable="HTTPS_PROXY")
+    with pytest.raises(StorageUnavailable) as failure:
+        asyncio.run(tls_s3.store().open())
+    assert str(failure.value) == (
+        "S3 object storage is unavailable: the proxy refused the request (HTTP 401): "
+        "check the user and password in HTTPS_PROXY or HTTP_PROXY"
+    )
 
 
 # ---------------------------------------------------------------- ocikit serve on S3

@@ -246,7 +246,7 @@ class S3BlobStore:
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             reason = _one_line(error, self.endpoint)
-            if "proxy" in self._proxy:
+            if "proxy" in self._proxy and type(error) is aiohttp.ClientResponseError:  # may be the proxy's
                 reason += f" through the proxy {self._proxy['proxy'].host}:{self._proxy['proxy'].port}"
             raise _Transient(COMPONENT, reason) from error
         if status == 200:
@@ -766,8 +766,12 @@ def _one_line(error: BaseException, endpoint: str | None) -> str:
         return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure ~/.aws"
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
         return f"cannot connect to {endpoint or 'the S3 endpoint'}"
-    if isinstance(error, botocore.exceptions.HTTPClientError):
+    if isinstance(error, (botocore.exceptions.HTTPClientError, botocore.exceptions.ProxyConnectionError)):
         error = error.kwargs.get("error", error)
+    if isinstance(error, aiohttp.ClientHttpProxyError):  # its answer to a CONNECT
+        if error.status in _PROXY_AUTH:
+            return _PROXY_REFUSED.format(status=error.status)
+        return f"the proxy answered HTTP {error.status} ({error.message})"
     if isinstance(error, aiohttp.ClientResponseError):  # its text names the (presigned) URL
         reason = error.message.splitlines()[0].rstrip(":") if error.message else str(error.status)
         return f"an invalid HTTP response ({reason})"
