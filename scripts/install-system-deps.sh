@@ -18,6 +18,7 @@ packages=(
   postgresql       # the scale-out metadata store: a private cluster per test session
   haproxy          # the load balancer in front of the scale-out replicas; the TLS proxy naming certificate users
   curl             # a plain HTTP client through the registry's token flow and TLS
+  tinyproxy-bin    # a real forward proxy for the S3 store's HTTP_PROXY tests (the binary alone: no service)
 )
 missing=()
 for package in "${packages[@]}"; do

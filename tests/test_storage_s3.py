@@ -1,16 +1,17 @@
 """The S3 blob store (``registry/storage/s3.py``) against a real SeaweedFS, and the SeaweedFS
 fixture itself: what the shared backend suite cannot see (part sizes, restarts between
-appends, presigned URLs, signatures, memory)."""
+appends, presigned URLs, signatures, memory, a forward proxy)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -19,7 +20,8 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, start_registry
+from client_servers import make_certificate, wait_for_port
+from conftest import OCIKIT, REQUIRE_ALL, ServerProcess, free_port, require_tool, start_registry
 from ocikit.registry.settings import load_settings
 from ocikit.registry.storage import s3 as s3_module
 from ocikit.registry.storage.base import StorageUnavailable
@@ -28,6 +30,7 @@ from ocikit.spec.digest import Digest
 from registry_helpers import digest, error_codes, push_blob, push_image, repo_name
 from s3_helpers import DISTRIBUTION_V3, start_distribution_s3, upload_rss
 from seaweedfs import SeaweedFS, seaweedfs_fixture  # noqa: F401  (the seaweedfs fixture)
+from tinyproxy import Tinyproxy, tinyproxy_fixture  # noqa: F401  (the tinyproxy fixture)
 
 
 def test_seaweedfs_refuses_anonymous_requests(seaweedfs: SeaweedFS) -> None:
@@ -88,9 +91,12 @@ class S3Target:
     server: SeaweedFS
     bucket: str
     prefix: str = "registry"
+    #: Where the store reaches the server, when not at its own endpoint.
+    endpoint: str | None = None
 
     def store(self) -> S3BlobStore:
-        return S3BlobStore(self.bucket, self.prefix, endpoint=self.server.endpoint, region=self.server.region)
+        endpoint = self.endpoint or self.server.endpoint
+        return S3BlobStore(self.bucket, self.prefix, endpoint=endpoint, region=self.server.region)
 
     def server_keys(self) -> list[str]:
         """Every key of the bucket, under any prefix."""
@@ -492,6 +498,210 @@ def test_an_unreachable_object_store_is_unavailable_then_recovers(s3: S3Target) 
         assert await _collect(store.read(_digest(data))) == data
 
     run(s3, work)
+
+
+# ---------------------------------------------------------------- behind a forward proxy
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def _behind(
+    monkeypatch: pytest.MonkeyPatch, proxy: str, *, variable: str = "HTTP_PROXY", no_proxy: str | None = None
+) -> None:
+    """The environment of a user whose ``variable`` is ``proxy``: both spellings of each
+    variable (urllib and botocore read either), nothing inherited from the caller's."""
+    for name in _PROXY_VARIABLES:
+        for spelling in (name, name.lower()):
+            monkeypatch.delenv(spelling, raising=False)
+            if name == variable:
+                monkeypatch.setenv(spelling, proxy)
+            elif name == "NO_PROXY" and no_proxy is not None:
+                monkeypatch.setenv(spelling, no_proxy)
+
+
+def _store_and_read_back(s3: S3Target, data: bytes) -> None:
+    """A store opens, stages ``data`` and commits it as a blob, whose stat and read answer it."""
+    digest = _digest(data)
+
+    async def work(store: S3BlobStore) -> None:
+        stage = await store.stage_create("proxied")
+        _, stage = await store.stage_append("proxied", stage, 0, _chunks(data))
+        await store.stage_commit("proxied", stage, len(data), digest)
+        info = await store.stat(digest)
+        assert info is not None
+        assert info.size == len(data)
+        assert await _read_all(store, digest) == data
+
+    run(s3, work)
+
+
+def _through(proxy: Tinyproxy, s3: S3Target) -> list[tuple[str, str]]:
+    """(method, key) of each request for the test's bucket that went through ``proxy``."""
+    bucket = f"/{s3.bucket}"
+    return [
+        (method, target.path.removeprefix(bucket).lstrip("/"))
+        for method, target in proxy.requests()
+        if f"{target.scheme}://{target.netloc}" == s3.server.endpoint and target.path.startswith(bucket)
+    ]
+
+
+def _blob_key(s3: S3Target, data: bytes) -> str:
+    return f"{s3.prefix}/blobs/sha256/{hashlib.sha256(data).hexdigest()}"
+
+
+def test_every_request_of_the_store_goes_through_the_http_proxy(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a proxy, the presigned HEAD of ``stat`` (plain aiohttp) goes where botocore's
+    requests go. A blob of a part and a piece: bodies big enough for a part go through too
+    (botocore's "Expect: 100-continue" held them at tinyproxy until the read timeout)."""
+    proxy = tinyproxy()
+    _behind(monkeypatch, proxy.url())
+    data = os.urandom(5 * MiB + 1000)
+    _store_and_read_back(s3, data)
+    through = _through(proxy, s3)
+    blob = _blob_key(s3, data)
+    assert ("HEAD", blob) in through  # stat
+    assert ("GET", blob) in through  # read
+    assert ("GET", "") in through  # open's check of the bucket
+    staged = [key for method, key in through if method == "PUT" and key.startswith(f"{s3.prefix}/uploads/")]
+    assert len(staged) >= 3, through  # created, the part, the piece
+    assert any(key == blob and method in ("PUT", "POST") for method, key in through), through  # commit
+
+
+def test_proxy_credentials_in_the_url_are_sent_and_a_refusal_is_one_line(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = ("ocikit", "pa-ss_w.rd")  # tinyproxy's configuration admits no more signs
+    proxy = tinyproxy(credentials=credentials)
+    _behind(monkeypatch, proxy.url(credentials))
+    data = os.urandom(70_000)
+    _store_and_read_back(s3, data)
+    assert ("HEAD", _blob_key(s3, data)) in _through(proxy, s3)
+
+    def refused(url: str) -> str:
+        _behind(monkeypatch, url)
+        with pytest.raises(StorageUnavailable) as failure:
+            asyncio.run(s3.store().open())
+        return str(failure.value)
+
+    for url, status in [(proxy.url(("ocikit", "wrong-password")), 401), (proxy.url(), 407)]:
+        assert refused(url) == (
+            f"S3 object storage is unavailable: the proxy refused the request (HTTP {status}): "
+            "check the user and password in HTTPS_PROXY or HTTP_PROXY"
+        )
+
+
+def test_a_proxy_that_stops_accepting_the_credentials_fails_stat_in_one_line(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's password changes while a replica runs: its next stat is a one-line storage
+    error naming the proxy, never the presigned URL (whose signature a log would keep).
+    tinyproxy follows its 401 to a HEAD with a page, which the HTTP parser refuses when both
+    arrive in one packet (mostly): either reason is a fair one."""
+    proxy = tinyproxy(credentials=("ocikit", "before"))
+    _behind(monkeypatch, proxy.url(("ocikit", "before")))
+    data = os.urandom(1000)
+
+    async def work(store: S3BlobStore) -> None:
+        stage = await store.stage_create("rotated")
+        _, stage = await store.stage_append("rotated", stage, 0, _chunks(data))
+        await store.stage_commit("rotated", stage, len(data), _digest(data))
+        assert await store.stat(_digest(data)) is not None
+        proxy.stop()
+        rotated = tinyproxy(credentials=("ocikit", "after"), port=proxy.port)
+        with pytest.raises(StorageUnavailable) as failure:
+            await store.stat(_digest(data))
+        assert ("HEAD", _blob_key(s3, data)) in _through(rotated, s3)
+        refused = re.escape(
+            "the proxy refused the request (HTTP 401): "
+            "check the user and password in HTTPS_PROXY or HTTP_PROXY"
+        )
+        broken = r"an invalid HTTP response \([^\n]*\)" + re.escape(
+            f" through the proxy 127.0.0.1:{proxy.port}"
+        )
+        message = str(failure.value)
+        assert re.fullmatch(f"S3 object storage is unavailable: ({refused}|{broken})", message), message
+        assert "Signature" not in message
+        assert s3.bucket not in message
+
+    run(s3, work)
+
+
+def test_no_proxy_sends_the_store_straight_to_the_object_store(
+    s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = tinyproxy()
+    _behind(monkeypatch, proxy.url(), no_proxy="127.0.0.1")
+    _store_and_read_back(s3, os.urandom(70_000))
+    assert proxy.requests() == []
+    _behind(monkeypatch, proxy.url())  # the proxy does serve when not bypassed
+    _store_and_read_back(s3, os.urandom(1000))
+    assert proxy.requests() != []
+
+
+@pytest.fixture
+def tls_s3(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Target]:
+    """The test's bucket behind an HTTPS endpoint, as AWS S3 is: HAProxy terminating TLS in
+    front of the SeaweedFS, its self-signed certificate trusted through AWS_CA_BUNDLE."""
+    haproxy = require_tool("haproxy", "the TLS endpoint in front of SeaweedFS")
+    key, cert = make_certificate(tmp_path, "s3")
+    bundle = tmp_path / "s3.pem"
+    bundle.write_text(cert.read_text() + key.read_text())
+    port, backend = free_port(), s3.server.endpoint.removeprefix("http://")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend s3\n  bind 127.0.0.1:{port} ssl crt {bundle}\n  default_backend seaweedfs\n"
+        f"backend seaweedfs\n  server s0 {backend}\n"
+    )
+    front = subprocess.Popen(
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, front)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        yield S3Target(s3.server, s3.bucket, endpoint=f"https://127.0.0.1:{port}")
+    finally:
+        front.terminate()
+        front.wait(timeout=10)
+
+
+def test_an_https_endpoint_is_tunnelled_through_the_proxy_with_its_credentials(
+    tls_s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY with credentials: every connection, stat's own included, is a CONNECT that
+    carries them (the request inside the tunnel is encrypted, the proxy never reads it)."""
+    credentials = ("ocikit", "tunnel-pass")
+    proxy = tinyproxy(credentials=credentials)
+    _behind(monkeypatch, proxy.url(credentials), variable="HTTPS_PROXY")
+    data = os.urandom(70_000)
+    tunnel = ("CONNECT", tls_s3.endpoint.removeprefix("https://"))
+
+    def tunnels() -> int:
+        return sum((method, target.path) == tunnel for method, target in proxy.requests())
+
+    async def work(store: S3BlobStore) -> None:
+        opened = tunnels()
+        assert await store.stat(_digest(data)) is None
+        assert tunnels() == opened + 1  # stat's own connection, through the proxy
+        stage = await store.stage_create("tunnelled")
+        _, stage = await store.stage_append("tunnelled", stage, 0, _chunks(data))
+        await store.stage_commit("tunnelled", stage, len(data), _digest(data))
+        info = await store.stat(_digest(data))
+        assert info is not None
+        assert info.size == len(data)
+        assert await _read_all(store, _digest(data)) == data
+
+    run(tls_s3, work)
+    assert [method for method, _ in proxy.requests()] == ["CONNECT"] * tunnels()
+    _behind(monkeypatch, proxy.url(("ocikit", "wrong-password")), variable="HTTPS_PROXY")
+    with pytest.raises(StorageUnavailable) as failure:
+        asyncio.run(tls_s3.store().open())
+    assert str(failure.value) == (
+        "S3 object storage is unavailable: the proxy refused the request (HTTP 401): "
+        "check the user and password in HTTPS_PROXY or HTTP_PROXY"
+    )
 
 
 # ---------------------------------------------------------------- ocikit serve on S3

@@ -50,6 +50,7 @@ import msgspec
 import yarl
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
+from botocore.handlers import add_expect_header  # type: ignore[import-untyped]
 from botocore.loaders import JSONFileLoader, create_loader  # type: ignore[import-untyped]
 
 from ...spec.digest import Digest, digest_error
@@ -72,6 +73,11 @@ _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CONTENT_TYPE: Final = "application/octet-stream"
 _DOCUMENTATION: Final = frozenset({"documentation", "documentationUrl"})
 _ACCESS_DENIED: Final = "access denied ({code}): check the credentials (AWS_ACCESS_KEY_ID, ~/.aws)"
+#: S3 refuses with 403; these come from a forward proxy (407, or 401 from tinyproxy).
+_PROXY_AUTH: Final = frozenset({401, 407})
+_PROXY_REFUSED: Final = (
+    "the proxy refused the request (HTTP {status}): check the user and password in HTTPS_PROXY or HTTP_PROXY"
+)
 #: A HEAD's presigned URL is used at once: its life only has to cover clock skew.
 _HEAD_EXPIRY: Final = 60
 #: botocore's standard retry mode, which the store's other requests use.
@@ -172,11 +178,17 @@ class S3BlobStore:
                 "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
             )
         )
+        # botocore asks for "Expect: 100-continue" before every body, and the HTTP client then
+        # holds the body back until the interim answer: a forward proxy that does not relay it
+        # (tinyproxy) held every upload through it until the read timeout.
+        self._client.meta.events.unregister("before-call.s3", add_expect_header)
         ca_bundle = session.get_config_variable("ca_bundle")
         self._http = await self._stack.enter_async_context(_plain_http(ca_bundle))
         self._proxy = _proxy_for(await self._presigned("head_object", self._key("blobs"), _HEAD_EXPIRY))
         try:
-            await self._call("head_bucket", Bucket=self.bucket)
+            # A GET, not HeadBucket (both need s3:ListBucket): a proxy's refusal comes with a
+            # page, which in answer to a HEAD (tinyproxy) breaks the HTTP parser's reading of it.
+            await self._call("list_objects_v2", Bucket=self.bucket, Prefix=self._key("blobs", ""), MaxKeys=1)
         except _Missing:
             await self.close()
             raise StorageUnavailable(COMPONENT, f"bucket {self.bucket!r} does not exist") from None
@@ -197,7 +209,7 @@ class S3BlobStore:
         try:
             return await getattr(self._client, operation)(**params)
         except botocore.exceptions.ClientError as error:
-            _raise_for_client_error(error)
+            _raise_for_client_error(error, proxied=bool(self._proxy))
         except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
             raise StorageUnavailable(COMPONENT, _one_line(error, self.endpoint)) from error
 
@@ -237,13 +249,18 @@ class S3BlobStore:
             async with self._http.head(url, allow_redirects=False, **self._proxy) as response:
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            raise _Transient(COMPONENT, _one_line(error, self.endpoint)) from error
+            reason = _one_line(error, self.endpoint)
+            if "proxy" in self._proxy and type(error) is aiohttp.ClientResponseError:  # may be the proxy's
+                reason += f" through the proxy {self._proxy['proxy'].host}:{self._proxy['proxy'].port}"
+            raise _Transient(COMPONENT, reason) from error
         if status == 200:
             return _blob_info(headers)
         if status == 404:
             return None
         if status == 403:
             raise StorageUnavailable(COMPONENT, _ACCESS_DENIED.format(code=status))
+        if status in _PROXY_AUTH and self._proxy:
+            raise StorageUnavailable(COMPONENT, _PROXY_REFUSED.format(status=status))
         failure = _Transient if status >= 500 or status == 429 else StorageUnavailable
         raise failure(COMPONENT, f"HTTP {status} to a HEAD of an object")
 
@@ -734,8 +751,10 @@ async def _bounded_gather(calls: list[Awaitable[str]]) -> list[str]:
     return list(await asyncio.gather(*(bounded(call) for call in calls)))
 
 
-def _raise_for_client_error(error: botocore.exceptions.ClientError) -> NoReturn:
+def _raise_for_client_error(error: botocore.exceptions.ClientError, *, proxied: bool) -> NoReturn:
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status in _PROXY_AUTH and proxied:
+        raise StorageUnavailable(COMPONENT, _PROXY_REFUSED.format(status=status)) from error
     code = error.response.get("Error", {}).get("Code", "")
     if status == 404 or code in {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}:
         raise _Missing(code) from error
@@ -773,11 +792,13 @@ def _proxy_for(url: str) -> dict[str, Any]:
     if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
         return {}
     address = yarl.URL(proxy)
-    if address.user is None:
-        return {"proxy": address}
     credentials = aiohttp.BasicAuth.from_url(address)
-    assert credentials is not None
-    return {"proxy": address.with_user(None), "proxy_headers": {"Proxy-Authorization": credentials.encode()}}
+    if credentials is None:
+        return {"proxy": address}
+    # aiohttp sends proxy_headers only on the CONNECT that tunnels an https:// URL; an http://
+    # request goes to the proxy whole, so it carries the credentials itself.
+    where = "headers" if parts.scheme == "http" else "proxy_headers"
+    return {"proxy": address.with_user(None), where: {"Proxy-Authorization": credentials.encode()}}
 
 
 def _one_line(error: BaseException, endpoint: str | None) -> str:
@@ -785,5 +806,14 @@ def _one_line(error: BaseException, endpoint: str | None) -> str:
         return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure ~/.aws"
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
         return f"cannot connect to {endpoint or 'the S3 endpoint'}"
+    if isinstance(error, (botocore.exceptions.HTTPClientError, botocore.exceptions.ProxyConnectionError)):
+        error = error.kwargs.get("error", error)
+    if isinstance(error, aiohttp.ClientHttpProxyError):  # its answer to a CONNECT
+        if error.status in _PROXY_AUTH:
+            return _PROXY_REFUSED.format(status=error.status)
+        return f"the proxy answered HTTP {error.status} ({error.message})"
+    if isinstance(error, aiohttp.ClientResponseError):  # its text names the (presigned) URL
+        reason = error.message.splitlines()[0].rstrip(":") if error.message else str(error.status)
+        return f"an invalid HTTP response ({reason})"
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
