@@ -50,6 +50,7 @@ defaults
     timeout queue 10s
     option redispatch
     option forwardfor
+    option splice-auto
     retries 2
 
 frontend registry
