@@ -25,6 +25,7 @@ import pytest
 
 from auth_helpers import start_auth_server
 from conftest import OCIKIT, ServerProcess, free_port, require_tool, start_registry
+from ocikit.registry.http import ClientDisconnected, Request
 from registry_helpers import digest, error_codes, push_blob, repo_name
 
 FLOOD = 5000
@@ -164,6 +165,57 @@ def test_a_stalled_body_is_answered_408_and_the_upload_survives(impatient: Serve
         done = c.put(location, params={"digest": digest(data)}, content=data[10:])
         assert done.status_code == 201, done.text
         assert c.get(f"/v2/{repo}/blobs/{digest(data)}").content == data
+
+
+def _body_request(*chunks: bytes, then_silent: bool = False) -> Request:
+    """A request whose client sends ``chunks`` at once, then the end of its body or nothing."""
+    pending = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(0), "more_body": True}
+        if then_silent:
+            await asyncio.sleep(3600)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "PATCH", "path": "/", "query_string": b"", "headers": []}
+    return Request(scope, receive, body_timeout=0.2)
+
+
+def test_the_body_timeout_counts_only_the_waits_for_the_client() -> None:
+    """Storage slower than the body timeout over every chunk never cuts a body; a client that
+    then falls silent is cut one timeout later, not sooner; a cancellation from elsewhere (the
+    server shutting down) stays a cancellation."""
+
+    async def scenario() -> None:
+        slow_storage = _body_request(b"a", b"b", b"c")
+        received = []
+        async for chunk in slow_storage.stream():
+            received.append(chunk)
+            await asyncio.sleep(0.3)
+        assert (received, slow_storage.stalled) == ([b"a", b"b", b"c"], False)
+
+        async def consume(request: Request, per_chunk: float = 0) -> float:
+            """When the last chunk was handled."""
+            handled = time.monotonic()
+            async for _ in request.stream():
+                await asyncio.sleep(per_chunk)
+                handled = time.monotonic()
+            return handled
+
+        silent, started = _body_request(b"a", then_silent=True), time.monotonic()
+        with pytest.raises(ClientDisconnected, match=r"no body bytes for 0\.2 s"):
+            await consume(silent, per_chunk=0.3)
+        assert silent.stalled
+        assert 0.45 < time.monotonic() - started < 1.5  # 0.3 s on the chunk, then 0.2 s of silence
+
+        waiting = asyncio.ensure_future(consume(_body_request(then_silent=True)))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(scenario())
 
 
 def test_a_slow_but_progressing_upload_completes(impatient: ServerProcess) -> None:
