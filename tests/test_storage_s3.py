@@ -248,7 +248,7 @@ def test_part_buffers_reused_across_a_long_request_keep_every_byte(s3: S3Target)
         assert (written, len(s3.keys("uploads/reuse/piece-"))) == (len(head), 1)
         written, stage = await store.stage_append("reuse", stage, len(head), _chunks(*chunks))
         assert written == len(body)
-        # 24 MiB and 4322 bytes: one run of four parts of 5 MiB and the rest, the piece in it.
+        # 24 MiB and 4322 bytes: one run of two 10 MiB parts and the rest, the piece in it.
         assert len(s3.keys("uploads/reuse/run-")) == 1
         data = head + body
         await store.stage_commit("reuse", stage, len(data), _digest(data))
@@ -553,11 +553,11 @@ def test_every_request_of_the_store_goes_through_the_http_proxy(
     s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Behind a proxy, the presigned HEAD of ``stat`` (plain aiohttp) goes where botocore's
-    requests go. A blob of a part and a piece: bodies big enough for a part go through too
+    requests go. A blob of a part and a bit: bodies big enough for a part go through too
     (botocore's "Expect: 100-continue" held them at tinyproxy until the read timeout)."""
     proxy = tinyproxy()
     _behind(monkeypatch, proxy.url())
-    data = os.urandom(5 * MiB + 1000)
+    data = os.urandom(s3_module._STREAM_PART + 1000)
     _store_and_read_back(s3, data)
     through = _through(proxy, s3)
     blob = _blob_key(s3, data)
@@ -565,7 +565,7 @@ def test_every_request_of_the_store_goes_through_the_http_proxy(
     assert ("GET", blob) in through  # read
     assert ("GET", "") in through  # open's check of the bucket
     staged = [key for method, key in through if method == "PUT" and key.startswith(f"{s3.prefix}/uploads/")]
-    assert len(staged) >= 3, through  # created, the part, the piece
+    assert len(staged) >= 3, through  # created, the run's two parts
     assert any(key == blob and method in ("PUT", "POST") for method, key in through), through  # commit
 
 

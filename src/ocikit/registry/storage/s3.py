@@ -13,8 +13,8 @@ empty ``created`` object marks the upload from its start, for :meth:`S3BlobStore
   whatever the blob's size), and completes it when the body ends, so a blob sent in one
   request (as skopeo and containerd send them) is one staging object. A run cut off by a crash
   is an unfinished multipart upload under the prefix, aborted with the upload;
-- *pieces* are what a request leaves when it is too short for a part: the next request reads
-  them back and sends them at the head of its first part, so many small chunks (clients
+- *pieces* are what a request leaves when, with the pieces before it, it holds less than the
+  smallest part: the next request reads them back and sends them at the head of its first part, so many small chunks (clients
   sending 1 MiB PATCHes) combine into valid parts. Pieces a later stage has absorbed into a run
   are deleted by the request after it, once that stage is surely recorded.
 
@@ -63,7 +63,11 @@ MiB: Final = 1 << 20
 #: S3's smallest multipart part (all but the last).
 _MIN_PART: Final = 5 * MiB
 _MAX_PART: Final = 5 * 1024 * MiB
+#: The parts of a long request (measured in docs/benchmarks.md).
+_STREAM_PART: Final = 10 * MiB
 _READ_CHUNK: Final = MiB
+#: What the HTTP client is handed of a part at a time.
+_SEND_SLICE: Final = 256 * 1024
 _COPY_CONCURRENCY: Final = 8
 #: Parts being sent while the next one fills (each held twice: its buffer and the HTTP client's
 #: copy). More were not measurably faster against a local SeaweedFS.
@@ -85,13 +89,11 @@ _HEAD_ATTEMPTS: Final = 3
 
 
 def _part_size(offset: int) -> int:
-    """The size of the parts a request streams into at ``offset``, and the least a request's
-    remainder must hold to become a part rather than a piece: S3's smallest part, growing with
-    the upload so that even a 5 TiB blob stays within S3's 10,000 parts. An upload holds three
-    parts' worth in memory (one filling, one being sent and the HTTP client's copy of it), so
-    the smallest part keeps a replica's memory lowest (5 MiB parts rather than 8 MiB: 9 MiB
-    less, measured in docs/benchmarks.md)."""
-    return min(_MAX_PART, max(_MIN_PART, offset // 1000))
+    """The size of the parts a request streams into at ``offset``: growing with the upload so
+    that even a 5 TiB blob stays within S3's 10,000 parts. An upload holds two parts' worth in
+    memory (one filling, one being sent: :class:`_PartBody`), and an object store takes larger
+    parts faster (SeaweedFS: 50 MiB in 5 MiB parts 437 ms, in 10 MiB parts 346 ms)."""
+    return min(_MAX_PART, max(_STREAM_PART, offset // 1000))
 
 
 class _Stage(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -564,6 +566,8 @@ class _StageWriter:
 
     async def finish(self) -> _Stage:
         try:
+            if not self.sent and self._pending >= _MIN_PART:  # a run of one part
+                await self._flush_part(self._pending)
             if not self.sent:
                 await self._leave_piece()
                 return _Stage(parts=list(self.recorded.parts), pieces=self.pieces, stale=self.stale)
@@ -621,7 +625,9 @@ class _StageWriter:
 
     async def _send(self, number: int, body: bytes | memoryview) -> None:
         assert self.multipart is not None
-        answer = await self.store._call("upload_part", **self.multipart, PartNumber=number, Body=body)
+        answer = await self.store._call(
+            "upload_part", **self.multipart, PartNumber=number, Body=_PartBody(body)
+        )
         self.sent[number - 1] = (answer["ETag"], self.sent[number - 1][1])
 
     async def _take(self, size: int) -> bytearray | bytes:
@@ -674,7 +680,7 @@ class _DirectWriter(_StageWriter):
         super().__init__(store, upload_id, _Stage(), key)
 
     async def finish(self) -> _Stage:
-        if not self.sent:  # smaller than a part: a staged piece, published by a plain copy
+        if not self.sent and self._pending < _MIN_PART:  # small: a piece, published by a copy
             return await super().finish()
         try:
             if self.filled:  # the last part may be of any size
@@ -685,6 +691,40 @@ class _DirectWriter(_StageWriter):
             raise
         assert self.multipart is not None
         return _Stage(direct=(self.key, self.multipart["UploadId"], list(self.sent)))
+
+
+class _PartBody:
+    """A part's bytes as botocore and aiohttp take them without a copy of their own.
+
+    botocore reads the body (the SigV4 payload hash over plain HTTP) and seeks back; aiohttp,
+    given an async iterable, sends it in slices and waits for the socket between them. Handed
+    the buffer itself, the HTTP client would write it whole and keep what the socket did not
+    take at once (most of a part) in a buffer of its own: a third part's worth of memory."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data)
+        self._position = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: len(self._data)}[whence]
+        self._position = min(max(base + offset, 0), len(self._data))
+        return self._position
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._data) if size < 0 else min(self._position + size, len(self._data))
+        piece = self._data[self._position : end]
+        self._position = end
+        return piece
+
+    async def __aiter__(self) -> AsyncIterator[memoryview]:
+        while piece := self.read(_SEND_SLICE):
+            yield piece
 
 
 def _session() -> Any:
