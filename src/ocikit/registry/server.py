@@ -15,6 +15,7 @@ by the workers and by the forked child that checks the storage and the access co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -43,6 +44,10 @@ _BACKLOG: Final = 2048
 _SHUTDOWN_GRACE: Final = 10  # seconds a worker has to finish its requests when stopped
 _FD_RESERVE: Final = 256  # descriptors a worker keeps for files, the database and logs
 _PR_SET_PDEATHSIG: Final = 1
+_M_TRIM_THRESHOLD: Final = -1  # glibc's mallopt parameters
+_M_MMAP_THRESHOLD: Final = -3
+#: Allocations from this size on are mmap'd: above the 1 MiB chunks a streamed blob passes in.
+_MMAP_THRESHOLD: Final = 4 << 20
 
 log = logging.getLogger("ocikit.registry")
 
@@ -71,6 +76,21 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _return_large_buffers() -> None:
+    """Large buffers (an S3 upload's 10 MiB parts, allocated for each request) come from mmap
+    and go back to the kernel when freed. glibc would otherwise raise its mmap threshold to the
+    size of the first such buffer freed and serve the next ones from the heap, which keeps up
+    to twice that freed but not returned: a replica's memory during a long upload then wandered
+    by a part or two (144 to 154 MB, measured in docs/benchmarks.md)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy stands
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        # Fixing one threshold fixes the other at its default, 128 KiB: keep the heap's freed
+        # top up to twice the mmap threshold, as glibc does, so that 1 MiB reads do not grow
+        # and trim the heap each time.
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
+
+
 def app_from_environment() -> Registry:
     """The factory each Granian worker calls."""
     from .app import create_app
@@ -81,6 +101,7 @@ def app_from_environment() -> Registry:
     settings = Settings(**values)
     if sys.platform == "linux":
         _die_with_parent(int(os.environ[_PARENT_VARIABLE]))
+        _return_large_buffers()
     _configure_logging(settings)
     app = create_app(settings)
     if sys.platform == "linux":
