@@ -14,9 +14,10 @@ empty ``created`` object marks the upload from its start, for :meth:`S3BlobStore
   request (as skopeo and containerd send them) is one staging object. A run cut off by a crash
   is an unfinished multipart upload under the prefix, aborted with the upload;
 - *pieces* are what a request leaves when, with the pieces before it, it holds less than the
-  smallest part: the next request reads them back and sends them at the head of its first part, so many small chunks (clients
-  sending 1 MiB PATCHes) combine into valid parts. Pieces a later stage has absorbed into a run
-  are deleted by the request after it, once that stage is surely recorded.
+  smallest part: the next request reads them back and sends them at the head of its first
+  part, so many small chunks (clients sending 1 MiB PATCHes) combine into valid parts. Pieces
+  a later stage has absorbed into a run are deleted by the request after it, once that stage
+  is surely recorded.
 
 The commit copies the staged objects server-side into ``blobs/<alg>/<encoded>`` (one copy of a
 single run, else one multipart upload of part copies) so the blob appears whole and at once,
