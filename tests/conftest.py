@@ -6,7 +6,6 @@ from __future__ import annotations
 import doctest
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -19,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from process_group import kill_group, stop_group
 
 #: Fixtures of the scale-out deployment (``cluster``, ``fresh_cluster``, ``deployment``).
 pytest_plugins = ["cluster"]
@@ -182,16 +183,10 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group: a crash, not a shutdown."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        kill_group(self.process)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.process)
 
     def restart(self) -> None:
         """Stop (if still running) and start again on the same port, as a supervisor would."""

@@ -15,8 +15,6 @@ started to read, so a retried PATCH is the client's decision alone.
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -25,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from process_group import stop_group
 
 #: Every response names the replica that served it.
 REPLICA_HEADER = "x-ocikit-replica"
@@ -80,13 +80,7 @@ class HAProxy:
     admin_port: int
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
 
     def wait_healthy(self, count: int, timeout: float = 20) -> None:
         """Until ``count`` distinct replicas have answered through the frontend."""

@@ -11,9 +11,7 @@ did not. Use the ``tinyproxy`` fixture (function scope: a fresh log per test) or
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, require_tool
+from process_group import stop_group
 
 __all__ = ["Tinyproxy", "start_tinyproxy", "tinyproxy_fixture"]
 
@@ -55,13 +54,7 @@ class Tinyproxy:
         return [(method, urllib.parse.urlsplit(target)) for method, target in _REQUEST.findall(text)]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
 
     def tail(self) -> str:
         """The end of its log and of its output (where a refused configuration is named)."""
