@@ -54,9 +54,10 @@ class _StallWatch:
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        assert self.task is not None
-        self.cancelling = self.task.cancelling()
+        task = asyncio.current_task()
+        assert task is not None, "a request body is read within a task"
+        self.task = task
+        self.cancelling = task.cancelling()
         self.waiting_since: float | None = None
         self.fired = False
         self.timer = self.loop.call_later(limit, self._check)
@@ -68,7 +69,6 @@ class _StallWatch:
             self.timer = self.loop.call_at(due, self._check)
             return
         self.fired = True
-        assert self.task is not None
         self.task.cancel()
 
     async def wait(self, receive: Receive) -> Message:
@@ -76,7 +76,6 @@ class _StallWatch:
         try:
             return await receive()
         except asyncio.CancelledError:
-            assert self.task is not None
             if self.fired and self.task.uncancel() <= self.cancelling:
                 raise _Stalled() from None
             raise
