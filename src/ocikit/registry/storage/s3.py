@@ -575,12 +575,10 @@ class _StageWriter:
             if self.filled:  # a run's last part may be of any size
                 await self._flush_part(self.filled)
             await self._settle()
-            await self._complete()
+            return await self._sealed()
         except BaseException:
             await self.cancel()
             raise
-        run = (self.run, sum(size for _, size in self.sent))
-        return _Stage(parts=[*self.recorded.parts, run], stale=self.stale)
 
     async def _leave_piece(self) -> None:
         if self.filled:
@@ -589,12 +587,15 @@ class _StageWriter:
             await self.store._put(self.store._staged_key(self.upload_id, name), piece)
             self.pieces.append((name, len(piece)))
 
-    async def _complete(self) -> None:
+    async def _sealed(self) -> _Stage:
+        """The stage once every part is sent: the run completed, one staging object."""
         assert self.multipart is not None
         numbered = [{"PartNumber": number, "ETag": etag} for number, (etag, _) in enumerate(self.sent, 1)]
         await self.store._call(
             "complete_multipart_upload", **self.multipart, MultipartUpload={"Parts": numbered}
         )
+        run = (self.run, sum(size for _, size in self.sent))
+        return _Stage(parts=[*self.recorded.parts, run], stale=self.stale)
 
     async def _flush_part(self, size: int) -> None:
         """Send the first ``size`` pending bytes as the run's next part."""
@@ -680,16 +681,9 @@ class _DirectWriter(_StageWriter):
     def __init__(self, store: S3BlobStore, upload_id: str, key: str) -> None:
         super().__init__(store, upload_id, _Stage(), key)
 
-    async def finish(self) -> _Stage:
-        if not self.sent and self._pending < _MIN_PART:  # small: a piece, published by a copy
-            return await super().finish()
-        try:
-            if self.filled:  # the last part may be of any size
-                await self._flush_part(self.filled)
-            await self._settle()
-        except BaseException:
-            await self.cancel()
-            raise
+    async def _sealed(self) -> _Stage:
+        """Left unfinished: the commit completes it once the caller has checked the digest.
+        (A blob smaller than S3's smallest part is left as a piece, published by a copy.)"""
         assert self.multipart is not None
         return _Stage(direct=(self.key, self.multipart["UploadId"], list(self.sent)))
 
