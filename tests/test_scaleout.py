@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from cluster import Cluster, s3_postgres_backend, shared_root_backend, start_cluster
 from conftest import OCIKIT, free_port, require_tool
@@ -389,11 +390,13 @@ def _sha256_file(path: Path) -> str:
 # ----------------------------------------------------------------------------- backends down
 
 
-def _until_served(client: httpx.Client, path: str, replicas: int, timeout: float = 60) -> None:
+def _until_served(
+    client: httpx.Client, path: str, replicas: int, timeout: float = 60, method: str = "GET"
+) -> None:
     """Until ``path`` has answered 200 twice from every replica in a row: all have recovered."""
     deadline, streak = time.monotonic() + timeout, 0
     while streak < 2 * replicas:
-        response = client.get(path)
+        response = client.request(method, path)
         streak = streak + 1 if response.status_code == 200 else 0
         assert time.monotonic() < deadline, response.text
         if not streak:
@@ -408,6 +411,18 @@ def _assert_unavailable(cluster: Cluster, client: httpx.Client, path: str, compo
         assert down.status_code == 503, down.text
         assert error_codes(down) == ["UNAVAILABLE"]
         assert component in down.json()["errors"][0]["message"]
+        assert down.headers["retry-after"]
+        served.add(down.headers["x-ocikit-replica"])
+    assert len(served) == len(cluster.replicas)
+
+
+def _assert_head_unavailable(cluster: Cluster, client: httpx.Client, path: str) -> None:
+    """Every replica answers a HEAD 503 with a Retry-After (a HEAD has no body to name the
+    component in)."""
+    served = set()
+    for _ in range(2 * len(cluster.replicas)):
+        down = client.head(path)
+        assert down.status_code == 503
         assert down.headers["retry-after"]
         served.add(down.headers["x-ocikit-replica"])
     assert len(served) == len(cluster.replicas)
@@ -439,7 +454,12 @@ def test_the_object_store_unreachable_under_the_replicas(fresh_cluster: Cluster,
         blob = push_blob(client, repo, data)
         seaweedfs.halt()
         try:
-            _assert_unavailable(cluster, client, f"/v2/{repo}/blobs/{blob}", "S3 object storage")
+            _assert_head_unavailable(cluster, client, f"/v2/{repo}/blobs/{blob}")
+            # A redirect is answered from the metadata: the client meets the store's own error.
+            redirected = client.get(f"/v2/{repo}/blobs/{blob}", follow_redirects=False)
+            assert redirected.status_code == 307, redirected.text
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(redirected.headers["location"], timeout=5)
             # An upload fails at its first step that needs the store (staging starts at POST).
             started = client.post(f"/v2/{repo}/blobs/uploads/")
             if started.status_code == 202:
@@ -447,7 +467,7 @@ def test_the_object_store_unreachable_under_the_replicas(fresh_cluster: Cluster,
             assert started.status_code == 503, started.text
         finally:
             seaweedfs.restart()
-        _until_served(client, f"/v2/{repo}/blobs/{blob}", len(cluster.replicas))
+        _until_served(client, f"/v2/{repo}/blobs/{blob}", len(cluster.replicas), method="HEAD")
         assert client.get(f"/v2/{repo}/blobs/{blob}").content == data
         push_image(client, repo, tag="after")
     assert [replica.process.pid for replica in cluster.replicas] == pids

@@ -48,11 +48,12 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 async def get(reg: Registry, request: Request, name: str, reference: str) -> Response:
     await reg.authorize(request, name, "pull")
     digest = reg.parse_digest(reference)
-    size = await _linked_and_stored(reg, name, digest)
     if reg.settings.blob_redirect and request.method == "GET":
         url = await reg.blobs.url(digest, expires=_REDIRECT_EXPIRY)
         if url is not None:  # the object store serves the bytes (and the Range) itself
+            await _linked(reg, name, digest)
             return Response(status=307, headers=[("location", url), ("docker-content-digest", digest)])
+    size = await _linked_and_stored(reg, name, digest)
     headers = [
         ("content-type", "application/octet-stream"),
         ("docker-content-digest", digest),
@@ -79,13 +80,26 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     return Response(headers=headers, chunks=reg.blobs.read(digest))
 
 
+async def _linked(reg: Registry, name: str, digest: Digest) -> None:
+    """Raise BLOB_UNKNOWN unless ``name`` links the blob, asking the metadata store alone.
+
+    A redirect is answered from the registry's record, without asking the object store first:
+    the store answers for its own bytes when the client follows the URL (a lost object is its
+    404, an unreachable store its connection error). The replica's view of the store is not
+    the client's anyway, as the URL may reach the store by another route, and asking would
+    cost every pull a store round trip (tens of milliseconds and a billed request on AWS).
+    """
+    if await reg.metadata.linked_blob_size(name, digest) is None:
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+
+
 async def _linked_and_stored(reg: Registry, name: str, digest: Digest) -> int:
     """The blob's size when ``name`` links it and the blob store holds it.
 
-    The object is asked for even before a redirect: a blob lost behind the registry's back is
-    BLOB_UNKNOWN, and an unreachable store is 503, never a redirect into nothing. Both stores
-    are asked at once, so that a GET waits for one round trip, not two (on S3 and PostgreSQL
-    each is a network request).
+    A HEAD is the store's word to a pusher that it may skip the upload, so it asks the store:
+    a blob lost behind the registry's back is BLOB_UNKNOWN (and pushed again), and an
+    unreachable store is 503. Both stores are asked at once, so that a request waits for one
+    round trip, not two (on S3 and PostgreSQL each is a network request).
     """
     linked, stored = await asyncio.gather(
         reg.metadata.linked_blob_size(name, digest), reg.blobs.stat(digest), return_exceptions=True
