@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -741,6 +742,12 @@ def test_ocikit_serve_on_s3_redirects_blob_gets_to_the_object_store(s3: S3Target
             target = blob.headers["location"]
             assert target.startswith(s3.server.endpoint + f"/{s3.bucket}/{s3.prefix}/blobs/sha256/")
             assert httpx.get(target).content == layer
+            # SigV4, as AWS (since 2020), Cloudflare R2 and Backblaze B2 accept no SigV2 URL.
+            signed = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
+            assert signed["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+            assert signed["X-Amz-Credential"].split("/")[2] == s3.server.region
+            assert signed["X-Amz-Expires"] == "1200"
+            assert httpx.get(target.replace("X-Amz-Expires=1200", "X-Amz-Expires=9999")).status_code == 403
             assert client.head(f"/v2/{name}/blobs/{digest(layer)}").headers["content-length"] == str(
                 len(layer)
             )

@@ -164,6 +164,9 @@ class S3BlobStore:
 
     async def open(self) -> None:
         config = AioConfig(
+            # Presigned URLs too: botocore presigns them with SigV2 unless told, which AWS
+            # buckets created since 2020, Cloudflare R2 and Backblaze B2 refuse.
+            signature_version="s3v4",
             s3={"addressing_style": "path" if self.endpoint else "auto"},
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
