@@ -98,7 +98,7 @@ class Plan:
 
     @classmethod
     def full(cls, replicas: int) -> Plan:
-        return cls(replicas, 3, 10, 256 * MiB, 128 * MiB, 5, 4096 * MiB, 9)
+        return cls(replicas, 3, 10, 256 * MiB, 128 * MiB, 5, 4096 * MiB, 15)
 
     @classmethod
     def quick(cls, replicas: int) -> Plan:
@@ -257,11 +257,13 @@ def fetch(url: str, buffer: memoryview, headers: dict[str, str] | None = None) -
         conn.close()
 
 
-def time_blob_get(deployment: Deployment, digest: str, size: int, redirect: bool) -> float:
-    """One GET through the load balancer, following a redirect as clients do."""
+def time_blob_get(deployment: Deployment, digest: str, size: int, redirect: bool) -> tuple[float, float]:
+    """One GET through the load balancer, following a redirect as clients do: the seconds it
+    took, and of those the seconds until the registry's answer (with a redirect, its 307)."""
     buffer = memoryview(bytearray(MiB))
     started = time.perf_counter()
     status, received, location = fetch(f"{deployment.lb.url}/v2/{single.REPOSITORY}/blobs/{digest}", buffer)
+    answered = time.perf_counter()
     if redirect:
         if status != 307 or location is None:
             raise RuntimeError(f"{deployment.name}: blob GET answered {status}, not a redirect")
@@ -269,7 +271,7 @@ def time_blob_get(deployment: Deployment, digest: str, size: int, redirect: bool
     elapsed = time.perf_counter() - started
     if status != 200 or received != size:
         raise RuntimeError(f"{deployment.name}: blob GET gave {status} with {received} of {size} bytes")
-    return elapsed
+    return elapsed, answered - started
 
 
 def rates(size: int, times: list[float]) -> dict[str, Any]:
@@ -281,15 +283,19 @@ def blob_get(deployments: list[Deployment], plan: Plan, redirect: bool) -> dict[
     data = os.urandom(plan.blob_get_size)
     digests = {d.name: single.push_blob(d.lb, single.REPOSITORY, data) for d in deployments}
     del data
-    times: dict[str, list[float]] = {d.name: [] for d in deployments}
+    timed: dict[str, list[tuple[float, float]]] = {d.name: [] for d in deployments}
     for deployment in deployments:  # warm-up
         time_blob_get(deployment, digests[deployment.name], plan.blob_get_size, redirect)
     for _ in range(plan.get_runs):  # alternate, so that drift hits both alike
         for deployment in deployments:
-            times[deployment.name].append(
+            timed[deployment.name].append(
                 time_blob_get(deployment, digests[deployment.name], plan.blob_get_size, redirect)
             )
-    return {name: rates(plan.blob_get_size, t) for name, t in times.items()}
+    results = {name: rates(plan.blob_get_size, [total for total, _ in runs]) for name, runs in timed.items()}
+    if redirect:  # the registries' own share of a redirected GET
+        for name, runs in timed.items():
+            results[name]["redirect_ms"] = round(statistics.median(answer for _, answer in runs) * 1000, 2)
+    return results
 
 
 def blob_put(deployments: list[Deployment], plan: Plan) -> dict[str, dict[str, Any]]:
