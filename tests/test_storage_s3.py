@@ -308,22 +308,51 @@ def test_staging_objects_beyond_the_largest_part_are_copied_in_ranges(
 
 def test_a_run_cut_off_by_a_crash_is_aborted_with_its_upload(s3: S3Target) -> None:
     """A replica killed in the middle of a long request leaves the run's multipart upload
-    unfinished: invisible, but holding storage until the upload is removed."""
-    client = s3.server.client()
+    unfinished: invisible, but holding storage until the upload is removed. A commit leaves
+    it (finding it costs a listing), and the upload stays listed as staged for the purge."""
+    client, data = s3.server.client(), os.urandom(MiB)
     key = f"{s3.prefix}/uploads/cut/run-left-by-a-crash"
 
     async def work(store: S3BlobStore) -> None:
-        await store.stage_create("cut")
+        stage = await store.stage_create("cut")
         started = client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
         client.upload_part(
             Bucket=s3.bucket, Key=key, UploadId=started, PartNumber=1, Body=os.urandom(5 * MiB)
         )
+        _, stage = await store.stage_append("cut", stage, 0, _chunks(data))
+        await store.stage_commit("cut", stage, len(data), _digest(data))
+        assert s3.keys("uploads/") == []
         assert [upload_id async for upload_id, _ in store.staged()] == ["cut"]
         await store.stage_abort("cut", None)
+        assert [upload_id async for upload_id, _ in store.staged()] == []
 
     run(s3, work)
     assert client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
-    assert s3.keys("uploads/") == []
+
+
+def test_a_run_a_crash_left_outlives_the_commit_until_the_purge(s3: S3Target, tmp_path: Path) -> None:
+    """The closing PUT does not list unfinished multipart uploads (a request each, tens of
+    milliseconds on AWS): a run a crash cut off stays listed as staged after the commit, and
+    the purge of abandoned uploads aborts it."""
+    client, name, layer = s3.server.client(), repo_name(), os.urandom(MiB)
+    server = _serve_on(s3, tmp_path / "data", "--upload-expiry", "1")
+    try:
+        with server.client() as registry:
+            location = registry.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+            upload_id = location.partition("?")[0].rsplit("/", 1)[1]
+            key = f"{s3.prefix}/uploads/{upload_id}/run-left-by-a-crash"
+            started = client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+            client.upload_part(Bucket=s3.bucket, Key=key, UploadId=started, PartNumber=1, Body=layer)
+            done = registry.put(location, params={"digest": digest(layer)}, content=layer)
+            assert done.status_code == 201, done.text
+            assert s3.keys("uploads/") == []
+            deadline = time.monotonic() + 20
+            while client.list_multipart_uploads(Bucket=s3.bucket, Prefix=key).get("Uploads"):
+                assert time.monotonic() < deadline, "the purge left the run unfinished"
+                time.sleep(0.25)
+            assert registry.get(f"/v2/{name}/blobs/{digest(layer)}", follow_redirects=True).content == layer
+    finally:
+        server.stop()
 
 
 class _ClientVanished(Exception):

@@ -76,6 +76,8 @@ _PARTS_IN_FLIGHT: Final = 1
 _DELETE_BATCH: Final = 1000
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CONTENT_TYPE: Final = "application/octet-stream"
+#: The empty object that makes an upload listed from its start (see ``staged``).
+_CREATED: Final = "created"
 _DOCUMENTATION: Final = frozenset({"documentation", "documentationUrl"})
 _ACCESS_DENIED: Final = "access denied ({code}): check the credentials (AWS_ACCESS_KEY_ID, ~/.aws)"
 #: S3 refuses with 403; these come from a forward proxy (407, or 401 from tinyproxy).
@@ -342,7 +344,7 @@ class S3BlobStore:
 
     async def stage_create(self, upload_id: str) -> bytes:
         # An empty marker, so that :meth:`staged` lists the upload before its first byte.
-        await self._put(self._staged_key(upload_id, "created"), b"")
+        await self._put(self._staged_key(upload_id, _CREATED), b"")
         return _encode_stage(_Stage())
 
     async def stage_append(
@@ -392,12 +394,14 @@ class S3BlobStore:
             raise ValueError(f"the staging state holds {recorded.size} bytes, the commit names {size}")
         if recorded.direct is not None:
             await self._complete_direct(recorded.direct, self._blob_key(digest))
-            await self.stage_abort(upload_id, None)
+            await self._delete_keys([self._staged_key(upload_id, _CREATED)])
             return
         present = await self.stat(digest)
         if present is None or present.size != size:
             await self._publish(upload_id, recorded, self._blob_key(digest))
-        await self.stage_abort(upload_id, None)
+        # Listed, not taken from the stage: a failed or overtaken request may have left objects
+        # it does not name. A run a crash cut off is left to the purge (see :meth:`staged`).
+        await self._delete_keys([item["Key"] async for item in self._list(self._upload_prefix(upload_id))])
 
     async def _publish(self, upload_id: str, stage: _Stage, key: str) -> None:
         """Make ``key`` hold the staged bytes, all at once: one server-side copy of a single
@@ -474,17 +478,20 @@ class S3BlobStore:
         if stage is not None and (direct := _decode_stage(stage).direct) is not None:
             await self._abort_multipart({"Bucket": self.bucket, "Key": direct[0], "UploadId": direct[1]})
         prefix = self._upload_prefix(upload_id)
-        async for multipart in self._unfinished(prefix):  # runs of requests cut off by a crash
+        async for multipart, _ in self._unfinished(prefix):  # runs of requests cut off by a crash
             await self._abort_multipart(multipart)
         keys = [item["Key"] async for item in self._list(prefix)]
         await self._delete_keys(keys)
 
-    async def _unfinished(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+    async def _unfinished(self, prefix: str) -> AsyncIterator[tuple[dict[str, Any], float]]:
+        """The multipart uploads under ``prefix`` that were neither completed nor aborted, each
+        with the time it began."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
             page = await self._call("list_multipart_uploads", **params)
             for upload in page.get("Uploads", []):
-                yield {"Bucket": self.bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
+                multipart = {"Bucket": self.bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
+                yield multipart, upload["Initiated"].timestamp()
             if not page.get("IsTruncated"):
                 return
             params.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
@@ -501,11 +508,19 @@ class S3BlobStore:
                 raise StorageUnavailable(COMPONENT, f"deleting {first.get('Key')}: {first.get('Message')}")
 
     async def staged(self) -> AsyncIterator[tuple[str, float]]:
+        """Uploads with staging objects, and those with only a run a crash cut off (an
+        unfinished multipart upload, left by a commit so that a commit need not list them)."""
         prefix = self._key("uploads", "")
         latest: dict[str, float] = {}
+
+        def seen(key: str, when: float) -> None:
+            upload_id = key[len(prefix) :].partition("/")[0]
+            latest[upload_id] = max(latest.get(upload_id, 0.0), when)
+
         async for item in self._list(prefix):
-            upload_id = item["Key"][len(prefix) :].partition("/")[0]
-            latest[upload_id] = max(latest.get(upload_id, 0.0), item["LastModified"].timestamp())
+            seen(item["Key"], item["LastModified"].timestamp())
+        async for multipart, initiated in self._unfinished(prefix):
+            seen(multipart["Key"], initiated)
         for upload_id, modified in latest.items():
             yield upload_id, modified
 
