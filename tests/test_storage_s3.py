@@ -144,6 +144,26 @@ def run(target: S3Target, work: Callable[[S3BlobStore], Awaitable[None]]) -> Non
     asyncio.run(_opened(target, work))
 
 
+def test_a_blob_url_is_signed_once_a_minute_for_the_blobs_asked_for_last(
+    s3: S3Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signing is most of a redirect's cost: a blob's URL is handed out again for a twentieth
+    of its life, a minute at most (and signed for that much longer), for as many blobs as the
+    store keeps."""
+    monkeypatch.setattr(s3_module, "_URLS_KEPT", 2)
+    first, second, third = (_digest(bytes([n])) for n in range(3))
+
+    async def work(store: S3BlobStore) -> None:
+        urls = {d: await store.url(d, expires=600) for d in (first, second, third)}
+        assert "X-Amz-Expires=630" in urls[first]  # and handed out for a twentieth of that
+        await asyncio.sleep(1.1)  # a URL signed now would carry another X-Amz-Date
+        assert await store.url(third, expires=600) == urls[third]
+        assert await store.url(second, expires=600) == urls[second]
+        assert await store.url(first, expires=600) != urls[first]  # the oldest was let go
+
+    run(s3, work)
+
+
 def test_a_monolithic_upload_is_written_straight_to_its_blob(s3: S3Target) -> None:
     """With its destination known, a whole blob goes into a multipart upload at the blob's own
     key (no staging objects, no copy at the commit), invisible until committed."""
@@ -775,8 +795,9 @@ def test_ocikit_serve_on_s3_redirects_blob_gets_to_the_object_store(s3: S3Target
             signed = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
             assert signed["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
             assert signed["X-Amz-Credential"].split("/")[2] == s3.server.region
-            assert signed["X-Amz-Expires"] == "1200"
-            assert httpx.get(target.replace("X-Amz-Expires=1200", "X-Amz-Expires=9999")).status_code == 403
+            assert signed["X-Amz-Expires"] == "1260"  # 20 minutes, and the minute it is handed out
+            assert httpx.get(target.replace("X-Amz-Expires=1260", "X-Amz-Expires=9999")).status_code == 403
+            assert client.get(f"/v2/{name}/blobs/{digest(layer)}").headers["location"] == target
             assert client.head(f"/v2/{name}/blobs/{digest(layer)}").headers["content-length"] == str(
                 len(layer)
             )

@@ -20,7 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
+from ...spec.digest import Digest
 from .base import StorageUnavailable
+from .links import CHANNEL, LISTENER_NAME, LinkCache
 from .sql import SQLMetadataStore, Work
 
 __all__ = ["PostgresMetadataStore"]
@@ -105,6 +107,9 @@ class _PostgresTransaction:
     async def shared(self, key: str) -> None:
         await self._connection.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", key)
 
+    async def links_removed(self) -> None:
+        await self._connection.execute("SELECT pg_notify($1, '')", CHANNEL)
+
     async def table_exists(self, name: str) -> bool:
         # The catalog read through the statement's snapshot, not to_regclass: its name cache
         # may still hold "absent" for a table another session created while this one waited
@@ -127,6 +132,7 @@ class PostgresMetadataStore(SQLMetadataStore):
         self._pool_size = pool_size
         self._pool: Any = None
         self._cache: dict[str, str] = {}
+        self._links = LinkCache(self._listening_connection)
 
     async def _connect(self) -> None:
         if self._pool is not None:
@@ -142,18 +148,38 @@ class PostgresMetadataStore(SQLMetadataStore):
         except _CONNECTION_ERRORS as exc:
             raise StorageUnavailable(_COMPONENT, f"{self.url}: {exc}") from exc
 
+    async def _listening_connection(self) -> Any:
+        return await asyncpg.connect(
+            self._dsn, timeout=_CONNECT_TIMEOUT, server_settings={"application_name": LISTENER_NAME}
+        )
+
     async def open(self) -> None:
         await self._connect()
         await self._write(self._prepare)
+        try:
+            await self._links.start()
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailable(_COMPONENT, f"{self.url}: {exc}") from exc
 
     async def migrate(self) -> tuple[int, int]:
         await self._connect()
         return await super().migrate()
 
     async def close(self) -> None:
+        await self._links.stop()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
+        """Remembered while PostgreSQL tells of every link's removal (:mod:`.links`)."""
+        size = self._links.size(repository, digest)
+        if size is None:
+            generation = self._links.generation
+            size = await super().linked_blob_size(repository, digest)
+            if size is not None:
+                self._links.remember(repository, digest, size, generation)
+        return size
 
     async def _read(self, work: Work[T]) -> T:
         assert self._pool is not None, "the store is not open"

@@ -95,6 +95,11 @@ class Transaction(Protocol):
 
     async def table_exists(self, name: str) -> bool: ...
 
+    async def links_removed(self) -> None:
+        """Tell every replica, once this transaction commits, that blob links went (replicas
+        that cache links drop them)."""
+        ...
+
 
 class _Rollback(Exception):
     """Ends a transaction without its changes, returning ``value`` to the caller."""
@@ -331,6 +336,8 @@ class SQLMetadataStore(ABC):
             deleted = await tx.run(
                 "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", repository_id, digest
             )
+            if deleted:
+                await tx.links_removed()
             if deleted and refuse_if_used:  # checked after the delete has locked the link
                 users = await tx.rows(
                     "SELECT manifest_digest FROM manifest_blobs WHERE repository_id = ? AND blob_digest = ? "
@@ -713,6 +720,8 @@ class SQLMetadataStore(ABC):
             await tx.run_many(
                 "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", dead_links
             )
+            if dead_links:
+                await tx.links_removed()
             await self._sweep_blobs(tx, report, older_than)
             empty = await tx.rows(
                 "SELECT id, name FROM repositories r WHERE created_at < ? "
