@@ -755,6 +755,39 @@ def test_migrating_a_version_1_database(metadata_backend: MetadataBackend) -> No
     run_with(metadata_backend.make, scenario)
 
 
+def test_a_version_2_database_needs_migrating_only_where_version_3_changes_it(
+    metadata_backend: MetadataBackend,
+) -> None:
+    """Version 3 adds PostgreSQL's triggers that tell replicas of link removals: a PostgreSQL
+    database is refused until ``ocikit migrate``; SQLite, with nothing to change, opens."""
+    asyncio.run(
+        metadata_backend.execute(
+            [
+                *(sql for step in MIGRATIONS[:2] for sql in statements(step, metadata_backend.dialect)),
+                "INSERT INTO schema_version (version) VALUES (2)",
+            ]
+        )
+    )
+
+    async def opened() -> None:
+        store = metadata_backend.make()
+        if metadata_backend.dialect == "postgresql":
+            with pytest.raises(SchemaError, match="ocikit migrate --metadata"):
+                await store.open()
+            await store.close()
+            store = metadata_backend.make()
+            assert await store.migrate() == (2, CURRENT_VERSION)
+            await store.close()
+            store = metadata_backend.make()
+        await store.open()
+        try:
+            assert await store.migrate() == (CURRENT_VERSION, CURRENT_VERSION)
+        finally:
+            await store.close()
+
+    asyncio.run(opened())
+
+
 async def _insert_manifest(backend: MetadataBackend, statement: str, content: bytes) -> None:
     if backend.dialect == "sqlite":
         path = Path(backend.make().url.removeprefix("sqlite://"))  # type: ignore[attr-defined]

@@ -732,9 +732,11 @@ def test_an_https_endpoint_is_tunnelled_through_the_proxy_with_its_credentials(
         return sum((method, target.path) == tunnel for method, target in proxy.requests())
 
     async def work(store: S3BlobStore) -> None:
-        opened = tunnels()
+        # Opening tunnels twice: for botocore, and for the presigned HEAD that checks the
+        # region, whose connection stat then reuses.
+        assert tunnels() == 2
         assert await store.stat(_digest(data)) is None
-        assert tunnels() == opened + 1  # stat's own connection, through the proxy
+        assert tunnels() == 2
         stage = await store.stage_create("tunnelled")
         _, stage = await store.stage_append("tunnelled", stage, 0, _chunks(data))
         await store.stage_commit("tunnelled", stage, len(data), _digest(data))

@@ -49,11 +49,13 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     await reg.authorize(request, name, "pull")
     digest = reg.parse_digest(reference)
     if reg.settings.blob_redirect and request.method == "GET":
+        size = await _linked(reg, name, digest)
         url = await reg.blobs.url(digest, expires=_REDIRECT_EXPIRY)
         if url is not None:  # the object store serves the bytes (and the Range) itself
-            await _linked(reg, name, digest)
             return Response(status=307, headers=[("location", url), ("docker-content-digest", digest)])
-    size = await _linked_and_stored(reg, name, digest)
+        await _stored(reg, name, digest)
+    else:
+        size = await _linked_and_stored(reg, name, digest)
     headers = [
         ("content-type", "application/octet-stream"),
         ("docker-content-digest", digest),
@@ -80,8 +82,8 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     return Response(headers=headers, chunks=reg.blobs.read(digest))
 
 
-async def _linked(reg: Registry, name: str, digest: Digest) -> None:
-    """Raise BLOB_UNKNOWN unless ``name`` links the blob, asking the metadata store alone.
+async def _linked(reg: Registry, name: str, digest: Digest) -> int:
+    """The blob's size when ``name`` links it, asking the metadata store alone.
 
     A redirect is answered from the registry's record, without asking the object store first:
     the store answers for its own bytes when the client follows the URL (a lost object is its
@@ -89,8 +91,19 @@ async def _linked(reg: Registry, name: str, digest: Digest) -> None:
     the client's anyway, as the URL may reach the store by another route, and asking would
     cost every pull a store round trip (tens of milliseconds and a billed request on AWS).
     """
-    if await reg.metadata.linked_blob_size(name, digest) is None:
-        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+    size = await reg.metadata.linked_blob_size(name, digest)
+    if size is None:
+        raise _unknown(name, digest)
+    return size
+
+
+async def _stored(reg: Registry, name: str, digest: Digest) -> None:
+    if await reg.blobs.stat(digest) is None:
+        raise _unknown(name, digest)
+
+
+def _unknown(name: str, digest: Digest) -> RegistryError:
+    return RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
 
 
 async def _linked_and_stored(reg: Registry, name: str, digest: Digest) -> int:
@@ -109,7 +122,7 @@ async def _linked_and_stored(reg: Registry, name: str, digest: Digest) -> int:
     if linked is not None and isinstance(stored, BaseException):
         raise stored
     if linked is None or stored is None:
-        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+        raise _unknown(name, digest)
     return linked
 
 
@@ -122,6 +135,6 @@ async def delete(reg: Registry, request: Request, name: str, reference: str) -> 
     if outcome.referenced_by:
         raise still_referenced(f"blob {digest}", "used by", name, outcome.referenced_by)
     if not outcome.deleted:
-        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {name}", detail={"digest": digest})
+        raise _unknown(name, digest)
     await reg.emit(Event("delete", name, "blob", digest=digest))
     return Response(status=202)

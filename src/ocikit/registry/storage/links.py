@@ -2,34 +2,43 @@
 
 Every blob GET asks whether its repository links the blob. Asking PostgreSQL each time costs
 a pull one round trip, and PostgreSQL is the one thing all replicas share. A link is only
-ever added or removed, never changed (a blob's size is its content's), and every transaction
-that removes links sends a NOTIFY on :data:`CHANNEL` as it commits (:mod:`.sql`); a replica
-that hears one forgets every link it remembered. A remembered link is therefore out of date
-for no longer than a notification takes to arrive. While the listening connection is down
-the replica remembers nothing and asks PostgreSQL, since a removal in that time would go
-unheard; a connection that dies without a word (a network partition) is noticed by a probe
-within :data:`_PROBE` seconds.
+ever added or removed, never changed (a blob's size is its content's), and PostgreSQL's
+triggers (schema version 3) send a NOTIFY on :data:`.schema.LINKS_CHANNEL` with every
+transaction that removes or alters links, whoever runs it; a replica that hears one forgets
+every link it remembered. A remembered link is therefore out of date for no longer than a
+notification takes to arrive.
+
+While the listening connection is down the replica remembers nothing and asks PostgreSQL, as
+a removal in that time would go unheard; a connection that dies without a word (a network
+partition) is noticed by a probe within two :data:`_PROBE` periods. A link is remembered for
+:data:`_KEEP_FOR` seconds at most, for what no notification reaches (a connection pooler in
+transaction mode, which drops them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Final
 
-__all__ = ["CHANNEL", "LISTENER_NAME", "LinkCache"]
+from .schema import LINKS_CHANNEL
+
+__all__ = ["LISTENER_NAME", "LinkCache"]
 
 log = logging.getLogger("ocikit.registry")
 
-CHANNEL: Final = "ocikit_links_removed"
 #: The listening connection's ``application_name``, as ``pg_stat_activity`` shows it.
 LISTENER_NAME: Final = "ocikit link listener"
-#: Links remembered at most (the oldest go first): a few megabytes.
+#: Links remembered at most (the least recently asked for go first): a few megabytes.
 _CAPACITY: Final = 65536
+_KEEP_FOR: Final = 60.0
 #: Seconds between probes of the listening connection, and between attempts to reconnect it.
 _PROBE: Final = 1.0
+_SUBSCRIBE_TIMEOUT: Final = 10.0
 
 
 class LinkCache:
@@ -37,7 +46,8 @@ class LinkCache:
 
     def __init__(self, connect: Callable[[], Awaitable[Any]]) -> None:
         self._connect = connect
-        self._sizes: dict[tuple[str, str], int] = {}
+        #: (repository, digest) → (size, when remembered, in monotonic seconds).
+        self._sizes: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         self._listening = False
         #: Counts the times everything was forgotten: a read that began before the latest
         #: may have missed the removal that caused it, and is not remembered.
@@ -57,15 +67,24 @@ class LinkCache:
         self._set_listening(False)
 
     def size(self, repository: str, digest: str) -> int | None:
-        return self._sizes.get((repository, digest))
+        key = (repository, digest)
+        kept = self._sizes.get(key)
+        if kept is None:
+            return None
+        if time.monotonic() - kept[1] >= _KEEP_FOR:
+            del self._sizes[key]
+            return None
+        self._sizes.move_to_end(key)
+        return kept[0]
 
     def remember(self, repository: str, digest: str, size: int, generation: int) -> None:
         """Keep a size read while :attr:`generation` was ``generation``."""
         if not self._listening or generation != self.generation:
             return
-        if len(self._sizes) >= _CAPACITY:
-            del self._sizes[next(iter(self._sizes))]
-        self._sizes[(repository, digest)] = size
+        self._sizes[(repository, digest)] = (size, time.monotonic())
+        self._sizes.move_to_end((repository, digest))
+        if len(self._sizes) > _CAPACITY:
+            self._sizes.popitem(last=False)
 
     def _forget(self) -> None:
         self._sizes.clear()
@@ -76,11 +95,12 @@ class LinkCache:
         self._forget()
 
     async def _subscribed(self) -> Any:
-        """A new connection listening on :data:`CHANNEL`; links are remembered while it lives."""
+        """A new connection listening on the channel; links are remembered while it lives."""
         connection = await self._connect()
         try:
             connection.add_termination_listener(lambda _: self._set_listening(False))
-            await connection.add_listener(CHANNEL, lambda *_: self._forget())
+            async with asyncio.timeout(_SUBSCRIBE_TIMEOUT):
+                await connection.add_listener(LINKS_CHANNEL, lambda *_: self._forget())
         except BaseException:
             connection.terminate()
             raise
@@ -99,6 +119,7 @@ class LinkCache:
                 connection.terminate()
                 self._set_listening(False)
             connection = await self._resubscribed()
+            log.info("PostgreSQL: told of link removals again")
 
     async def _resubscribed(self) -> Any:
         while True:

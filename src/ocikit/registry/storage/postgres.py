@@ -22,7 +22,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from ...spec.digest import Digest
 from .base import StorageUnavailable
-from .links import CHANNEL, LISTENER_NAME, LinkCache
+from .links import LISTENER_NAME, LinkCache
 from .sql import SQLMetadataStore, Work
 
 __all__ = ["PostgresMetadataStore"]
@@ -107,9 +107,6 @@ class _PostgresTransaction:
     async def shared(self, key: str) -> None:
         await self._connection.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", key)
 
-    async def links_removed(self) -> None:
-        await self._connection.execute("SELECT pg_notify($1, '')", CHANNEL)
-
     async def table_exists(self, name: str) -> bool:
         # The catalog read through the statement's snapshot, not to_regclass: its name cache
         # may still hold "absent" for a table another session created while this one waited
@@ -155,10 +152,17 @@ class PostgresMetadataStore(SQLMetadataStore):
 
     async def open(self) -> None:
         await self._connect()
-        await self._write(self._prepare)
+        try:
+            await self._write(self._prepare)
+            await self._listen()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _listen(self) -> None:
         try:
             await self._links.start()
-        except _CONNECTION_ERRORS as exc:
+        except (*_CONNECTION_ERRORS, asyncpg.exceptions.PostgresError) as exc:
             raise StorageUnavailable(_COMPONENT, f"{self.url}: {exc}") from exc
 
     async def migrate(self) -> tuple[int, int]:

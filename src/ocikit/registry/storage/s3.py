@@ -83,6 +83,7 @@ _DOCUMENTATION: Final = frozenset({"documentation", "documentationUrl"})
 _ACCESS_DENIED: Final = "access denied ({code}): check the credentials (AWS_ACCESS_KEY_ID, ~/.aws)"
 #: S3 refuses with 403; these come from a forward proxy (407, or 401 from tinyproxy).
 _PROXY_AUTH: Final = frozenset({401, 407})
+_PRESIGNED_REFUSED: Final = "HTTP 400 to a presigned HEAD: is s3_region the bucket's region?"
 _PROXY_REFUSED: Final = (
     "the proxy refused the request (HTTP {status}): check the user and password in HTTPS_PROXY or HTTP_PROXY"
 )
@@ -191,7 +192,7 @@ class S3BlobStore:
         session = _session()
         self._client = await self._stack.enter_async_context(
             session.create_client(
-                "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
+                "s3", endpoint_url=self.endpoint, region_name=self.region or None, config=config
             )
         )
         # botocore asks for "Expect: 100-continue" before every body, and the HTTP client then
@@ -205,6 +206,8 @@ class S3BlobStore:
             # A GET, not HeadBucket (both need s3:ListBucket): a proxy's refusal comes with a
             # page, which in answer to a HEAD (tinyproxy) breaks the HTTP parser's reading of it.
             await self._call("list_objects_v2", Bucket=self.bucket, Prefix=self._key("blobs", ""), MaxKeys=1)
+            # Presigned requests get no region redirect: a wrong region shows here, not at a pull.
+            await self._head(await self._presigned("head_object", self._key("blobs"), _HEAD_EXPIRY))
         except _Missing:
             await self.close()
             raise StorageUnavailable(COMPONENT, f"bucket {self.bucket!r} does not exist") from None
@@ -216,6 +219,7 @@ class S3BlobStore:
         await self._stack.aclose()
         self._client = None
         self._http = None
+        self._signed.clear()
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 request; 404 raises :class:`_Missing`, every other failure
@@ -277,6 +281,8 @@ class S3BlobStore:
             raise StorageUnavailable(COMPONENT, _ACCESS_DENIED.format(code=status))
         if status in _PROXY_AUTH and self._proxy:
             raise StorageUnavailable(COMPONENT, _PROXY_REFUSED.format(status=status))
+        if status == 400:
+            raise StorageUnavailable(COMPONENT, _PRESIGNED_REFUSED)
         failure = _Transient if status >= 500 or status == 429 else StorageUnavailable
         raise failure(COMPONENT, f"HTTP {status} to a HEAD of an object")
 

@@ -1,8 +1,9 @@
 """The metadata schema and its migrations: one list of steps for SQLite and PostgreSQL.
 
-Steps are written in the SQL both databases share; :func:`statements` adapts the few words
-that differ (PostgreSQL stores bytes as ``BYTEA``, generates ids with an identity column, and
-compares text in byte order only under ``COLLATE "C"``, which names, tags and digests need).
+Steps are written in the SQL both databases share, but for what one of them alone has
+(PostgreSQL's triggers that NOTIFY); :func:`statements` adapts the few words that differ
+(PostgreSQL stores bytes as ``BYTEA``, generates ids with an identity column, and compares
+text in byte order only under ``COLLATE "C"``, which names, tags and digests need).
 
 A database records its version in ``schema_version``. Databases created before that table
 existed hold exactly version 1 (``repositories`` present, no ``schema_version``). Migrations
@@ -15,7 +16,10 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["CURRENT_VERSION", "MIGRATIONS", "statements"]
+__all__ = ["CURRENT_VERSION", "LINKS_CHANNEL", "MIGRATIONS", "statements"]
+
+#: Where PostgreSQL announces a change to blob links (version 3 on).
+LINKS_CHANNEL: Final = "ocikit_links_removed"
 
 _V1: Final = """
 CREATE TABLE IF NOT EXISTS repositories (
@@ -114,8 +118,33 @@ CREATE TABLE schema_version (
 );
 """
 
-#: Step ``i`` takes a database from version ``i`` to ``i + 1``.
-MIGRATIONS: Final = (_V1, _V2)
+# Version 3: replicas remember blob links (``links.py``) while PostgreSQL tells them of every
+# change that could make one wrong, whoever makes it (ocikit, or an operator's own SQL): a
+# NOTIFY on LINKS_CHANNEL, one per transaction however many rows (identical
+# notifications are folded into one). SQLite replicas remember nothing, so have nothing to do.
+_V3: Final = {
+    "sqlite": (),
+    "postgresql": (
+        f"""CREATE FUNCTION ocikit_links_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('{LINKS_CHANNEL}', '');
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER repository_blobs_removed
+        AFTER DELETE OR UPDATE OF repository_id, digest ON repository_blobs
+        FOR EACH ROW EXECUTE FUNCTION ocikit_links_removed()""",
+        """CREATE TRIGGER repository_blobs_truncated AFTER TRUNCATE ON repository_blobs
+        FOR EACH STATEMENT EXECUTE FUNCTION ocikit_links_removed()""",
+        """CREATE TRIGGER repositories_renamed AFTER UPDATE OF id, name ON repositories
+        FOR EACH ROW EXECUTE FUNCTION ocikit_links_removed()""",
+        """CREATE TRIGGER blobs_resized AFTER UPDATE OF digest, size ON blobs
+        FOR EACH ROW EXECUTE FUNCTION ocikit_links_removed()""",
+    ),
+}
+
+#: Step ``i`` takes a database from version ``i`` to ``i + 1``: SQL both databases share, or
+#: each database's own statements.
+MIGRATIONS: Final[tuple[str | dict[str, tuple[str, ...]], ...]] = (_V1, _V2, _V3)
 CURRENT_VERSION: Final = len(MIGRATIONS)
 
 _POSTGRES_WORDS: Final = (
@@ -125,8 +154,10 @@ _POSTGRES_WORDS: Final = (
 )
 
 
-def statements(step: str, dialect: str) -> list[str]:
+def statements(step: str | dict[str, tuple[str, ...]], dialect: str) -> list[str]:
     """The statements of one migration step, in ``dialect`` ('sqlite' or 'postgresql')."""
+    if isinstance(step, dict):
+        return list(step[dialect])
     if dialect == "postgresql":
         for pattern, replacement in _POSTGRES_WORDS:
             step = pattern.sub(replacement, step)

@@ -95,11 +95,6 @@ class Transaction(Protocol):
 
     async def table_exists(self, name: str) -> bool: ...
 
-    async def links_removed(self) -> None:
-        """Tell every replica, once this transaction commits, that blob links went (replicas
-        that cache links drop them)."""
-        ...
-
 
 class _Rollback(Exception):
     """Ends a transaction without its changes, returning ``value`` to the caller."""
@@ -215,11 +210,12 @@ class SQLMetadataStore(ABC):
                 await tx.run("INSERT INTO schema_version (version) VALUES (?)", version + 1)
 
     async def _prepare(self, tx: Transaction) -> None:
-        """On opening: create the schema in an empty database, refuse one at another version.
+        """On opening: create the schema in an empty database, refuse one at another version
+        unless the steps missing change nothing in this database (SQLite's version 3).
         Check and creation are one critical section under the migration lock."""
         version = await self._locked_version(tx)
-        if version == 0:
-            await self._upgrade(tx, 0)
+        if version == 0 or (version < CURRENT_VERSION and not self._changes(version, tx.dialect)):
+            await self._upgrade(tx, version)
         elif version < CURRENT_VERSION:
             raise SchemaError(
                 f"the metadata database {self.url} has schema version {version}, this ocikit needs "
@@ -227,6 +223,11 @@ class SQLMetadataStore(ABC):
             )
         elif version > CURRENT_VERSION:
             raise self._too_new(version)
+
+    @staticmethod
+    def _changes(version: int, dialect: str) -> bool:
+        """Whether migrating from ``version`` runs any statement in ``dialect``."""
+        return any(statements(MIGRATIONS[step], dialect) for step in range(version, CURRENT_VERSION))
 
     def _too_new(self, version: int) -> SchemaError:
         return SchemaError(
@@ -336,8 +337,6 @@ class SQLMetadataStore(ABC):
             deleted = await tx.run(
                 "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", repository_id, digest
             )
-            if deleted:
-                await tx.links_removed()
             if deleted and refuse_if_used:  # checked after the delete has locked the link
                 users = await tx.rows(
                     "SELECT manifest_digest FROM manifest_blobs WHERE repository_id = ? AND blob_digest = ? "
@@ -720,8 +719,6 @@ class SQLMetadataStore(ABC):
             await tx.run_many(
                 "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", dead_links
             )
-            if dead_links:
-                await tx.links_removed()
             await self._sweep_blobs(tx, report, older_than)
             empty = await tx.rows(
                 "SELECT id, name FROM repositories r WHERE created_at < ? "

@@ -74,9 +74,6 @@ class _SQLiteTransaction:
     async def shared(self, key: str) -> None:
         """Nothing to do: a write transaction here is the only writer."""
 
-    async def links_removed(self) -> None:
-        """Nothing to do: with SQLite, links are read from the database every time."""
-
     async def table_exists(self, name: str) -> bool:
         found = self._connection.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
