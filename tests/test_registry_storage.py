@@ -62,7 +62,7 @@ def test_serve_refuses_an_old_schema_until_migrated(tmp_path: Path) -> None:
         [*OCIKIT, "migrate", "--metadata", url], capture_output=True, text=True, timeout=60
     )
     assert migrated.returncode == 0, migrated.stderr
-    assert "migrated from schema version 1 to 2" in migrated.stdout
+    assert "migrated from schema version 1 to 3" in migrated.stdout
     again = subprocess.run(
         [*OCIKIT, "migrate", "--root", str(root)], capture_output=True, text=True, timeout=60
     )

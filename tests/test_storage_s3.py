@@ -717,6 +717,36 @@ def tls_s3(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         front.wait(timeout=10)
 
 
+def test_a_store_refusing_presigned_requests_stops_the_start_with_the_region_named(
+    s3: S3Target, tmp_path: Path
+) -> None:
+    """AWS answers 400 to a presigned request signed for another region than the bucket's, and
+    presigned requests get no region redirect, unlike botocore's own: the store sends one at
+    start. Here HAProxy in front of SeaweedFS answers every HEAD so."""
+    haproxy = require_tool("haproxy", "the endpoint that refuses presigned HEADs")
+    port, backend = free_port(), s3.server.endpoint.removeprefix("http://")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend s3\n  bind 127.0.0.1:{port}\n  http-request return status 400 if METH_HEAD\n"
+        f"  default_backend seaweedfs\nbackend seaweedfs\n  server s0 {backend}\n"
+    )
+    front = subprocess.Popen(
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, front)
+        store = S3Target(s3.server, s3.bucket, endpoint=f"http://127.0.0.1:{port}").store()
+        with pytest.raises(StorageUnavailable) as failure:
+            asyncio.run(store.open())
+    finally:
+        front.terminate()
+        front.wait(timeout=10)
+    assert str(failure.value) == (
+        "S3 object storage is unavailable: HTTP 400 to a presigned HEAD: is s3_region the bucket's region?"
+    )
+
+
 def test_an_https_endpoint_is_tunnelled_through_the_proxy_with_its_credentials(
     tls_s3: S3Target, tinyproxy: Callable[..., Tinyproxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
