@@ -278,6 +278,28 @@ def test_part_buffers_reused_across_a_long_request_keep_every_byte(s3: S3Target)
     run(s3, work)
 
 
+def test_a_request_of_one_part_is_one_put_and_a_longer_one_a_multipart_upload(s3: S3Target) -> None:
+    """A 5 MiB PATCH (Debian-sized pushes in 5 MiB chunks) stages one object with one PUT
+    rather than a multipart upload's three requests; an S3 ETag tells the two apart (a
+    multipart object's ends in -<parts>)."""
+    one, two = os.urandom(6 * MiB), os.urandom(22 * MiB)
+
+    async def work(store: S3BlobStore) -> None:
+        stage = await store.stage_create("etag")
+        _, stage = await store.stage_append("etag", stage, 0, _chunks(one))
+        _, stage = await store.stage_append("etag", stage, len(one), _chunks(two))
+        etags = [
+            s3.server.client().head_object(Bucket=s3.bucket, Key=key)["ETag"]
+            for key in s3.keys("uploads/etag/run-")
+        ]
+        assert sorted("-" in etag for etag in etags) == [False, True]
+        data = one + two
+        await store.stage_commit("etag", stage, len(data), _digest(data))
+        assert await _read_all(store, _digest(data)) == data
+
+    run(s3, work)
+
+
 def test_a_blob_sent_in_one_request_is_one_staging_object(s3: S3Target) -> None:
     """A blob streamed in one request of unknown digest (skopeo's PATCH) is staged as one run,
     which the commit copies whole, once; a short second request leaves a piece after it."""

@@ -11,8 +11,9 @@ empty ``created`` object marks the upload from its start, for :meth:`S3BlobStore
   last: a request long enough streams its body into a multipart upload of its own, in parts
   of :func:`_part_size` bytes (one being sent while the next fills, so memory stays constant
   whatever the blob's size), and completes it when the body ends, so a blob sent in one
-  request (as skopeo and containerd send them) is one staging object. A run cut off by a crash
-  is an unfinished multipart upload under the prefix, aborted with the upload;
+  request (as skopeo and containerd send them) is one staging object; a request of one part
+  is one PUT. A run cut off by a crash is an unfinished multipart upload under the prefix,
+  aborted with the upload;
 - *pieces* are what a request leaves when, with the pieces before it, it holds less than the
   smallest part: the next request reads them back and sends them at the head of its first
   part, so many small chunks (clients sending 1 MiB PATCHes) combine into valid parts. Pieces
@@ -482,7 +483,7 @@ class S3BlobStore:
     async def _get_bytes(self, key: str) -> bytes:
         return b"".join([chunk async for chunk in self._read_key(key)])
 
-    async def _put(self, key: str, body: bytes | memoryview) -> None:
+    async def _put(self, key: str, body: bytes | memoryview | _PartBody) -> None:
         await self._call("put_object", Bucket=self.bucket, Key=key, Body=body, ContentType=_CONTENT_TYPE)
 
     async def _complete_direct(self, direct: tuple[str, str, list[tuple[str, int]]], key: str) -> None:
@@ -609,8 +610,8 @@ class _StageWriter:
 
     async def finish(self) -> _Stage:
         try:
-            if not self.sent and self._pending >= _MIN_PART:  # a run of one part
-                await self._flush_part(self._pending)
+            if not self.sent and self._pending >= _MIN_PART:
+                return await self._one_part_run()
             if not self.sent:
                 await self._leave_piece()
                 return _Stage(parts=list(self.recorded.parts), pieces=self.pieces, stale=self.stale)
@@ -621,6 +622,12 @@ class _StageWriter:
         except BaseException:
             await self.cancel()
             raise
+
+    async def _one_part_run(self) -> _Stage:
+        """A run of one part is one PUT, not the three requests of a multipart upload."""
+        body = await self._take(self._pending)
+        await self.store._put(self.key, _PartBody(memoryview(body)))
+        return _Stage(parts=[*self.recorded.parts, (self.run, len(body))], stale=self.stale)
 
     async def _leave_piece(self) -> None:
         if self.filled:
@@ -722,6 +729,12 @@ class _DirectWriter(_StageWriter):
 
     def __init__(self, store: S3BlobStore, upload_id: str, key: str) -> None:
         super().__init__(store, upload_id, _Stage(), key)
+
+    async def _one_part_run(self) -> _Stage:
+        """Still a multipart upload: a PUT would show the blob before its digest is checked."""
+        await self._flush_part(self._pending)
+        await self._settle()
+        return await self._sealed()
 
     async def _sealed(self) -> _Stage:
         """Left unfinished: the commit completes it once the caller has checked the digest.
