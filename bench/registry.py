@@ -524,14 +524,27 @@ def tree_rss_kib(pids: list[int]) -> int:
 
 
 @contextlib.contextmanager
+def in_background(work: Callable[[threading.Event], None]) -> Iterator[None]:
+    """``work(stop)`` in a thread of its own while the block runs; ``stop`` is set at its end,
+    and the block waits for the thread."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
 def rss_sampler(server: Server, interval: float = 0.05) -> Iterator[dict[str, float]]:
     result = {"peak_mb": 0.0, "baseline_mb": 0.0, "samples": 0, "processes": 0}
-    stop = threading.Event()
     pids = server.tree()
     result["processes"] = len(pids)
     result["baseline_mb"] = tree_rss_kib(pids) * 1024 / 1e6
 
-    def sample() -> None:
+    def sample(stop: threading.Event) -> None:
         nonlocal pids
         peak, count = 0, 0
         while not stop.is_set():
@@ -543,13 +556,8 @@ def rss_sampler(server: Server, interval: float = 0.05) -> Iterator[dict[str, fl
         result["peak_mb"] = peak * 1024 / 1e6
         result["samples"] = count
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with in_background(sample):
         yield result
-    finally:
-        stop.set()
-        thread.join()
 
 
 def streamed_upload(server: Server, size: int, chunk: int = MiB, timeout: float = 300) -> tuple[float, str]:

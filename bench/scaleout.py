@@ -465,9 +465,8 @@ def rss_per_replica(
     tree (``tree``, what the target is about), of its largest worker alone (``worker``: the
     tree less the Granian parent, which serves no request), and the tree's PSS (``pss``)."""
     peaks = {r.name: {"tree": 0.0, "worker": 0.0, "pss": 0.0} for r in replicas}
-    stop = threading.Event()
 
-    def sample() -> None:
+    def sample(stop: threading.Event) -> None:
         trees = {r.name: r.tree() for r in replicas}
         count = 0
         while not stop.is_set():
@@ -482,13 +481,8 @@ def rss_per_replica(
             count += 1
             stop.wait(interval)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with single.in_background(sample):
         yield peaks
-    finally:
-        stop.set()
-        thread.join()
 
 
 def disk_use(path: Path) -> int:
@@ -501,22 +495,16 @@ def store_growth_guard(data: Path, limit: int) -> Iterator[threading.Event]:
     """An event set once the object store's data directory has grown by more than ``limit``
     bytes: distribution's 4 GiB chunked upload grew SeaweedFS's by 43 GB in 90 s and would
     fill the disk, where ocikit's grows it by twice the upload (staged, then copied)."""
-    exceeded, done = threading.Event(), threading.Event()
-    start = disk_use(data)
+    exceeded, start = threading.Event(), disk_use(data)
 
-    def watch() -> None:
+    def watch(done: threading.Event) -> None:
         while not done.wait(2):
             if disk_use(data) - start > limit:
                 exceeded.set()
                 return
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with single.in_background(watch):
         yield exceeded
-    finally:
-        done.set()
-        watcher.join()
 
 
 def chunked_stream(
