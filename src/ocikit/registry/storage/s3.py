@@ -88,12 +88,12 @@ _PRESIGNED_REFUSED: Final = "HTTP 400 to a presigned HEAD: is s3_region the buck
 _PROXY_REFUSED: Final = (
     "the proxy refused the request (HTTP {status}): check the user and password in HTTPS_PROXY or HTTP_PROXY"
 )
-#: A HEAD's presigned URL is used at once: its life only has to cover clock skew.
 #: Seconds for which one signed blob URL is handed out again, at most (and a twentieth of its
 #: life): signing takes 150 us of CPU, the rest of a redirect 7 us. Each URL is signed for
 #: that much longer than asked.
 _URL_REUSE: Final = 60.0
 _URLS_KEPT: Final = 4096
+#: A HEAD's presigned URL is used at once: its life only has to cover clock skew.
 _HEAD_EXPIRY: Final = 60
 #: botocore's standard retry mode, which the store's other requests use.
 _HEAD_ATTEMPTS: Final = 3
@@ -202,13 +202,14 @@ class S3BlobStore:
         self._client.meta.events.unregister("before-call.s3", add_expect_header)
         ca_bundle = session.get_config_variable("ca_bundle")
         self._http = await self._stack.enter_async_context(_plain_http(ca_bundle))
-        self._proxy = _proxy_for(await self._presigned("head_object", self._key("blobs"), _HEAD_EXPIRY))
+        probe = await self._presigned("head_object", self._key("blobs"), _HEAD_EXPIRY)
+        self._proxy = _proxy_for(probe)
         try:
             # A GET, not HeadBucket (both need s3:ListBucket): a proxy's refusal comes with a
             # page, which in answer to a HEAD (tinyproxy) breaks the HTTP parser's reading of it.
             await self._call("list_objects_v2", Bucket=self.bucket, Prefix=self._key("blobs", ""), MaxKeys=1)
             # Presigned requests get no region redirect: a wrong region shows here, not at a pull.
-            await self._head(await self._presigned("head_object", self._key("blobs"), _HEAD_EXPIRY))
+            await self._head(probe)
         except _Missing:
             await self.close()
             raise StorageUnavailable(COMPONENT, f"bucket {self.bucket!r} does not exist") from None
