@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Final
 
+from .recent import Recent
 from .schema import LINKS_CHANNEL
 
 __all__ = ["LISTENER_NAME", "LinkCache"]
@@ -46,8 +45,7 @@ class LinkCache:
 
     def __init__(self, connect: Callable[[], Awaitable[Any]]) -> None:
         self._connect = connect
-        #: (repository, digest) → (size, when remembered, in monotonic seconds).
-        self._sizes: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._sizes: Recent[tuple[str, str], int] = Recent(_CAPACITY)
         self._listening = False
         #: Counts the times everything was forgotten: a read that began before the latest
         #: may have missed the removal that caused it, and is not remembered.
@@ -67,24 +65,12 @@ class LinkCache:
         self._set_listening(False)
 
     def size(self, repository: str, digest: str) -> int | None:
-        key = (repository, digest)
-        kept = self._sizes.get(key)
-        if kept is None:
-            return None
-        if time.monotonic() - kept[1] >= _KEEP_FOR:
-            del self._sizes[key]
-            return None
-        self._sizes.move_to_end(key)
-        return kept[0]
+        return self._sizes.get((repository, digest), _KEEP_FOR)
 
     def remember(self, repository: str, digest: str, size: int, generation: int) -> None:
         """Keep a size read while :attr:`generation` was ``generation``."""
-        if not self._listening or generation != self.generation:
-            return
-        self._sizes[(repository, digest)] = (size, time.monotonic())
-        self._sizes.move_to_end((repository, digest))
-        if len(self._sizes) > _CAPACITY:
-            self._sizes.popitem(last=False)
+        if self._listening and generation == self.generation:
+            self._sizes.put((repository, digest), size)
 
     def _forget(self) -> None:
         self._sizes.clear()

@@ -58,6 +58,7 @@ from botocore.loaders import JSONFileLoader, create_loader  # type: ignore[impor
 
 from ...spec.digest import Digest, digest_error
 from .base import BlobInfo, StorageUnavailable
+from .recent import Recent
 
 __all__ = ["S3BlobStore"]
 
@@ -165,8 +166,8 @@ class S3BlobStore:
         self._client: Any = None
         self._http: aiohttp.ClientSession | None = None
         self._proxy: dict[str, Any] = {}
-        #: (key, expiry asked) → (URL, when signed, in monotonic seconds), oldest first.
-        self._signed: dict[tuple[str, float], tuple[str, float]] = {}
+        #: (key, expiry asked) → presigned GET URL.
+        self._signed: Recent[tuple[str, float], str] = Recent(_URLS_KEPT)
 
     def __repr__(self) -> str:
         where = f" at {self.endpoint}" if self.endpoint else ""
@@ -294,15 +295,13 @@ class S3BlobStore:
     async def url(self, digest: Digest, *, expires: float) -> str | None:
         """A presigned GET, handed out again for a while (signed for that much longer, so it
         is valid for ``expires`` seconds whenever it is handed out)."""
-        wanted, now = (self._blob_key(digest), expires), time.monotonic()
-        reuse = min(_URL_REUSE, expires / 20)
-        kept = self._signed.pop(wanted, None)
-        if kept is None or now - kept[1] >= reuse:
-            kept = (await self._presigned("get_object", wanted[0], expires + reuse), now)
-        if len(self._signed) >= _URLS_KEPT:
-            del self._signed[next(iter(self._signed))]
-        self._signed[wanted] = kept
-        return kept[0]
+        key, reuse = self._blob_key(digest), min(_URL_REUSE, expires / 20)
+        url = self._signed.get((key, expires), reuse)
+        if url is None:
+            signed = time.monotonic()  # before signing: the URL's life starts no later
+            url = await self._presigned("get_object", key, expires + reuse)
+            self._signed.put((key, expires), url, signed)
+        return url
 
     async def _presigned(self, operation: str, key: str, expires: float) -> str:
         if self._client is None:
