@@ -424,9 +424,8 @@ class S3BlobStore:
         present = await self.stat(digest)
         if present is None or present.size != size:
             await self._publish(upload_id, recorded, self._blob_key(digest))
-        # Listed, not taken from the stage: a failed or overtaken request may have left objects
-        # it does not name. A run a crash cut off is left to the purge (see :meth:`staged`).
-        await self._delete_keys([item["Key"] async for item in self._list(self._upload_prefix(upload_id))])
+        # A run a crash cut off is left to the purge (see :meth:`staged`).
+        await self._delete_staged(self._upload_prefix(upload_id))
 
     async def _publish(self, upload_id: str, stage: _Stage, key: str) -> None:
         """Make ``key`` hold the staged bytes, all at once: one server-side copy of a single
@@ -505,8 +504,12 @@ class S3BlobStore:
         prefix = self._upload_prefix(upload_id)
         async for multipart, _ in self._unfinished(prefix):  # runs of requests cut off by a crash
             await self._abort_multipart(multipart)
-        keys = [item["Key"] async for item in self._list(prefix)]
-        await self._delete_keys(keys)
+        await self._delete_staged(prefix)
+
+    async def _delete_staged(self, prefix: str) -> None:
+        """Every object under an upload's ``prefix``: listed, not taken from the stage, as a
+        failed or overtaken request may have left objects the stage does not name."""
+        await self._delete_keys([item["Key"] async for item in self._list(prefix)])
 
     async def _unfinished(self, prefix: str) -> AsyncIterator[tuple[dict[str, Any], float]]:
         """The multipart uploads under ``prefix`` that were neither completed nor aborted, each
