@@ -5,6 +5,7 @@ appends, presigned URLs, signatures, memory, a forward proxy)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -712,19 +713,16 @@ def test_no_proxy_sends_the_store_straight_to_the_object_store(
     assert proxy.requests() != []
 
 
-@pytest.fixture
-def tls_s3(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Target]:
-    """The test's bucket behind an HTTPS endpoint, as AWS S3 is: HAProxy terminating TLS in
-    front of the SeaweedFS, its self-signed certificate trusted through AWS_CA_BUNDLE."""
-    haproxy = require_tool("haproxy", "the TLS endpoint in front of SeaweedFS")
-    key, cert = make_certificate(tmp_path, "s3")
-    bundle = tmp_path / "s3.pem"
-    bundle.write_text(cert.read_text() + key.read_text())
+@contextlib.contextmanager
+def _haproxy_in_front(s3: S3Target, config: Path, bind: str, *rules: str) -> Iterator[int]:
+    """HAProxy on a free loopback port (yielded) in front of the SeaweedFS: ``bind``'s options
+    after the address, ``rules`` in the frontend."""
+    haproxy = require_tool("haproxy", "an endpoint in front of SeaweedFS")
     port, backend = free_port(), s3.server.endpoint.removeprefix("http://")
-    config = tmp_path / "haproxy.cfg"
+    frontend = "".join(f"  {rule}\n" for rule in rules)
     config.write_text(
         "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-        f"frontend s3\n  bind 127.0.0.1:{port} ssl crt {bundle}\n  default_backend seaweedfs\n"
+        f"frontend s3\n  bind 127.0.0.1:{port}{bind}\n{frontend}  default_backend seaweedfs\n"
         f"backend seaweedfs\n  server s0 {backend}\n"
     )
     front = subprocess.Popen(
@@ -732,11 +730,22 @@ def tls_s3(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     )
     try:
         wait_for_port(port, front)
-        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
-        yield S3Target(s3.server, s3.bucket, endpoint=f"https://127.0.0.1:{port}")
+        yield port
     finally:
         front.terminate()
         front.wait(timeout=10)
+
+
+@pytest.fixture
+def tls_s3(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Target]:
+    """The test's bucket behind an HTTPS endpoint, as AWS S3 is: HAProxy terminating TLS in
+    front of the SeaweedFS, its self-signed certificate trusted through AWS_CA_BUNDLE."""
+    key, cert = make_certificate(tmp_path, "s3")
+    bundle = tmp_path / "s3.pem"
+    bundle.write_text(cert.read_text() + key.read_text())
+    with _haproxy_in_front(s3, tmp_path / "haproxy.cfg", f" ssl crt {bundle}") as port:
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        yield S3Target(s3.server, s3.bucket, endpoint=f"https://127.0.0.1:{port}")
 
 
 def test_a_store_refusing_presigned_requests_stops_the_start_with_the_region_named(
@@ -745,25 +754,11 @@ def test_a_store_refusing_presigned_requests_stops_the_start_with_the_region_nam
     """AWS answers 400 to a presigned request signed for another region than the bucket's, and
     presigned requests get no region redirect, unlike botocore's own: the store sends one at
     start. Here HAProxy in front of SeaweedFS answers every HEAD so."""
-    haproxy = require_tool("haproxy", "the endpoint that refuses presigned HEADs")
-    port, backend = free_port(), s3.server.endpoint.removeprefix("http://")
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(
-        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-        f"frontend s3\n  bind 127.0.0.1:{port}\n  http-request return status 400 if METH_HEAD\n"
-        f"  default_backend seaweedfs\nbackend seaweedfs\n  server s0 {backend}\n"
-    )
-    front = subprocess.Popen(
-        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_port(port, front)
+    rule = "http-request return status 400 if METH_HEAD"
+    with _haproxy_in_front(s3, tmp_path / "haproxy.cfg", "", rule) as port:
         store = S3Target(s3.server, s3.bucket, endpoint=f"http://127.0.0.1:{port}").store()
         with pytest.raises(StorageUnavailable) as failure:
             asyncio.run(store.open())
-    finally:
-        front.terminate()
-        front.wait(timeout=10)
     assert str(failure.value) == (
         "S3 object storage is unavailable: HTTP 400 to a presigned HEAD: is s3_region the bucket's region?"
     )
