@@ -40,6 +40,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -95,16 +96,16 @@ class Plan:
     runs: int
     stream_size: int
     #: Blob GETs take a fraction of a second and spread by a third between runs on a shared
-    #: object store: more of them, for a median that means something.
+    #: object store: many of them, for a median that means something and an interval around it.
     get_runs: int
 
     @classmethod
     def full(cls, replicas: int) -> Plan:
-        return cls(replicas, 3, 10, 256 * MiB, 128 * MiB, 5, 4096 * MiB, 15)
+        return cls(replicas, 3, 10, 256 * MiB, 128 * MiB, 5, 4096 * MiB, 45)
 
     @classmethod
     def quick(cls, replicas: int) -> Plan:
-        return cls(replicas, 1, 2, 16 * MiB, 8 * MiB, 1, 96 * MiB, 1)
+        return cls(replicas, 1, 2, 16 * MiB, 8 * MiB, 1, 96 * MiB, 2)
 
 
 # ---------------------------------------------------------------- deployments
@@ -286,8 +287,9 @@ def blob_get(deployments: list[Deployment], plan: Plan, redirect: bool) -> dict[
     digests = {d.name: single.push_blob(d.lb, single.REPOSITORY, data) for d in deployments}
     del data
     timed: dict[str, list[tuple[float, float]]] = {d.name: [] for d in deployments}
-    for deployment in deployments:  # warm-up
-        time_blob_get(deployment, digests[deployment.name], plan.blob_get_size, redirect)
+    for deployment in deployments:  # warm-up: each replica once (round-robin)
+        for _ in deployment.replicas:
+            time_blob_get(deployment, digests[deployment.name], plan.blob_get_size, redirect)
     for _ in range(plan.get_runs):  # alternate, so that drift hits both alike
         for deployment in deployments:
             timed[deployment.name].append(
@@ -586,6 +588,21 @@ METRICS = [  # key, label, field, unit
 
 #: Targets on ocikit's figure alone: met or not even when the reference's measurement failed.
 OCIKIT_ONLY_TARGETS = {"upload_rss"}
+BOOTSTRAP_RESAMPLES = 4000
+
+
+def ratio_interval(ocikit: list[float], reference: list[float]) -> list[float] | None:
+    """95% bootstrap interval of the ratio of the two medians, seeded so that a report can be
+    recomputed: how far apart two registries at parity can land by chance on this machine."""
+    if len(ocikit) < 2 or len(reference) < 2:
+        return None
+    draw = random.Random(0).choices
+    ratios = sorted(
+        statistics.median(draw(ocikit, k=len(ocikit))) / statistics.median(draw(reference, k=len(reference)))
+        for _ in range(BOOTSTRAP_RESAMPLES)
+    )
+    tail = BOOTSTRAP_RESAMPLES // 40
+    return [round(ratios[tail], 3), round(ratios[-tail - 1], 3)]
 
 
 def summarise(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -609,6 +626,9 @@ def summarise(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[s
             "target": target,
             "met": bool(check(ratio, ocikit)),
         }
+        runs = [results[key][name].get("runs_mb_per_s") for name in ("ocikit", "distribution")]
+        if dist is not None and all(runs):
+            summary[key]["ratio_95"] = ratio_interval(*runs)
     return summary
 
 
@@ -638,6 +658,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"{labels[key]:<48} {row['ocikit']:>10.1f} {_figure(row['distribution'], 13, 1)} "
             f"{_figure(row['ratio'], 6, 2, 'x')}  "
             f"{row['target']:<16} {'yes' if row['met'] else 'NO'}"
+            + (f"  (95%: {row['ratio_95'][0]:.2f}-{row['ratio_95'][1]:.2f}x)" if row.get("ratio_95") else "")
         )
     print()
     for key, per_registry in report["results"].items():

@@ -45,5 +45,8 @@ def test_quick_run_reports_every_figure_as_json(tmp_path: Path) -> None:
     for row in report["summary"].values():
         assert row["ocikit"] > 0
         assert row["distribution"] > 0
+    for key in ("blob_get_redirect", "blob_get_streamed"):
+        low, high = report["summary"][key]["ratio_95"]
+        assert 0 < low <= high
     assert len(report["results"]["upload_rss"]["ocikit"]["per_replica_mb"]) == 2
     assert list(tmp_path.iterdir()) == [], "the temporary data must be removed"
