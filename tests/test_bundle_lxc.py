@@ -248,7 +248,7 @@ def test_quoting_and_signals() -> None:
     assert stop_signal("sigrtmin+3") == "SIGRTMIN+3"
     assert stop_signal("9") == "9"
     assert stop_signal(None) is None
-    for bad in ("0", "99", "SIGFOO", "RTMIN-x"):
+    for bad in ("0", "99", "SIGFOO", "RTMIN-x", "9" * 5000):
         with pytest.raises(BundleError):
             stop_signal(bad)
 

@@ -74,6 +74,8 @@ def test_user_resolution(rootfs: int, spec: str | None, expected: User) -> None:
         ("a:b:c", "invalid user"),
         ("4294967295", "out of range"),
         ("1:99999999999", "out of range"),
+        ("9" * 5000, "out of range"),
+        ("1:" + "9" * 5000, "out of range"),
     ],
 )
 def test_bad_users_are_clear_errors(rootfs: int, spec: str, message: str) -> None:

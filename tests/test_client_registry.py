@@ -784,3 +784,14 @@ def test_liar_redirects_in_circles_or_to_garbage(liar: LyingRegistry) -> None:
     _expect(liar, lambda s: read_all(s, descriptor), TransportError, "non-ASCII")
     liar.routes[("GET", path)] = fixed(200, data, {"Content-Length": "-5"})
     _expect(liar, lambda s: read_all(s, descriptor), TransportError, "invalid Content-Length")
+
+
+def test_liar_status_that_is_no_number(liar: LyingRegistry) -> None:
+    """``"²00"`` passes ``str.isdigit`` and makes ``int`` raise: a clear TransportError instead."""
+
+    def superscript_status(handler: Any) -> None:
+        handler.wfile.write("HTTP/1.1 \u00b200 OK\r\nContent-Length: 0\r\n\r\n".encode("latin-1"))
+        handler.close_connection = True
+
+    liar.routes[("GET", "/v2/lies/repo/tags/list")] = superscript_status
+    _expect(liar, lambda s: s.tags(), TransportError, "not an HTTP/1.x response")

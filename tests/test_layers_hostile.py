@@ -110,6 +110,15 @@ def test_nul_in_a_pax_name_is_refused(box: Sandbox) -> None:
     fails(box, UnsafePath, "NUL", Layer().file("x", pax={b"path": b"a\x00b"}).tar())
 
 
+@pytest.mark.parametrize("key", [b"size", b"uid", b"mtime"])
+@pytest.mark.parametrize(
+    "value", [b"9" * 5000, b"\xc2\xb2", b"1e3"], ids=["5000-digits", "superscript", "exponent"]
+)
+def test_a_pax_number_that_is_no_number_is_refused(box: Sandbox, key: bytes, value: bytes) -> None:
+    """Python's int() refuses more than 4,300 digits: such a value must be a BadTar, not a crash."""
+    fails(box, BadTar, "invalid", Layer().file("x", b"data", pax={key: value}).tar())
+
+
 # --- symlink escapes: resolved inside the root ------------------------------------------------
 
 

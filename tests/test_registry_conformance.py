@@ -227,7 +227,51 @@ def test_blob_range_requests(
     assert int(response.headers["content-length"]) == end - start + 1
 
 
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=\u00b2-", "bytes=\u0661-\u0662", "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000, "bytes=abc-5"],
+    ids=["superscript", "arabic-indic", "5000-digit-end", "5000-digit-suffix", "letters"],
+)
+def test_blob_range_that_is_no_number_is_ignored(client: httpx.Client, repo: str, header: str) -> None:
+    """RFC 9110 lets a server ignore a Range it cannot read: the whole blob, never a 500."""
+    data = os.urandom(2048)
+    d = push_blob(client, repo, data)
+    answer = client.get(f"/v2/{repo}/blobs/{d}", headers={"range": header.encode()}, follow_redirects=False)
+    if answer.status_code == 307:
+        return  # the object store reads the Range, not the registry
+    assert answer.status_code == 200
+    assert answer.content == data
+
+
+def test_an_unsatisfiable_range_is_not_cacheable(client: httpx.Client, repo: str) -> None:
+    d = push_blob(client, repo, os.urandom(100))
+    answer = client.get(f"/v2/{repo}/blobs/{d}", headers={"range": "bytes=999-"}, follow_redirects=False)
+    if answer.status_code == 307:
+        return  # the object store answers the Range itself
+    assert answer.status_code == 416
+    assert answer.headers["content-range"] == "bytes */100"
+    assert "cache-control" not in answer.headers
+    assert "etag" not in answer.headers
+
+
 # ----------------------------------------------------------------------------- push: blobs
+
+
+@pytest.mark.parametrize(
+    "content_range",
+    ["0-\u00b2", "\u0661-\u0662", "0-" + "9" * 5000, "9" * 5000 + "-" + "9" * 5000],
+    ids=["superscript", "arabic-indic", "5000-digit-end", "5000-digits"],
+)
+def test_a_content_range_that_is_no_number_is_refused(
+    client: httpx.Client, repo: str, content_range: str
+) -> None:
+    data = os.urandom(100)
+    location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+    refused = client.patch(location, content=data, headers={"content-range": content_range.encode()})
+    assert refused.status_code == 400
+    assert error_codes(refused) == ["BLOB_UPLOAD_INVALID"]
+    done = client.put(location, params={"digest": digest(data)}, content=data)
+    assert done.status_code == 201, "the session survives a refused chunk"
 
 
 def test_post_then_put(client: httpx.Client, repo: str) -> None:
@@ -663,9 +707,18 @@ def test_tags_list_of_unknown_repository_is_404(client: httpx.Client) -> None:
     assert error_codes(response) == ["NAME_UNKNOWN"]
 
 
-def test_tags_list_with_bad_n_is_400(client: httpx.Client, repo: str) -> None:
-    push_image(client, repo, tag="v1")
-    assert client.get(f"/v2/{repo}/tags/list", params={"n": "-1"}).status_code == 400
+#: Numbers as an attacker writes them: negative, a superscript and Arabic-Indic digits (which
+#: ``str.isdigit`` accepts and ``int`` refuses or reads), and more digits than ``int`` takes.
+NOT_NUMBERS = ["-1", "\u00b2", "\u0661\u0662", "9" * 5000]
+
+
+@pytest.mark.parametrize("n", NOT_NUMBERS, ids=["negative", "superscript", "arabic-indic", "5000-digits"])
+def test_listings_with_bad_n_are_400(client: httpx.Client, repo: str, n: str) -> None:
+    subject = push_image(client, repo, tag="v1")
+    for path in (f"/v2/{repo}/tags/list", f"/v2/{repo}/referrers/{subject[0]}", "/v2/_catalog"):
+        response = client.get(path, params={"n": n})
+        assert response.status_code == 400, path
+        assert error_codes(response) == ["UNSUPPORTED"]
 
 
 def test_catalog_is_sorted_and_paginated(client: httpx.Client) -> None:

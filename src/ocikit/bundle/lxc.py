@@ -32,6 +32,7 @@ from typing import Final
 
 from ..snapshot import Snapshotter
 from ..spec.models import ContainerConfig, ImageConfig
+from ..spec.numbers import decimal
 from ..spec.runtime import Mount, RuntimeConfig
 from .config import Overrides, runtime_config
 from .create import make_container_dir, write_atomic
@@ -106,9 +107,10 @@ def stop_signal(value: str | None) -> str | None:
         return None
     text = value.strip().upper()
     if text.isascii() and text.isdigit():
-        if not 1 <= int(text) <= 64:
-            raise BundleError(f"StopSignal {value!r} is not a signal number (1-64)")
-        return str(int(text))
+        number = decimal(text)
+        if number is None or not 1 <= number <= 64:
+            raise BundleError(f"StopSignal {value[:24]!r} is not a signal number (1-64)")
+        return str(number)
     if not text.startswith("SIG"):
         text = "SIG" + text
     if text in _SIGNAMES or _RT.fullmatch(text):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from ..spec.numbers import decimal
 from ..spec.runtime import User
 from .errors import BundleError
 from .rootfs import RootfsError, read_in_root
@@ -42,12 +43,12 @@ class GroupEntry:
 
 
 def _numeric(text: str) -> int | None:
-    if text.isascii() and text.isdigit():
-        value = int(text)
-        if value > _MAX_ID:
-            raise BundleError(f"id {text} is out of range (at most {_MAX_ID})")
-        return value
-    return None
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = decimal(text)
+    if value is None or value > _MAX_ID:
+        raise BundleError(f"id {text[:24]} is out of range (at most {_MAX_ID})")
+    return value
 
 
 def _records(raw: bytes, fields: int) -> Iterator[list[str]]:

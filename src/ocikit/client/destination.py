@@ -25,6 +25,7 @@ import msgspec
 from ..spec import Descriptor, Reference, VerificationError, mediatype
 from ..spec.digest import verify_bytes
 from ..spec.models import ImageIndex, encode
+from ..spec.numbers import decimal
 from ..store.transport import ImageSource, TransportError
 from .endpoint import RepositoryEndpoint
 from .errors import AuthenticationError, RegistryError, UploadLost, error_from_response
@@ -322,10 +323,8 @@ class RegistryDestination(RepositoryEndpoint):
         response = await self.client.request("GET", location, scopes=self._scopes)
         await self.client.expect(response, (204, 200), f"{where}: upload status")
         await response.aclose()
-        stored = 0
-        end = (response.headers.get("range") or "").removeprefix("bytes=").partition("-")[2]
-        if end.strip().isdigit():
-            stored = int(end) + 1
+        end = decimal((response.headers.get("range") or "").removeprefix("bytes=").partition("-")[2].strip())
+        stored = 0 if end is None else end + 1
         return response.headers.get("location") or location, stored
 
     async def _finish(self, location: str, descriptor: Descriptor, where: str, body: bytes) -> None:

@@ -22,6 +22,7 @@ from typing import Final
 
 import msgspec
 
+from ..spec.numbers import decimal
 from ..store.transport import TransportError
 
 __all__ = ["ConnectionFailed", "Headers", "HttpClient", "IncompleteBody", "Origin", "Response"]
@@ -455,7 +456,8 @@ def _parse_head(raw: bytes, url: str) -> tuple[int, str, Headers, str]:
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    status = decimal(code, 3)
+    if not version.startswith("HTTP/1.") or len(code) != 3 or status is None:
         raise TransportError(f"{url}: not an HTTP/1.x response: {lines[0][:80]!r}")
     items: list[tuple[str, str]] = []
     for line in lines[1:]:
@@ -465,7 +467,7 @@ def _parse_head(raw: bytes, url: str) -> tuple[int, str, Headers, str]:
         if not colon:
             raise TransportError(f"{url}: malformed response header line {line[:80]!r}")
         items.append((name.strip().lower(), value.strip()))
-    return int(code), reason, Headers(items), version
+    return status, reason, Headers(items), version
 
 
 def _describe(exc: BaseException) -> str:

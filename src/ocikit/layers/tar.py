@@ -17,6 +17,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
+from ..spec.numbers import decimal
 from .errors import BadTar, LimitExceeded
 from .stream import BlobStream
 
@@ -116,16 +117,18 @@ def _pax_time(value: bytes) -> int:
     text = value.decode("ascii", "replace")
     negative = text.startswith("-")
     whole, _, fraction = text.lstrip("-").partition(".")
-    if not whole.isdigit() or (fraction and not fraction.isdigit()):
+    seconds, part = decimal(whole), decimal((fraction + "000000000")[:9])
+    if seconds is None or part is None or (fraction and not fraction.isdigit()):
         raise BadTar(f"a PAX header has an invalid time {value!r}")
-    nanoseconds = int(whole) * 1_000_000_000 + int((fraction + "000000000")[:9])
+    nanoseconds = seconds * 1_000_000_000 + part
     return -nanoseconds if negative else nanoseconds
 
 
 def _pax_int(value: bytes, key: bytes) -> int:
-    if not value.isdigit():
+    number = decimal(value)
+    if number is None:
         raise BadTar(f"a PAX header has an invalid {key.decode()} {value!r}")
-    return int(value)
+    return number
 
 
 def parse_pax(data: bytes) -> dict[bytes, bytes]:
@@ -136,10 +139,9 @@ def parse_pax(data: bytes) -> dict[bytes, bytes]:
         if not data[position:].strip(b"\x00"):
             break  # some writers pad the header's content with NULs
         space = data.find(b" ", position, position + 24)
-        length_text = data[position:space] if space > position else b""
-        if not length_text.isdigit():
+        length = decimal(data[position:space]) if space > position else None
+        if length is None:
             raise BadTar("a PAX extended header has a record without a valid length")
-        length = int(length_text)
         end = position + length
         if end > len(data) or end <= space + 1 or data[end - 1 : end] != b"\n":
             raise BadTar("a PAX extended header has a record whose length does not fit")

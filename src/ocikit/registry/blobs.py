@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
+from ..spec.numbers import decimal
 from .errors import RegistryError, still_referenced
 from .hooks import Event
 from .http import Request, Response
@@ -29,20 +30,16 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()):
+    start, end = decimal(first), decimal(last)
+    if not dash or (first and start is None) or (last and end is None) or (start is None and end is None):
         return None
-    if not first:  # a suffix: the last N bytes
-        suffix = int(last)
-        if suffix == 0 or size == 0:
+    if start is None:  # a suffix: the last N bytes
+        if not end or size == 0:
             raise ValueError("empty suffix range")
-        return max(0, size - suffix), size - 1
-    start = int(first)
-    if last and not last.isdigit():
-        return None
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+        return max(0, size - end), size - 1
+    if start >= size or (end is not None and end < start):
         raise ValueError("range not satisfiable")
-    return start, end
+    return start, size - 1 if end is None else min(end, size - 1)
 
 
 async def get(reg: Registry, request: Request, name: str, reference: str) -> Response:
@@ -67,10 +64,9 @@ async def get(reg: Registry, request: Request, name: str, reference: str) -> Res
     if wanted and request.method == "GET":
         try:
             span = parse_range(wanted, size)
-        except ValueError:
-            return Response(
-                status=416, headers=[*headers, ("content-range", f"bytes */{size}"), ("content-length", "0")]
-            )
+        except ValueError:  # an answer about this request, not the blob: nothing a cache may keep
+            unsatisfiable = [("content-range", f"bytes */{size}"), ("content-length", "0")]
+            return Response(status=416, headers=unsatisfiable)
         if span is not None:
             start, end = span
             length = end - start + 1

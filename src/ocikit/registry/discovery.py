@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from ..spec import mediatype as mt
 from ..spec.digest import Digest
+from ..spec.numbers import decimal
 from ..spec.reference import referrers_tag
 from ..spec.validate import ValidationFailed, parse_json
 from .errors import RegistryError
@@ -23,9 +24,10 @@ def _page_size(reg: Registry, request: Request) -> int:
     text = request.param("n")
     if text is None or text == "":
         return reg.settings.page_size
-    if not text.isdigit():
+    number = decimal(text)
+    if number is None:
         raise RegistryError("UNSUPPORTED", f"n must be a non-negative integer, got {text!r}", status=400)
-    return min(int(text), reg.settings.page_size)
+    return min(number, reg.settings.page_size)
 
 
 def _next_link(path: str, params: dict[str, str]) -> tuple[str, str]:

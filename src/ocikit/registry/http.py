@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from ..spec.models import enc_hook
+from ..spec.numbers import decimal
 
 _json = msgspec.json.Encoder(enc_hook=enc_hook)
 
@@ -161,9 +162,7 @@ class Request:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("content-length")
-        if value is None or not value.strip().isdigit():
-            return None
-        return int(value)
+        return None if value is None else decimal(value.strip())
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The request body, chunk by chunk, in constant memory.

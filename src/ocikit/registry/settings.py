@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from ..spec.numbers import decimal
 from ..store.paths import data_dir
 
 __all__ = ["SETTINGS", "Settings", "SettingsError", "default_root", "default_workers", "load_settings"]
@@ -237,9 +238,10 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 def _split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    number = decimal(port)
+    if not sep or number is None or not 0 < number < 65536:
         raise SettingsError(f"listen must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", number
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from ..spec.digest import SUPPORTED_ALGORITHMS, Digest, HashStateError, ResumableDigester
+from ..spec.numbers import decimal
 from ..spec.reference import is_valid_repository
 from .errors import RegistryError
 from .hooks import Event
@@ -81,9 +82,10 @@ def _parse_content_range(value: str) -> tuple[int, int]:
             text = text[len(prefix) :]
     text = text.partition("/")[0]
     first, dash, last = text.partition("-")
-    if not dash or not first.isdigit() or not last.isdigit() or int(last) < int(first):
+    start, end = decimal(first), decimal(last)
+    if not dash or start is None or end is None or end < start:
         raise RegistryError("BLOB_UPLOAD_INVALID", f"invalid Content-Range {value!r}; expected start-end")
-    return int(first), int(last)
+    return start, end
 
 
 def _unknown_upload(name: str, upload_id: str) -> RegistryError:

@@ -18,6 +18,7 @@ from typing import Final
 
 import bcrypt
 
+from ...spec.numbers import decimal
 from .files import WatchedFile
 
 __all__ = ["HtpasswdFile", "parse_htpasswd"]
@@ -80,8 +81,8 @@ class HtpasswdFile:
 
 def _cost(hashed: bytes) -> int:
     """The work factor of a ``$2y$NN$…`` hash."""
-    field = hashed[4:6]
-    return int(field) if field.isdigit() and 4 <= int(field) <= 31 else 5
+    cost = decimal(hashed[4:6])
+    return cost if cost is not None and 4 <= cost <= 31 else 5
 
 
 @functools.cache

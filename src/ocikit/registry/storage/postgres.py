@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg  # type: ignore[import-untyped]
 
 from ...spec.digest import Digest
+from ...spec.numbers import decimal
 from .base import StorageUnavailable
 from .links import LISTENER_NAME, LinkCache
 from .sql import SQLMetadataStore, Work
@@ -60,8 +61,7 @@ def _numbered(sql: str, cache: dict[str, str]) -> str:
 
 def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
-    last = status.rsplit(" ", 1)[-1]
-    return int(last) if last.isdigit() else 0
+    return decimal(status.rsplit(" ", 1)[-1]) or 0
 
 
 def _redacted(url: str) -> str:
