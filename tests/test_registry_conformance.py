@@ -800,20 +800,52 @@ def test_index_referrer_without_artifact_type_omits_it(client: httpx.Client, rep
     assert manifests == [{"mediaType": OCI_INDEX, "digest": digest(body), "size": len(body)}]
 
 
-def test_referrers_from_the_tag_schema_are_included(client: httpx.Client, repo: str) -> None:
+def test_a_referrers_tag_index_lends_nothing_to_the_referrers_api(client: httpx.Client, repo: str) -> None:
+    """What a tag-schema index lists is a client's claim: the API lists the manifests whose
+    ``subject`` is the digest (every one ever pushed here), each with its own artifactType."""
     subject = push_image(client, repo)
-    artifact = push_image(client, repo)  # recorded by a client through the fallback, not `subject`
-    entry = {
-        "mediaType": OCI_MANIFEST,
-        "digest": artifact[0],
-        "size": len(artifact[1]),
-        "artifactType": "application/vnd.example.old",
-    }
-    fallback = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).encode()
+    unrelated = push_image(client, repo)  # no subject: not a referrer, whatever the index says
+    real_type = "application/vnd.example.real"
+    real, real_raw = _referrer(client, repo, subject, artifactType=real_type)
+    claims = [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": unrelated[0],
+            "size": len(unrelated[1]),
+            "artifactType": "x/lie",
+        },
+        {"mediaType": OCI_MANIFEST, "digest": real, "size": len(real_raw), "artifactType": "x/lie"},
+    ]
+    fallback = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": claims}).encode()
     tag = subject[0].replace(":", "-")
     assert put_manifest(client, repo, tag, fallback, OCI_INDEX).status_code == 201
-    manifests = client.get(f"/v2/{repo}/referrers/{subject[0]}").json()["manifests"]
-    assert entry in manifests
+    for params in ({}, {"artifactType": "x/lie"}, {"artifactType": real_type}):
+        listed = client.get(f"/v2/{repo}/referrers/{subject[0]}", params=params).json()["manifests"]
+        expected = [] if params.get("artifactType") == "x/lie" else [(real, real_type)]
+        assert [(m["digest"], m["artifactType"]) for m in listed] == expected, params
+
+
+def test_an_index_has_no_config_to_lend_an_artifact_type(client: httpx.Client, repo: str) -> None:
+    subject = push_image(client, repo)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": len(subject[1])},
+        "config": {"mediaType": "application/x-stray"},
+    }
+    body = json.dumps(index).encode()
+    assert put_manifest(client, repo, digest(body), body, OCI_INDEX).status_code == 201
+    listed = client.get(f"/v2/{repo}/referrers/{subject[0]}").json()["manifests"]
+    assert listed == [{"mediaType": OCI_INDEX, "digest": digest(body), "size": len(body)}]
+    filtered = client.get(
+        f"/v2/{repo}/referrers/{subject[0]}", params={"artifactType": "application/x-stray"}
+    )
+    assert filtered.json()["manifests"] == []
+    for stray in ({}, 123, ["x"]):  # not even a string: still no 500
+        index["config"] = {"mediaType": stray}
+        odd = json.dumps(index).encode()
+        assert put_manifest(client, repo, digest(odd), odd, OCI_INDEX).status_code == 201
 
 
 def test_referrers_with_invalid_digest_is_400(client: httpx.Client, repo: str) -> None:

@@ -6,10 +6,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from ..spec import mediatype as mt
-from ..spec.digest import Digest
 from ..spec.numbers import decimal
-from ..spec.reference import referrers_tag
-from ..spec.validate import ValidationFailed, parse_json
 from .errors import RegistryError
 from .http import Request, Response
 from .storage.base import Referrer
@@ -89,43 +86,20 @@ def _descriptor(referrer: Referrer) -> dict[str, Any]:
     return descriptor
 
 
-async def _tag_schema_entries(reg: Registry, name: str, subject: Digest) -> list[dict[str, Any]]:
-    """Descriptors from an index pushed under the referrers tag schema, for referrers that
-    clients recorded that way before this registry offered the API."""
-    target = await reg.metadata.tag_target(name, referrers_tag(subject))
-    record = await reg.metadata.manifest(name, target) if target else None
-    if record is None or record.media_type != mt.OCI_INDEX:
-        return []
-    try:
-        node = parse_json(record.content)
-    except ValidationFailed:
-        return []
-    entries = node.get("manifests") if isinstance(node, dict) else None
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)] if entries else []
-
-
 async def referrers(reg: Registry, request: Request, name: str, reference: str) -> Response:
     await reg.authorize(request, name, "pull")
     subject = reg.parse_digest(reference)
     artifact_type = request.param("artifactType") or None
     limit, last = _page_size(reg, request), request.param("last")
     found = await reg.metadata.referrers(name, subject, artifact_type, limit + 1, last) if limit else []
-    headers = [("content-type", mt.OCI_INDEX)]
-    manifests = [_descriptor(r) for r in found[:limit]]
+    headers = []
     if len(found) > limit:
         params = {"n": str(limit), "last": found[limit - 1].digest}
         if artifact_type:
             params["artifactType"] = artifact_type
         headers.append(_next_link(f"/v2/{name}/referrers/{subject}", params))
-    elif last is None:
-        known = {m["digest"] for m in manifests}
-        for entry in await _tag_schema_entries(reg, name, subject):
-            if entry["digest"] not in known and (
-                artifact_type is None or entry.get("artifactType") == artifact_type
-            ):
-                manifests.append(entry)
-                known.add(entry["digest"])
     if artifact_type:
         headers.append(("oci-filters-applied", "artifactType"))
+    manifests = [_descriptor(r) for r in found[:limit]]
     body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
-    return Response.json(body, headers=headers[1:], content_type=mt.OCI_INDEX)
+    return Response.json(body, headers=headers, content_type=mt.OCI_INDEX)

@@ -104,7 +104,9 @@ def _media_type(request: Request, node: Any) -> str:
 
 def _record(node: dict[str, Any], raw: bytes, digest: Digest, media_type: str) -> ManifestRecord:
     subject = node.get("subject")
-    config = node.get("config")
+    # An index has no config: a stray "config" field, which index validation ignores, must
+    # not lend it an artifactType in the referrers API.
+    config = node.get("config") if media_type not in mt.INDEX_TYPES else None
     annotations = node.get("annotations")
     return ManifestRecord(
         digest=digest,
