@@ -274,6 +274,40 @@ def test_a_content_range_that_is_no_number_is_refused(
     assert done.status_code == 201, "the session survives a refused chunk"
 
 
+def test_an_upload_announced_as_sha512_completes(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(3000)
+    start = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest-algorithm": "sha512"})
+    assert start.status_code == 202
+    location = start.headers["location"]
+    assert client.patch(location, content=data[:1000], headers={"content-range": "0-999"}).status_code == 202
+    done = client.put(location, params={"digest": digest(data, "sha512")}, content=data[1000:])
+    assert done.status_code == 201, done.text
+    assert fetch_blob(client, repo, digest(data, "sha512"))[1].content == data
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"digest-algorithm": "blake3"}, {"digest-algorithm": "md5"}, {"digest-algorithm": ""}],
+    ids=["blake3", "md5", "empty"],
+)
+def test_an_algorithm_the_registry_cannot_store_is_refused_at_the_post(
+    client: httpx.Client, repo: str, params: dict[str, str]
+) -> None:
+    refused = client.post(f"/v2/{repo}/blobs/uploads/", params=params)
+    assert refused.status_code == 400
+    assert error_codes(refused) == ["DIGEST_INVALID"]
+    assert "location" not in refused.headers
+
+
+def test_a_digest_algorithm_that_contradicts_the_digest_is_refused(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(100)
+    params = {"digest": digest(data), "digest-algorithm": "sha512"}
+    refused = client.post(f"/v2/{repo}/blobs/uploads/", params=params, content=data)
+    assert refused.status_code == 400
+    assert error_codes(refused) == ["DIGEST_INVALID"]
+    assert client.head(f"/v2/{repo}/blobs/{digest(data)}").status_code == 404
+
+
 def test_post_then_put(client: httpx.Client, repo: str) -> None:
     data = os.urandom(3000)
     start = client.post(f"/v2/{repo}/blobs/uploads/")

@@ -401,8 +401,9 @@ def test_two_patches_racing_on_one_upload_never_interleave(registry: ServerProce
 
 
 def test_the_closing_put_reads_nothing_back_when_the_state_was_carried(tmp_path: Path) -> None:
-    """A chunked SHA-256 upload is verified from the digest state saved with the session; only
-    an algorithm other than the carried one makes the registry read the staged bytes again."""
+    """A chunked upload is verified from the digest state saved with the session (SHA-256, or
+    the POST's ``digest-algorithm``); only an algorithm other than the carried one makes the
+    registry read the staged bytes again."""
     from ocikit.registry import create_app
     from ocikit.registry.settings import Settings
     from ocikit.registry.storage.filesystem import FilesystemBlobStore
@@ -417,10 +418,11 @@ def test_the_closing_put_reads_nothing_back_when_the_state_was_carried(tmp_path:
     app = create_app(Settings(root=str(tmp_path)), blobs=Recording(tmp_path / "blobs"))
     data = os.urandom(300_000)
 
-    async def chunked(algorithm: str) -> int:
+    async def chunked(algorithm: str, announced: bool = False) -> int:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
-            location = (await client.post("/v2/a/blobs/uploads/")).headers["location"]
+            params = {"digest-algorithm": algorithm} if announced else {}
+            location = (await client.post("/v2/a/blobs/uploads/", params=params)).headers["location"]
             for start in range(0, 200_000, 100_000):
                 await client.patch(location, content=data[start : start + 100_000])
             done = await client.put(
@@ -428,12 +430,12 @@ def test_the_closing_put_reads_nothing_back_when_the_state_was_carried(tmp_path:
             )
             return done.status_code
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int]:
         async with app:
-            return await chunked("sha256"), await chunked("sha512")
+            return await chunked("sha256"), await chunked("sha512"), await chunked("sha512", announced=True)
 
-    assert asyncio.run(scenario()) == (201, 201)
-    assert reads == [len(data)]  # the SHA-512 upload only
+    assert asyncio.run(scenario()) == (201, 201, 201)
+    assert reads == [len(data)]  # the SHA-512 upload that the POST did not announce only
 
 
 @pytest.mark.parametrize("source", ["PGPASSWORD", "PGPASSFILE"])

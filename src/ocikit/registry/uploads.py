@@ -352,11 +352,26 @@ async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> 
     return None
 
 
-async def _create_session(reg: Registry, request: Request, name: str) -> UploadRecord:
+def _upload_algorithm(request: Request, closing: Digest | None) -> str:
+    """The algorithm a new upload is hashed with as its bytes arrive: that of the digest the
+    POST closes it with, else ``?digest-algorithm=`` (end-4c), else SHA-256. An algorithm
+    the registry cannot store is refused now, not after the client has sent every byte."""
+    requested = request.param("digest-algorithm")
+    if requested is not None and requested not in SUPPORTED_ALGORITHMS:
+        supported = ", ".join(sorted(SUPPORTED_ALGORITHMS))
+        raise RegistryError(
+            "DIGEST_INVALID", f"digest algorithm {requested!r} is not supported; use {supported}"
+        )
+    if closing is not None and requested not in (None, closing.algorithm):
+        raise RegistryError("DIGEST_INVALID", f"digest-algorithm={requested} conflicts with digest={closing}")
+    return closing.algorithm if closing is not None else requested or "sha256"
+
+
+async def _create_session(reg: Registry, request: Request, name: str, algorithm: str) -> UploadRecord:
     upload_id = uuid.uuid4().hex
     stage = await reg.blobs.stage_create(upload_id)
     now = time.time()
-    digester = ResumableDigester() if ResumableDigester.supported("sha256") else None
+    digester = ResumableDigester(algorithm) if ResumableDigester.supported(algorithm) else None
     record = UploadRecord(
         id=upload_id,
         repository=name,
@@ -407,7 +422,7 @@ async def start(reg: Registry, request: Request, name: str, _: str) -> Response:
             return mounted
     monolithic = request.param("digest")
     digest = _require_supported(reg, monolithic) if monolithic is not None else None
-    record = await _create_session(reg, request, name)
+    record = await _create_session(reg, request, name, _upload_algorithm(request, digest))
     if digest is None:
         return Response(status=202, headers=_upload_headers(reg, name, record.id, 0))
     try:
