@@ -782,8 +782,9 @@ def test_liar_redirects_in_circles_or_to_garbage(liar: LyingRegistry) -> None:
     _expect(liar, lambda s: read_all(s, descriptor), TransportError, "more than 5 redirects")
     liar.routes[("GET", path)] = fixed(307, b"", {"Location": "/v2/bl\u00f6b"})
     _expect(liar, lambda s: read_all(s, descriptor), TransportError, "non-ASCII")
-    liar.routes[("GET", path)] = fixed(200, data, {"Content-Length": "-5"})
-    _expect(liar, lambda s: read_all(s, descriptor), TransportError, "invalid Content-Length")
+    for length in ("-5", "+100", "1_00"):  # the last two are what int() reads as 100
+        liar.routes[("GET", path)] = fixed(200, data, {"Content-Length": length})
+        _expect(liar, lambda s: read_all(s, descriptor), TransportError, "invalid Content-Length")
 
 
 def test_liar_status_that_is_no_number(liar: LyingRegistry) -> None:

@@ -485,7 +485,4 @@ def _artifact_type(document: dict[str, Any]) -> str | None:
 
 
 def _int_header(value: str | None) -> int:
-    try:
-        return max(0, int(value or 0))
-    except ValueError:
-        return 0
+    return (decimal(value.strip()) or 0) if value else 0

@@ -147,12 +147,9 @@ class Response:
         length = headers.get("content-length")
         self.content_length: int | None = None
         if length is not None and not self._chunked:
-            try:
-                self.content_length = int(length)
-            except ValueError:
-                raise TransportError(f"{url}: invalid Content-Length {length!r}") from None
-            if self.content_length < 0:
-                raise TransportError(f"{url}: invalid Content-Length {length!r}")
+            self.content_length = decimal(length.strip())
+            if self.content_length is None:  # int() would also take "+1", "1_000" and "١٢"
+                raise TransportError(f"{url}: invalid Content-Length {length[:40]!r}")
         self._no_body = method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200
         self._consumed = False
 
