@@ -22,6 +22,7 @@ from ocikit.registry.storage.schema import MIGRATIONS, statements
 from ocikit.registry.storage.sqlite import SQLiteMetadataStore
 from registry_helpers import (
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_LAYER,
     OCI_MANIFEST,
     descriptor,
@@ -600,3 +601,50 @@ def test_stores_opening_an_empty_sqlite_database_together_create_one_schema(tmp_
     asyncio.run(together())
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_an_index_repeating_one_child_looks_it_up_once(tmp_path: Path) -> None:
+    """An attacker's 4 MiB index can list one manifest thousands of times: the push must not
+    cost the metadata store one query per entry."""
+    from ocikit.registry import create_app
+    from ocikit.registry.settings import Settings
+    from ocikit.spec.digest import Digest
+
+    looked_up: list[Digest] = []
+
+    class Counting(SQLiteMetadataStore):
+        async def manifest(self, repository: str, reference: str) -> Any:
+            looked_up.append(Digest(reference))
+            return await super().manifest(repository, reference)
+
+    app = create_app(Settings(root=str(tmp_path)), metadata=Counting(tmp_path / "metadata.db"))
+    config, layer = b"{}", os.urandom(100)
+    child = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(OCI_LAYER, layer)],
+        }
+    ).encode()
+    entry = {"mediaType": OCI_MANIFEST, "digest": digest(child), "size": len(child)}
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry] * 5000}).encode()
+
+    async def push() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with app, httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+            for blob in (config, layer):
+                posted = await client.post(
+                    "/v2/a/blobs/uploads/", params={"digest": digest(blob)}, content=blob
+                )
+                assert posted.status_code == 201
+            headers = {"content-type": OCI_MANIFEST}
+            assert (
+                await client.put(f"/v2/a/manifests/{digest(child)}", content=child, headers=headers)
+            ).is_success
+            looked_up.clear()
+            headers = {"content-type": OCI_INDEX}
+            return (await client.put("/v2/a/manifests/many", content=index, headers=headers)).status_code
+
+    assert asyncio.run(push()) == 201
+    assert looked_up.count(Digest(digest(child))) == 1
