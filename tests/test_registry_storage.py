@@ -648,3 +648,52 @@ def test_an_index_repeating_one_child_looks_it_up_once(tmp_path: Path) -> None:
 
     assert asyncio.run(push()) == 201
     assert looked_up.count(Digest(digest(child))) == 1
+
+
+def test_a_catalog_page_reads_hidden_names_in_batches(tmp_path: Path) -> None:
+    """A caller who may see one repository of thousands: ``?n=1`` must not cost a query per
+    hidden name, and the pages still list exactly what the caller may see, without gaps."""
+    from ocikit.registry import RegistryError, create_app
+    from ocikit.registry.http import Request
+    from ocikit.registry.settings import Settings
+
+    queries: list[int] = []
+
+    class Counting(SQLiteMetadataStore):
+        async def repositories(self, limit: int, last: str | None) -> list[str]:
+            queries.append(limit)
+            return await super().repositories(limit, last)
+
+    async def hide(request: Request, repository: str | None, action: str) -> None:
+        if repository is not None and repository.startswith("hidden/"):
+            raise RegistryError("DENIED", "hidden")
+
+    path = tmp_path / "metadata.db"
+    visible = ["a/first", "z/last"]
+
+    async def create_schema() -> None:
+        store = Counting(path)
+        await store.open()
+        await store.close()
+
+    asyncio.run(create_schema())  # then 5,000 hidden repositories at once
+    db = sqlite3.connect(path)
+    with db:
+        rows = [(name, 0.0) for name in visible + [f"hidden/{i:05}" for i in range(5000)]]
+        db.executemany("INSERT INTO repositories (name, created_at) VALUES (?, ?)", rows)
+    db.close()
+    app = create_app(Settings(root=str(tmp_path)), metadata=Counting(path), authorize=hide)
+
+    async def pages() -> list[list[str]]:
+        transport = httpx.ASGITransport(app=app)
+        seen, url = [], "/v2/_catalog?n=1"
+        async with app, httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+            while url:
+                response = await client.get(url)
+                seen.append(response.json()["repositories"])
+                url = response.links.get("next", {}).get("url", "")
+        return seen
+
+    queries.clear()
+    assert asyncio.run(pages()) == [["a/first"], ["z/last"]]
+    assert len(queries) <= 2 * 6, queries  # 5,002 names, a thousand a query, twice

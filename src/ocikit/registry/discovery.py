@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = ["catalog", "referrers", "tags"]
 
+#: Repository names read per query when access control hides some.
+_CATALOG_BATCH = 1000
+
 
 def _page_size(reg: Registry, request: Request) -> int:
     text = request.param("n")
@@ -48,15 +51,20 @@ async def tags(reg: Registry, request: Request, name: str, _: str) -> Response:
 
 
 async def _visible_repositories(reg: Registry, request: Request, limit: int, last: str | None) -> list[str]:
-    """Up to ``limit`` repositories after ``last`` that the caller may pull: pages are read
-    until enough are visible, so hidden repositories leave no gaps and no hints."""
+    """Up to ``limit`` repositories after ``last`` that the caller may pull: names are read
+    until enough are visible, so hidden repositories leave no gaps and no hints.
+
+    A caller who may see few of many repositories makes each page read many names. They are
+    read ``_CATALOG_BATCH`` at a time, whatever ``n`` is, so that ``?n=1`` costs one query
+    per thousand names and not one per name. Reading them all is the price of telling
+    nothing: a page cut short would have to resume after a hidden name."""
     if not reg.filters_listings:
         return await reg.metadata.repositories(limit, last)
     visible: list[str] = []
     while len(visible) < limit:
-        batch = await reg.metadata.repositories(limit, last)
+        batch = await reg.metadata.repositories(_CATALOG_BATCH, last)
         visible += [name for name in batch if await reg.may(request, name, "pull")]
-        if len(batch) < limit:
+        if len(batch) < _CATALOG_BATCH:
             break
         last = batch[-1]
     return visible[:limit]
