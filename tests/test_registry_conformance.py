@@ -970,9 +970,10 @@ def test_method_not_allowed_is_405(client: httpx.Client, repo: str) -> None:
 
 
 def test_operator_warnings_and_chunk_min_length(tmp_path: Path) -> None:
+    long = "x" * 4000
     server = start_registry(
         tmp_path / "data",
-        ["--warnings", 'this registry moves on "Friday",second', "--chunk-min-length", "4096"],
+        ["--warnings", f'this registry moves on "Friday",second,{long}', "--chunk-min-length", "4096"],
     )
     try:
         with server.client() as c:
@@ -980,9 +981,16 @@ def test_operator_warnings_and_chunk_min_length(tmp_path: Path) -> None:
             assert response.headers.get_list("warning") == [
                 '299 - "this registry moves on \\"Friday\\""',
                 '299 - "second"',
+                f'299 - "{long}"',
             ]
             start = c.post(f"/v2/{repo_name()}/blobs/uploads/")
             assert start.headers["oci-chunk-min-length"] == "4096"
+            repo = repo_name()
+            body, _ = image(c, repo, layers=0)  # warned about: no layers
+            pushed = c.put(f"/v2/{repo}/manifests/v1", content=body, headers={"content-type": OCI_MANIFEST})
+            warnings = pushed.headers.get_list("warning")
+            assert any("no layers" in w for w in warnings)
+            assert sum(len(w) for w in warnings) <= 4096, "one budget for every Warning of a response"
     finally:
         server.stop()
 

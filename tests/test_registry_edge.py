@@ -457,6 +457,10 @@ def test_bad_flag_value() -> None:
         serve_once("--body-timeout", "0"),
         "ocikit serve: header_timeout and body_timeout must be more than 0 seconds",
     )
+    assert_one_line_failure(
+        serve_once("--warnings", "na\u00efve"),
+        "ocikit serve: warnings must be printable ASCII, got 'na\u00efve'",
+    )
 
 
 def test_config_that_is_not_toml(tmp_path: Path) -> None:

@@ -230,7 +230,8 @@ class Registry:
             finally:
                 self._active -= 1
         response.headers.append(_API_VERSION)
-        response.headers.extend(self._static_warnings)
+        spent = sum(len(value) for name, value in response.headers if name == "warning")
+        response.headers.extend(_within_budget(self._static_warnings, _MAX_WARNING_BYTES - spent))
         sent = await response.send(send, head=scope["method"] == "HEAD")
         if self._access_log is not None:
             self._access_log.record(scope, response.status, sent, time.perf_counter() - started)
@@ -313,15 +314,20 @@ class Registry:
 
 
 def _warning_headers(texts: Sequence[str]) -> list[tuple[str, str]]:
-    """``Warning: 299 - "text"`` headers, at most 4096 bytes of them as the spec demands."""
-    headers, total = [], 0
-    for text in texts:
-        value = '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        total += len(value)
-        if total > _MAX_WARNING_BYTES:
+    """``Warning: 299 - "text"`` headers, at most 4096 bytes of them as the spec demands (the
+    operator's ``warnings`` get what a response's own leave of that budget)."""
+    values = ['299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"' for text in texts]
+    return _within_budget([("warning", value) for value in values], _MAX_WARNING_BYTES)
+
+
+def _within_budget(headers: list[tuple[str, str]], budget: int) -> list[tuple[str, str]]:
+    kept: list[tuple[str, str]] = []
+    for header in headers:
+        budget -= len(header[1])
+        if budget < 0:
             break
-        headers.append(("warning", value))
-    return headers
+        kept.append(header)
+    return kept
 
 
 def create_app(

@@ -335,6 +335,9 @@ def load_settings(
         raise SettingsError("workers, page_size and max_connections must be at least 1")
     if min(settings.header_timeout, settings.body_timeout) <= 0:
         raise SettingsError("header_timeout and body_timeout must be more than 0 seconds")
+    for text in settings.warnings:  # header values: a character outside them would fail every response
+        if not (text.isascii() and text.isprintable()):
+            raise SettingsError(f"warnings must be printable ASCII, got {text!r}")
     _check_url("storage", settings.storage, ("file", "s3"))
     _check_url("metadata", settings.metadata, ("sqlite", "postgresql", "postgres"))
     return _check_access_settings(settings)
