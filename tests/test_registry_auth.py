@@ -534,7 +534,7 @@ def test_requests_per_address_are_limited_everywhere(tmp_path: Path) -> None:
 @pytest.mark.parametrize("trust", ["certs", "jwks"])
 def test_tokens_from_an_external_token_server(tmp_path: Path, trust: str) -> None:
     key, cert = make_certificate(tmp_path, "token-signer")
-    service = TokenService(key, cert, {"erin": "erin-pw"}).start()
+    service = TokenService(key, cert, {"erin": "erin-pw", "mallory": "mallory-pw"}).start()
     if trust == "certs":
         trusted = ["--token-certs", str(cert)]
     else:
@@ -562,6 +562,15 @@ def test_tokens_from_an_external_token_server(tmp_path: Path, trust: str) -> Non
             token = httpx.get(service.realm, params=params, auth=("erin", "erin-pw")).json()["token"]
             with server.client(headers={"authorization": f"Bearer {token}"}) as erin:
                 assert upload(erin, "ext/app", b"ext").status_code == 201
+            # A token for her own repository only: the token server's grants are the limit, so
+            # Mallory cannot mount erin's blob into it and read it from there.
+            own = {"service": service.service, "scope": "repository:mallory/x:pull,push"}
+            token = httpx.get(service.realm, params=own, auth=("mallory", "mallory-pw")).json()["token"]
+            with server.client(headers={"authorization": f"Bearer {token}"}) as mallory:
+                for mount in ({"mount": digest(b"ext"), "from": "ext/app"}, {"mount": digest(b"ext")}):
+                    response = mallory.post("/v2/mallory/x/blobs/uploads/", params=mount)
+                    assert response.status_code == 202, (mount, response.text)
+                    assert mallory.get(f"/v2/mallory/x/blobs/{digest(b'ext')}").status_code == 404
             anonymous = httpx.get(service.realm, params=params).json()["token"]
             with server.client(headers={"authorization": f"Bearer {anonymous}"}) as nobody:
                 assert upload(nobody, "ext/app", b"anonymous").status_code == 403

@@ -166,11 +166,22 @@ class Registry:
         return self.authorize_hook is not allow_all
 
     async def may(self, request: Request, repository: str, action: Action) -> bool:
-        """Whether the caller may, where a refusal is no error: filtering listings, choosing a
-        mount's source. With access control this asks the policy for the caller's user, so
-        a token granting push on the target need not list every repository it may mount from."""
+        """Whether the caller may, where a refusal is no error: choosing a mount's source. As
+        for a request to ``repository`` itself, a bearer token must grant it (a client that
+        mounts asks for pull on the source) and the policy must permit it."""
         if isinstance(self.authorize_hook, AccessControl):
             return await self.authorize_hook.may(request, repository, action)
+        return await self._hook_allows(request, repository, action)
+
+    async def lists(self, request: Request, repository: str) -> bool:
+        """Whether the catalog shows ``repository`` to the caller: with access control, a
+        token's ``registry:catalog:*`` grant stands for every repository its user may pull,
+        since no client asks a token for each repository it might list."""
+        if isinstance(self.authorize_hook, AccessControl):
+            return await self.authorize_hook.lists(request, repository)
+        return await self._hook_allows(request, repository, "pull")
+
+    async def _hook_allows(self, request: Request, repository: str, action: Action) -> bool:
         try:
             await self.authorize_hook(request, repository, action)
         except RegistryError as error:

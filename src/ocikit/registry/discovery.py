@@ -63,7 +63,7 @@ async def _visible_repositories(reg: Registry, request: Request, limit: int, las
     visible: list[str] = []
     while len(visible) < limit:
         batch = await reg.metadata.repositories(_CATALOG_BATCH, last)
-        visible += [name for name in batch if await reg.may(request, name, "pull")]
+        visible += [name for name in batch if await reg.lists(request, name)]
         if len(batch) < _CATALOG_BATCH:
             break
         last = batch[-1]

@@ -208,11 +208,17 @@ class AccessControl:
             self._refuse(request, identity, repository, action)
 
     async def may(self, request: Request, repository: str, action: Action) -> bool:
-        """Whether the policy lets the caller, for filtering the catalog: a token's
-        ``registry:catalog:*`` grant stands for every repository its user may see, since
-        no client asks a token for each repository it might list."""
+        """Whether the token grants it and the policy permits it, without refusing: for a
+        mount's source. Security decision: the token counts as for a request to the source
+        itself; an external token server's grants are the only limit where no policy is set."""
         identity = await self.identify(request)
-        return self.permits(identity.user, repository, action)
+        allowed = identity.token_allows(f"repository:{repository}", action)
+        return allowed and self.permits(identity.user, repository, action)
+
+    async def lists(self, request: Request, repository: str) -> bool:
+        """Whether the policy lets the caller pull ``repository``, for filtering the catalog."""
+        identity = await self.identify(request)
+        return self.permits(identity.user, repository, "pull")
 
     def _check_registry(self, request: Request, identity: Identity, action: Action) -> None:
         """``/v2/`` (any caller who authenticated somehow) and the catalog (filtered later)."""
