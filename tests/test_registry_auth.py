@@ -4,6 +4,7 @@ rate limits, the audit log, and tokens from an external token server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -508,6 +509,27 @@ def test_brute_force_and_request_rates_are_limited(tmp_path: Path) -> None:
             statuses = [bob.get("/v2/team-b/x/tags/list").status_code for _ in range(8)]
         assert statuses[:4] == [404] * 4
         assert statuses[-1] == 429
+    finally:
+        server.stop()
+
+
+def test_parallel_guesses_are_throttled_like_serial_ones(tmp_path: Path) -> None:
+    """An attacker does not wait for one answer before sending the next guess: 60 at once
+    from one address get at most the 10 bcrypt checks that 60 in a row would get."""
+    server = start_auth_server(tmp_path, tls=False, extra=["--workers", "1"])
+
+    async def guesses() -> list[int]:
+        limits = httpx.Limits(max_connections=60)
+        async with httpx.AsyncClient(base_url=server.server.url, limits=limits, timeout=60) as client:
+            answers = await asyncio.gather(
+                *(client.get("/v2/", headers=basic("alice", f"guess-{i}")) for i in range(60))
+            )
+        return [answer.status_code for answer in answers]
+
+    try:
+        statuses = asyncio.run(guesses())
+        assert statuses.count(401) <= 10, statuses
+        assert statuses.count(429) >= 50
     finally:
         server.stop()
 

@@ -138,12 +138,12 @@ class CredentialAuthenticator:
         """Check a password, slowing down an address that keeps failing."""
         if self.htpasswd is None:
             raise AuthenticationFailed("this registry has no users of its own")
-        wait = self.throttle.retry_after(address)
+        wait = self.throttle.attempt(address)
         if wait:
             raise too_many_requests(wait, "too many failed logins from this address")
         if not await self.htpasswd.check(user, password):
-            self.throttle.failed(address)
             raise AuthenticationFailed("wrong user name or password")
+        self.throttle.succeeded(address)
 
 
 class AccessControl:

@@ -27,11 +27,6 @@ class TokenBuckets:
         tokens, when = self._buckets.get(key, (self.burst, now))
         return min(self.burst, tokens + (now - when) * self.rate)
 
-    def wait(self, key: str) -> float:
-        """Seconds until ``key`` has a token (0: it has one now); takes nothing."""
-        level = self._level(key, time.monotonic())
-        return 0.0 if level >= 1 else (1 - level) / self.rate
-
     def take(self, key: str) -> float:
         """Take a token: 0 if there was one, else the seconds to wait (nothing is taken)."""
         now = time.monotonic()
@@ -43,6 +38,12 @@ class TokenBuckets:
         self._buckets[key] = (level - 1, now)
         return 0.0
 
+    def give_back(self, key: str) -> None:
+        """Return a token taken for something that turned out not to count."""
+        now = time.monotonic()
+        if key in self._buckets:
+            self._buckets[key] = (min(self.burst, self._level(key, now) + 1), now)
+
     def _prune(self, now: float) -> None:
         """Forget full buckets (they behave exactly like new ones); if all are busy, all."""
         full = [k for k in self._buckets if self._level(k, now) >= self.burst]
@@ -52,14 +53,19 @@ class TokenBuckets:
 
 class LoginThrottle:
     """After ``burst`` failed logins from one address, one more is allowed every
-    ``1/rate`` seconds; until then every login from there is refused without a bcrypt."""
+    ``1/rate`` seconds; until then every login from there is refused without a bcrypt.
+
+    Security decision: a login counts as failed from the moment it starts, and is given
+    back when the password proves right. Counting only after the bcrypt let every login
+    already waiting for one through: a burst of parallel guesses was never throttled."""
 
     def __init__(self, rate: float = 0.2, burst: float = 10) -> None:
         self._failures = TokenBuckets(rate, burst)
 
-    def retry_after(self, address: str) -> int:
-        """0 if a login may be tried now, else whole seconds to wait."""
-        return math.ceil(self._failures.wait(address))
+    def attempt(self, address: str) -> int:
+        """0 if a login may be tried now (it then counts as failed until :meth:`succeeded`),
+        else whole seconds to wait."""
+        return math.ceil(self._failures.take(address))
 
-    def failed(self, address: str) -> None:
-        self._failures.take(address)
+    def succeeded(self, address: str) -> None:
+        self._failures.give_back(address)
