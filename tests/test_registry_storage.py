@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -213,6 +214,34 @@ def test_a_lease_left_by_a_dead_writer_is_waited_out(fresh_registry: ServerProce
         assert 1.0 < waited < 10, waited
         done = client.put(location, params={"digest": digest(b"hello")})
         assert done.status_code == 201, done.text
+
+
+def test_a_writer_that_pauses_keeps_its_lease(fresh_registry: ServerProcess) -> None:
+    """A PATCH whose body pauses longer than the lease (the client, or an object store slow
+    to take a part) still owns the session: a second PATCH meanwhile is turned away instead of
+    writing the same staging area, and the first one's bytes are the upload's."""
+    name = repo_name()
+    first_half, second_half = os.urandom(4000), os.urandom(4000)
+    with fresh_registry.client() as client:
+        location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+        host, port = fresh_registry.host.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as sock:
+            head = (
+                f"PATCH {location} HTTP/1.1\r\nHost: registry\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(first_half) + len(second_half)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + first_half)
+            time.sleep(1)
+            intruder = client.patch(location, content=b"intruder", headers={"content-range": "0-7"})
+            assert intruder.status_code == 409, intruder.text  # after waiting out a lease that never lapsed
+            sock.sendall(second_half)
+            sock.settimeout(30)
+            answer = sock.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 202"), answer
+        data = first_half + second_half
+        done = client.put(location, params={"digest": digest(data)})
+        assert done.status_code == 201, done.text
+        assert client.get(f"/v2/{name}/blobs/{digest(data)}").content == data
 
 
 def test_a_sha512_upload_is_verified_by_reading_it_back(registry: ServerProcess) -> None:

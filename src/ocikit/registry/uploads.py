@@ -29,7 +29,7 @@ from ..spec.reference import is_valid_repository
 from .errors import RegistryError
 from .hooks import Event
 from .http import ClientDisconnected, Request, Response
-from .storage.base import UploadRecord
+from .storage.base import StorageUnavailable, UploadRecord
 
 if TYPE_CHECKING:
     from .app import Registry
@@ -100,12 +100,22 @@ async def _session(reg: Registry, name: str, upload_id: str) -> UploadRecord:
 
 
 class _Writer:
-    """One request's hold on an upload session: the lease, renewed while bytes stream in."""
+    """One request's hold on an upload session: the lease, renewed in the background for as
+    long as the request works on the session.
+
+    Security decision: renewals do not wait for body bytes. A body stalled between chunks,
+    or an object store slow to take a part, or a long commit, would otherwise let the lease
+    lapse while this request still writes, and a second request could write the same
+    staging area at the same time. A writer whose session moved on without it (another
+    request advanced it after a lapse) stops at its next chunk and never advances it."""
 
     def __init__(self, reg: Registry, name: str, upload_id: str) -> None:
         self.reg, self.name, self.upload_id = reg, name, upload_id
         self.holder = uuid.uuid4().hex
-        self._renewed = 0.0
+        self._claimed: tuple[int, bytes] = (0, b"")
+        self._lost = False
+        self._stopping = asyncio.Event()
+        self._holding: asyncio.Task[None] | None = None
 
     async def claim(self) -> UploadRecord:
         """The session, once this request holds its lease (waiting out another writer's)."""
@@ -114,7 +124,8 @@ class _Writer:
         while True:
             record = await self.reg.metadata.upload_claim(self.upload_id, self.holder, UPLOAD_LEASE_TTL)
             if record is not None:
-                self._renewed = time.monotonic()
+                self._claimed = (record.size, record.stage)
+                self._holding = asyncio.create_task(self._hold())
                 return record
             if await self.reg.metadata.upload(self.upload_id) is None:
                 raise _unknown_upload(self.name, self.upload_id)
@@ -124,19 +135,43 @@ class _Writer:
                 )
             await asyncio.sleep(_POLL)
 
-    async def renew(self) -> None:
-        """Keep the lease while a long body streams; stop the stream if it was lost."""
-        if time.monotonic() - self._renewed < UPLOAD_LEASE_TTL / 3:
-            return
-        if await self.reg.metadata.upload_claim(self.upload_id, self.holder, UPLOAD_LEASE_TTL) is None:
+    async def _hold(self) -> None:
+        while not await _set_within(self._stopping, UPLOAD_LEASE_TTL / 3):
+            try:
+                record = await self.reg.metadata.upload_claim(self.upload_id, self.holder, UPLOAD_LEASE_TTL)
+            except StorageUnavailable:
+                record = None
+            if record is None or (record.size, record.stage) != self._claimed:
+                self._lost = True
+                return
+
+    def check(self) -> None:
+        """Stop a stream whose lease was lost."""
+        if self._lost:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID", "the upload was taken over by another request", status=409
             )
-        self._renewed = time.monotonic()
+
+    async def stop(self) -> None:
+        """Stop renewing (before the session is advanced or deleted): a renewal after that
+        would take the lease again for nobody."""
+        self._stopping.set()
+        if self._holding is not None:
+            await self._holding
 
     async def release(self) -> None:
+        self._stopping.set()
         with contextlib.suppress(Exception):  # the lease expires anyway
+            if self._holding is not None:
+                await self._holding
             await self.reg.metadata.upload_release(self.upload_id, self.holder)
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Whether ``event`` is set within ``seconds``."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
 
 
 def _carried_digester(record: UploadRecord) -> ResumableDigester | None:
@@ -151,7 +186,7 @@ def _carried_digester(record: UploadRecord) -> ResumableDigester | None:
 
 class _Intake:
     """A request body on its way to the staging area, hashed as it passes (in a worker thread,
-    batch after batch, while the next batch is received), renewing the session's lease.
+    batch after batch, while the next batch is received), stopping if the lease was lost.
 
     A client that disconnects mid-body ends the stream early rather than failing it: the bytes
     that arrived are kept, as distribution keeps them, and the client resumes from the offset
@@ -177,7 +212,7 @@ class _Intake:
         batched = 0
         try:
             async for chunk in self._received():
-                await self.writer.renew()
+                self.writer.check()
                 if self.digester is not None:
                     batch.append(chunk)
                     batched += len(chunk)
@@ -255,6 +290,8 @@ async def _append(
 
 async def _advance(reg: Registry, writer: _Writer, appended: _Appended) -> None:
     """Make the appended bytes part of the upload, releasing the lease."""
+    await writer.stop()
+    writer.check()
     hash_state = appended.digester.export() if appended.digester is not None else b""
     advanced = await reg.metadata.upload_advance(
         writer.upload_id, writer.holder, size=appended.size, hash_state=hash_state, stage=appended.stage
@@ -306,15 +343,16 @@ async def _announce(reg: Registry, digest: Digest, holder: str) -> None:
 
 
 async def _commit(
-    reg: Registry, name: str, record: UploadRecord, appended: _Appended, digest: Digest
+    reg: Registry, writer: _Writer, record: UploadRecord, appended: _Appended, digest: Digest
 ) -> Response:
-    holder, size = uuid.uuid4().hex, appended.size
+    name, holder, size = writer.name, uuid.uuid4().hex, appended.size
     await _announce(reg, digest, holder)
     try:
         await reg.blobs.stage_commit(record.id, appended.stage, size, digest)
         await reg.metadata.link_blob(name, digest, size)
     finally:
         await reg.metadata.publish_end(digest, holder)
+    await writer.stop()
     await reg.metadata.upload_delete(record.id)
     await reg.emit(Event("push", name, "blob", digest=digest, size=size))
     return Response(
@@ -469,7 +507,7 @@ async def _finish(reg: Registry, request: Request, writer: _Writer, digest: Dige
         if appended.disconnected:
             await _advance(reg, writer, appended)
         await _verify(reg, record, appended, digest)
-        return await _commit(reg, writer.name, record, appended, digest)
+        return await _commit(reg, writer, record, appended, digest)
     except BaseException:
         await writer.release()  # a session that failed stays as it was for a retry
         raise
