@@ -700,6 +700,14 @@ def test_policy_users_groups_and_anonymous() -> None:
     assert not policy.permits("bob", "any/repo", "delete")
     assert policy.permits("bob", "any/repo", "pull")
     assert not policy.permits(None, "any/repo", "pull")  # "*" is any signed-in user, not anonymous
+    # Subjects an external token server may issue that spell a policy keyword match nothing by it.
+    assert not policy.permits("group:ops", "any/repo", "delete")
+    assert policy.permits("group:ops", "any/repo", "pull")  # still a signed-in user
+    anonymous_pushes = parse_policy(
+        b'[[rule]]\nusers = ["anonymous"]\nrepositories = ["**"]\nactions = ["push"]\n'
+    )
+    assert not anonymous_pushes.permits("anonymous", "any/repo", "push")
+    assert anonymous_pushes.permits(None, "any/repo", "push")
     for broken in (b'[[rule]]\nusers = ["group:nope"]\nrepositories = ["*"]\nactions = ["pull"]\n',
                    b'[[rule]]\nusers = ["a"]\nrepositories = ["*"]\nactions = ["fly"]\n',
                    b'[[rule]]\nusers = []\nrepositories = ["*"]\nactions = ["pull"]\n',

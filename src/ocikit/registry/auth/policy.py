@@ -84,9 +84,14 @@ class Policy:
         self._decisions: dict[tuple[str | None, str, str], bool] = {}
 
     def _names(self, user: str | None) -> frozenset[str]:
+        """What rules may name the caller by. Security decision: a user whose name is a
+        policy keyword (``anonymous``, ``*``, ``group:…``; a subject an external token server
+        may well issue) is not matched by that keyword, so a token for ``group:admins`` is
+        no admin."""
         if user is None:
             return frozenset({ANONYMOUS})
-        return frozenset({user, "*", *self._groups_of.get(user, ())})
+        own = () if user in (ANONYMOUS, "*") or user.startswith("group:") else (user,)
+        return frozenset({*own, "*", *self._groups_of.get(user, ())})
 
     def permits(self, user: str | None, repository: str, action: Action) -> bool:
         key = (user, repository, action)
