@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import start_registry
-from ocikit.registry.http import PEER_SCOPE_KEY
+from ocikit.registry.http import PEER_SCOPE_KEY, Request
 from ocikit.registry.proxies import ForwardedFor
 
 
@@ -41,6 +41,22 @@ def test_the_client_is_the_rightmost_address_no_trusted_proxy_wrote(
     assert kept_peer == ((peer, 4242) if client != peer else None)
 
 
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.5", "203.0.113.5"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.5", "203.0.113.5"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_limits_count_an_ipv6_client_by_its_64(address: str, key: str) -> None:
+    scope = {"type": "http", "method": "GET", "path": "/v2/", "client": (address, 4242)}
+    assert Request(scope, receive=None).client_key == key  # type: ignore[arg-type]
+    assert Request(scope, receive=None).client_address == address  # type: ignore[arg-type]
+
+
 def _post(client: object, repository: str, address: str) -> int:
     response = client.post(  # type: ignore[attr-defined]
         f"/v2/{repository}/blobs/uploads/", headers={"x-forwarded-for": address}
@@ -57,6 +73,10 @@ def test_upload_caps_and_logs_follow_the_forwarded_address(tmp_path: Path) -> No
             assert [_post(c, "lb/a", "203.0.113.5") for _ in range(3)] == [202, 202, 429]
             assert _post(c, "lb/a", "203.0.113.6") == 202  # another client behind the same proxy
             assert _post(c, "lb/a", "198.51.100.1, 203.0.113.5") == 429  # a forged hop changes nothing
+            # One IPv6 host has a whole /64: its addresses share one count, another /64 its own.
+            sixty_four = [_post(c, "lb/a", f"2001:db8:1:2::{host}") for host in (1, 2, 3)]
+            assert sixty_four == [202, 202, 429]
+            assert _post(c, "lb/a", "2001:db8:1:3::1") == 202
         deadline = time.monotonic() + 5
         while "203.0.113.6 " not in server.log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)

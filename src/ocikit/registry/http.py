@@ -7,6 +7,7 @@ no capability: these helpers read headers and stream bodies in and out.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -148,10 +149,27 @@ class Request:
     @property
     def client_address(self) -> str:
         """The client's IP address ("unknown" when the server does not say), forwarded by a
-        trusted proxy or the connection's own: the one key for rate limits, upload caps and
-        the audit log."""
+        trusted proxy or the connection's own, as the audit log records it."""
         client = self.scope.get("client")
         return str(client[0]) if client else "unknown"
+
+    @property
+    def client_key(self) -> str:
+        """Whom rate limits, the failed-login throttle and upload caps count a request against:
+        the client's address, or for IPv6 its /64 network.
+
+        Security decision: one IPv6 host is routinely given a whole /64, and can send each
+        request from another of its addresses; counted by address, it would never be limited."""
+        address = self.client_address
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if isinstance(ip, ipaddress.IPv4Address):
+            return address
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
     @property
     def peer_address(self) -> str:

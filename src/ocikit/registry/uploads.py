@@ -413,7 +413,7 @@ async def _create_session(reg: Registry, request: Request, name: str, algorithm:
     record = UploadRecord(
         id=upload_id,
         repository=name,
-        client=request.client_address,
+        client=request.client_key,
         size=0,
         hash_state=digester.export() if digester is not None else b"",
         stage=stage,

@@ -130,7 +130,7 @@ class CredentialAuthenticator:
                 raise AuthenticationFailed(f"invalid token: {exc}") from None
         if scheme == "basic" and self.htpasswd is not None:
             user, password = basic_credentials(value)
-            await self.login(user, password, request.client_address)
+            await self.login(user, password, request.client_key)
             return Identity(user=user, via="basic")
         raise AuthenticationFailed(f"{scheme or 'empty'} credentials are not accepted here")
 
@@ -180,7 +180,7 @@ class AccessControl:
         if known is not None:
             return known
         if self.address_limits is not None:
-            wait = self.address_limits.take(request.client_address)
+            wait = self.address_limits.take(request.client_key)
             if wait:
                 raise too_many_requests(wait, "too many requests from this address")
         try:

@@ -53,7 +53,7 @@ class TokenEndpoint:
 
     async def __call__(self, request: Request) -> Response:
         if self.access.address_limits is not None:
-            wait = self.access.address_limits.take(request.client_address)
+            wait = self.access.address_limits.take(request.client_key)
             if wait:
                 raise too_many_requests(wait, "too many requests from this address")
         if request.method == "GET":
@@ -82,7 +82,7 @@ class TokenEndpoint:
             if scheme.lower() != "basic" or len(header) > MAX_AUTHORIZATION_LENGTH:
                 raise AuthenticationFailed("the token endpoint takes Basic credentials")
             user, password = basic_credentials(value)
-            await self.authenticator.login(user, password, request.client_address)
+            await self.authenticator.login(user, password, request.client_key)
         except AuthenticationFailed as exc:
             raise RegistryError("UNAUTHORIZED", str(exc), headers=[self._basic_challenge()]) from None
         return user
@@ -103,7 +103,7 @@ class TokenEndpoint:
             if not user:
                 return _oauth_error("invalid_request", "username is missing")
             try:
-                await self.authenticator.login(user, password, request.client_address)
+                await self.authenticator.login(user, password, request.client_key)
             except AuthenticationFailed as exc:
                 return _oauth_error("invalid_grant", str(exc))
         elif grant == "refresh_token":
