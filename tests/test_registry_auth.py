@@ -422,6 +422,36 @@ def test_oauth2_password_and_refresh_grants(auth: AuthServer) -> None:
         assert (unknown.status_code, unknown.json()["error"]) == (400, "unsupported_grant_type")
 
 
+def test_a_password_change_ends_the_refresh_tokens_issued_before(auth: AuthServer) -> None:
+    """A stolen refresh token would otherwise renew itself for as long as the user exists."""
+    form = {"grant_type": "password", "username": "carol", "password": USERS["carol"], "service": "ocikit"}
+    original = auth.htpasswd.read_text()
+    with auth.client() as client:
+        stolen = client.post("/token", data=form | {"access_type": "offline"}).json()["refresh_token"]
+
+        def refresh() -> httpx.Response:
+            data = {"grant_type": "refresh_token", "refresh_token": stolen, "service": "ocikit"}
+            return client.post("/token", data=data)
+
+        assert refresh().status_code == 200
+        try:
+            others = "".join(
+                line for line in original.splitlines(keepends=True) if not line.startswith("carol:")
+            )
+            changed = htpasswd_file(auth.htpasswd.with_name("carol"), {"carol": "new-pw"}).read_text()
+            _rewrite(auth.htpasswd, others + changed)
+            _eventually(lambda: refresh().status_code == 400)
+            assert refresh().json() == {
+                "error": "invalid_grant",
+                "error_description": "the password changed since this refresh token",
+            }
+            fresh = client.post("/token", data=form | {"password": "new-pw", "access_type": "offline"})
+            renewed = {"grant_type": "refresh_token", "refresh_token": fresh.json()["refresh_token"]}
+            assert client.post("/token", data=renewed | {"service": "ocikit"}).status_code == 200
+        finally:
+            _rewrite(auth.htpasswd, original)
+
+
 def test_token_for_another_service_is_refused(auth: AuthServer) -> None:
     with auth.client("alice") as client:
         response = client.get("/token", params={"service": "elsewhere", "scope": "repository:team-a/x:pull"})

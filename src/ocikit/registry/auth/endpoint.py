@@ -12,6 +12,7 @@ is not an error: it is left out of the token, and the registry refuses the reque
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -108,12 +109,14 @@ class TokenEndpoint:
                 return _oauth_error("invalid_grant", str(exc))
         elif grant == "refresh_token":
             try:
-                user = self.issuer.verifier.refresh_subject(field.get("refresh_token", ""))
+                user, credential = self.issuer.verifier.refresh_subject(field.get("refresh_token", ""))
             except InvalidToken as exc:
                 return _oauth_error("invalid_grant", f"refresh token refused: {exc}")
-            htpasswd = self.authenticator.htpasswd
-            if htpasswd is None or not htpasswd.exists(user):
+            current = self._credential(user)
+            if current is None:
                 return _oauth_error("invalid_grant", "the refresh token's user no longer exists")
+            if not hmac.compare_digest(current, credential):
+                return _oauth_error("invalid_grant", "the password changed since this refresh token")
         else:
             return _oauth_error("unsupported_grant_type", "grant_type must be password or refresh_token")
         scopes = field.get("scope", "").split()
@@ -131,9 +134,14 @@ class TokenEndpoint:
             "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "scope": " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access),
         }
-        if refresh and user is not None:
-            body["refresh_token"] = self.issuer.refresh_token(user)
+        credential = self._credential(user) if refresh and user is not None else None
+        if user is not None and credential is not None:
+            body["refresh_token"] = self.issuer.refresh_token(user, credential)
         return Response.json(body, headers=[("cache-control", "no-store"), ("pragma", "no-cache")])
+
+    def _credential(self, user: str) -> str | None:
+        htpasswd = self.authenticator.htpasswd
+        return None if htpasswd is None else htpasswd.fingerprint(user)
 
     def _grant(self, user: str | None, scopes: list[str]) -> list[dict[str, Any]]:
         granted: dict[tuple[str, str], list[str]] = {}

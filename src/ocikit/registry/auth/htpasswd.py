@@ -60,6 +60,12 @@ class HtpasswdFile:
     def exists(self, user: str) -> bool:
         return user in self._file.value
 
+    def fingerprint(self, user: str) -> str | None:
+        """A digest of the user's current password hash (None: no such user), which changes
+        with the password: what a refresh token is bound to. It tells nothing of the hash."""
+        hashed = self._file.value.get(user)
+        return None if hashed is None else hashlib.sha256(b"ocikit refresh\0" + hashed).hexdigest()[:32]
+
     async def check(self, user: str, password: str) -> bool:
         hashed = self._file.value.get(user)
         secret = password.encode("utf-8")

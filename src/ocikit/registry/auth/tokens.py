@@ -45,6 +45,8 @@ MAX_TOKEN_LENGTH: Final = 16 * 1024
 _MAX_CACHED: Final = 50_000
 _RSA_ALGORITHMS: Final = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
 _REFRESH: Final = "refresh"
+#: The claim of a refresh token that binds it to the password it was issued for.
+_CREDENTIAL: Final = "ocikit_credential"
 
 
 class InvalidToken(Exception):
@@ -210,13 +212,16 @@ class TokenVerifier:
             raise InvalidToken(str(exc)) from None
         return claims
 
-    def refresh_subject(self, token: str) -> str:
-        """The user a refresh token was issued to."""
+    def refresh_subject(self, token: str) -> tuple[str, str]:
+        """The user a refresh token was issued to, and the fingerprint of the password it was
+        issued for."""
         claims = self._decode(token)
-        subject = claims.get("sub")
+        subject, credential = claims.get("sub"), claims.get(_CREDENTIAL)
         if claims.get("token_use") != _REFRESH or not isinstance(subject, str) or not subject:
             raise InvalidToken("not a refresh token")
-        return subject
+        if not isinstance(credential, str):
+            raise InvalidToken("the refresh token names no credential")
+        return subject, credential
 
 
 class TokenIssuer:
@@ -250,5 +255,8 @@ class TokenIssuer:
     def access_token(self, user: str | None, access: list[dict[str, Any]]) -> str:
         return self._sign({"sub": user or "", "access": access}, self.lifetime)
 
-    def refresh_token(self, user: str) -> str:
-        return self._sign({"sub": user, "token_use": _REFRESH}, self.refresh_lifetime)
+    def refresh_token(self, user: str, credential: str) -> str:
+        """Security decision: bound to ``credential``, the fingerprint of the user's password,
+        so that changing a password ends every refresh token issued before."""
+        claims = {"sub": user, "token_use": _REFRESH, _CREDENTIAL: credential}
+        return self._sign(claims, self.refresh_lifetime)
