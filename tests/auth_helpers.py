@@ -171,20 +171,26 @@ class BearerFlow(httpx.Auth):
         self._tokens: dict[str, str] = {}
 
     def auth_flow(self, request: httpx.Request) -> Any:
-        scope = self._scope_of_path(request.url.path)
-        if scope in self._tokens:
-            request.headers["authorization"] = f"Bearer {self._tokens[scope]}"
+        # A mount's source needs pull in the same token: clients ask for it up front.
+        source = request.url.params.get("from")
+        extra = [f"repository:{source}:pull"] if source else []
+        key = " ".join([self._scope_of_path(request.url.path), *extra])
+        if key in self._tokens:
+            request.headers["authorization"] = f"Bearer {self._tokens[key]}"
         response = yield request
         challenges = parse_challenges(response.headers.get_list("www-authenticate"))
         bearer = [c for c in challenges if c.scheme == "bearer"]
         if response.status_code not in (401, 403) or not bearer:
             return
         values = bearer[0].params
-        params = {"service": values["service"], "scope": values.get("scope", "")}
+        params = {
+            "service": values["service"],
+            "scope": " ".join(filter(None, [values.get("scope"), *extra])),
+        }
         token = httpx.get(values["realm"], params=params, auth=self._basic, verify=self._verify).json()[
             "token"
         ]
-        self._tokens[scope] = token
+        self._tokens[key] = token
         request.headers["authorization"] = f"Bearer {token}"
         yield request
 

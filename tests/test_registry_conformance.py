@@ -501,10 +501,14 @@ def test_cross_repository_mount_with_from(client: httpx.Client) -> None:
     assert client.get(f"/v2/{target}/blobs/{d}").content == data
 
 
-def test_cross_repository_mount_without_from(client: httpx.Client) -> None:
+def test_cross_repository_mount_without_from(client: httpx.Client, request: pytest.FixtureRequest) -> None:
     source, target = repo_name(), repo_name()
     d = push_blob(client, source, os.urandom(500))
     response = client.post(f"/v2/{target}/blobs/uploads/", params={"mount": d})
+    if "signed-in" in request.node.callspec.id:
+        # A bearer token names no source a registry could find: an upload, as the spec allows.
+        assert response.status_code == 202
+        return
     assert response.status_code == 201
     assert client.head(f"/v2/{target}/blobs/{d}").status_code == 200
 
