@@ -926,6 +926,27 @@ def test_a_monolithic_upload_cut_short_leaves_nothing_and_a_retry_succeeds(
         server.stop()
 
 
+def test_a_closing_put_refused_after_its_body_leaves_no_multipart_upload(
+    s3: S3Target, tmp_path: Path
+) -> None:
+    """A monolithic body is written straight to its blob's key; refused after it arrived (its
+    Content-Range promised more), it is aborted, since no later request could find it."""
+    server = _serve_on(s3, tmp_path / "data")
+    name, layer = repo_name(), os.urandom(7 * MiB)
+    try:
+        with server.client() as client:
+            location = client.post(f"/v2/{name}/blobs/uploads/").headers["location"]
+            promised = {"content-range": f"0-{12 * MiB - 1}", "content-type": "application/octet-stream"}
+            refused = client.put(location, params={"digest": digest(layer)}, content=layer, headers=promised)
+            assert refused.status_code == 400, refused.text
+            assert s3.server.client().list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+            assert client.head(f"/v2/{name}/blobs/{digest(layer)}").status_code == 404
+            done = client.put(location, params={"digest": digest(layer)}, content=layer)
+            assert done.status_code == 201, done.text
+    finally:
+        server.stop()
+
+
 def test_workers_default_to_one_on_s3_and_to_the_cpus_elsewhere() -> None:
     assert load_settings({"storage": "s3://bucket/prefix"}, environ={}).workers == 1
     assert load_settings({}, environ={"OCIKIT_STORAGE": "s3://bucket"}).workers == 1

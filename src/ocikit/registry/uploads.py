@@ -248,6 +248,15 @@ class _Appended:
     digester: ResumableDigester | None
     stage: bytes
     disconnected: bool
+    #: Written straight to the blob's place: committed or discarded by this request, never
+    #: left for a retry (no later request could find it to clean it up).
+    direct: bool = False
+
+
+async def _discard_direct(reg: Registry, upload_id: str, appended: _Appended) -> None:
+    if appended.direct:
+        with contextlib.suppress(Exception):  # already committed, or gone with its store
+            await reg.blobs.stage_abort(upload_id, appended.stage)
 
 
 async def _append(
@@ -274,16 +283,21 @@ async def _append(
     except FileNotFoundError:
         await reg.metadata.upload_delete(record.id)  # its staging area is gone: so is the upload
         raise _unknown_upload(writer.name, record.id) from None
-    appended = _Appended(record.size + written, intake.digester, stage, intake.disconnected)
+    appended = _Appended(
+        record.size + written, intake.digester, stage, intake.disconnected, direct=destination is not None
+    )
     if appended.disconnected:
         return appended
-    if span is not None and written != span[1] - span[0] + 1:
+    declared_size = None if span is None else span[1] - span[0] + 1
+    length = request.content_length
+    if declared_size is not None and written != declared_size:
+        await _discard_direct(reg, record.id, appended)
         raise RegistryError(
             "BLOB_UPLOAD_INVALID",
-            f"the chunk has {written} bytes but Content-Range {declared!r} says {span[1] - span[0] + 1}",
+            f"the chunk has {written} bytes but Content-Range {declared!r} says {declared_size}",
         )
-    length = request.content_length
     if span is None and length is not None and written != length:
+        await _discard_direct(reg, record.id, appended)
         raise RegistryError("SIZE_INVALID", f"received {written} bytes, Content-Length says {length}")
     return appended
 
@@ -502,6 +516,7 @@ async def finish(reg: Registry, request: Request, name: str, upload_id: str) -> 
 
 async def _finish(reg: Registry, request: Request, writer: _Writer, digest: Digest) -> Response:
     record = await writer.claim()
+    appended: _Appended | None = None
     try:
         appended = await _append(reg, request, writer, record, closing=digest)
         if appended.disconnected:
@@ -509,6 +524,8 @@ async def _finish(reg: Registry, request: Request, writer: _Writer, digest: Dige
         await _verify(reg, record, appended, digest)
         return await _commit(reg, writer, record, appended, digest)
     except BaseException:
+        if appended is not None:
+            await _discard_direct(reg, record.id, appended)
         await writer.release()  # a session that failed stays as it was for a retry
         raise
 
