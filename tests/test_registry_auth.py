@@ -675,7 +675,7 @@ def test_processes_starting_together_share_one_generated_key(tmp_path: Path) -> 
         ({"token_certs": "CERT"}, "needs token_realm, token_issuer and token_service"),
         ({"token_certs": "CERT", "token_jwks": "CERT"}, "not both"),
         ({"htpasswd": "/nonexistent/htpasswd"}, "is not a readable file"),
-        ({"token_lifetime": "5"}, "at least 10 seconds"),
+        ({"token_lifetime": "59"}, "at least 60 seconds"),
         ({"rate_limit_user": "-1"}, "must not be negative"),
     ],
 )

@@ -373,8 +373,8 @@ def _check_access_settings(settings: Settings) -> Settings:
                 ipaddress.ip_network(proxy, strict=False)
         except ValueError as exc:
             raise SettingsError(f"{name}: {exc}") from None
-    if settings.token_lifetime < 10:
-        raise SettingsError("token_lifetime must be at least 10 seconds")
+    if settings.token_lifetime < 60:  # Docker's token specification: clients count on a minute
+        raise SettingsError("token_lifetime must be at least 60 seconds")
     files: dict[str, Any] = {}
     for name in _FILE_SETTINGS:
         path = getattr(settings, name)
