@@ -647,6 +647,20 @@ def test_bad_access_settings_stop_the_server_with_a_message(tmp_path: Path) -> N
     bad.write_text("alice:$apr1$weak$hash\n")
     with pytest.raises(RuntimeError, match="not bcrypt"):
         start_registry(tmp_path / "data", extra=["--htpasswd", str(bad)])
+    symmetric = tmp_path / "jwks.json"  # a shared secret: anyone holding it could sign tokens
+    symmetric.write_text(
+        json.dumps({"keys": [{"kty": "oct", "kid": "shared", "alg": "HS256", "k": "c2VjcmV0"}]})
+    )
+    external = [
+        "--token-realm",
+        "https://auth.example/token",
+        "--token-issuer",
+        "auth",
+        "--token-service",
+        "r",
+    ]
+    with pytest.raises(RuntimeError, match="key shared: unsupported key type"):
+        start_registry(tmp_path / "data2", extra=[*external, "--token-jwks", str(symmetric)])
 
 
 def test_processes_starting_together_share_one_generated_key(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -26,11 +26,16 @@ __all__ = ["SigningKey", "algorithm_for", "key_id", "load_or_create_key", "load_
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
+_EC_ALGORITHMS: Final = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+
+
 def algorithm_for(key: PublicKeyTypes | PrivateKeyTypes) -> str:
     """The one JWS algorithm a key may sign or verify with (never chosen by the token)."""
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        size = key.curve.key_size
-        return {256: "ES256", 384: "ES384", 521: "ES512"}[size]
+        algorithm = _EC_ALGORITHMS.get(key.curve.name)
+        if algorithm is None:
+            raise ValueError(f"unsupported elliptic curve {key.curve.name}")
+        return algorithm
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         if key.key_size < 2048:
             raise ValueError("RSA keys shorter than 2048 bits are refused")

@@ -58,10 +58,13 @@ KeyResolver = Callable[[Mapping[str, Any]], PublicKeyTypes]
 
 
 def _algorithms(key: PublicKeyTypes) -> list[str]:
-    if isinstance(key, rsa.RSAPublicKey):
-        algorithm_for(key)  # refuses short keys
-        return _RSA_ALGORITHMS
-    return [algorithm_for(key)]
+    """The algorithms a token signed by ``key`` may use; a key of no usable kind (a short
+    RSA key, another curve, a symmetric JWK) makes the token invalid, not the request fail."""
+    try:
+        algorithm = algorithm_for(key)
+    except ValueError as exc:
+        raise InvalidToken(str(exc)) from None
+    return _RSA_ALGORITHMS if isinstance(key, rsa.RSAPublicKey) else [algorithm]
 
 
 def _libtrust_key_id(key: PublicKeyTypes) -> str:
@@ -128,6 +131,11 @@ def _trusted_leaf(leaf: x509.Certificate, trusted: list[x509.Certificate]) -> bo
 def jwks_keys(path: str | os.PathLike[str]) -> KeyResolver:
     """Trust the keys of a JWK Set file, chosen by ``kid``."""
     keys = jwt.PyJWKSet.from_json(Path(path).read_text())
+    for jwk in keys.keys:  # a key no token could be checked with is the operator's mistake: say so now
+        try:
+            algorithm_for(jwk.key)
+        except ValueError as exc:
+            raise ValueError(f"{path}: key {jwk.key_id or '(without kid)'}: {exc}") from None
     by_id = {k.key_id: k.key for k in keys.keys if k.key_id}
 
     def resolve(header: Mapping[str, Any]) -> PublicKeyTypes:
