@@ -796,3 +796,16 @@ def test_liar_status_that_is_no_number(liar: LyingRegistry) -> None:
 
     liar.routes[("GET", "/v2/lies/repo/tags/list")] = superscript_status
     _expect(liar, lambda s: s.tags(), TransportError, "not an HTTP/1.x response")
+
+
+def test_liar_chunk_size_of_minus_one(liar: LyingRegistry) -> None:
+    """int("-1", 16) is -1, and a read of -1 bytes reads until the connection closes: the
+    client must refuse the chunk size instead of buffering whatever the liar sends."""
+
+    def endless_chunk(handler: Any) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n")
+        handler.wfile.write(b"x" * (4 << 20))
+        handler.close_connection = True
+
+    liar.routes[("GET", "/v2/lies/repo/tags/list")] = endless_chunk
+    _expect(liar, lambda s: s.tags(), TransportError, "malformed chunk size")

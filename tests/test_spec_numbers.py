@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocikit.spec.numbers import MAX_DIGITS, decimal
+from ocikit.spec.numbers import MAX_DIGITS, decimal, hexadecimal
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,13 @@ def test_the_digit_limit_is_the_callers() -> None:
     assert decimal("9" * (MAX_DIGITS + 1)) is None
     assert decimal("1234", 3) is None
     assert decimal("200", 3) == 200
+
+
+@pytest.mark.parametrize(("text", "value"), [(b"0", 0), (b"1f", 31), (b"FFFF", 65535)])
+def test_hex_digits_are_read(text: bytes, value: int) -> None:
+    assert hexadecimal(text) == value
+
+
+@pytest.mark.parametrize("text", [b"", b"-1", b"+1", b"0x10", b"1_0", b" 1", b"g", b"F" * 16])
+def test_anything_else_is_no_hex_number(text: bytes) -> None:
+    assert hexadecimal(text) is None

@@ -22,7 +22,7 @@ from typing import Final
 
 import msgspec
 
-from ..spec.numbers import decimal
+from ..spec.numbers import decimal, hexadecimal
 from ..store.transport import TransportError
 
 __all__ = ["ConnectionFailed", "Headers", "HttpClient", "IncompleteBody", "Origin", "Response"]
@@ -255,10 +255,9 @@ async def _read_chunked(reader: asyncio.StreamReader, timeout: float, url: str) 
             line = await reader.readline()
         if not line.endswith(b"\n"):
             raise IncompleteBody(f"{url}: the connection closed inside a chunked body", received)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise TransportError(f"{url}: malformed chunk size line {line[:40]!r}") from None
+        size = hexadecimal(line.split(b";", 1)[0].strip())
+        if size is None:  # "-1" would read the rest of the connection into memory
+            raise TransportError(f"{url}: malformed chunk size line {line[:40]!r}")
         if size == 0:
             while True:  # trailer fields, then the final empty line
                 async with asyncio.timeout(timeout):
