@@ -34,6 +34,7 @@ __all__ = [
     "open_regular",
     "pwrite_all",
     "replace_file",
+    "run_to_completion",
     "write_batched",
 ]
 
@@ -226,8 +227,11 @@ async def write_batched(chunks: AsyncIterator[bytes], write: Callable[[list[byte
     ``offset`` is where the batch starts in the stream. Returns the bytes written.
 
     Batches are written in order, one at a time. Whatever happens, no write is still running
-    when this returns or raises, so the caller may close its file at once.
+    when this returns or raises, so the caller may close its file at once: a write is only
+    ever awaited through a shield, since a cancelled wait would mark it done while its thread
+    still writes (into whatever file then reuses the descriptor).
     """
+    loop = asyncio.get_running_loop()
     pending: asyncio.Future[None] | None = None
     written = 0
     try:
@@ -238,19 +242,29 @@ async def write_batched(chunks: AsyncIterator[bytes], write: Callable[[list[byte
             batched += len(chunk)
             if batched >= _WRITE_BATCH or len(batch) >= _IOV_BATCH:
                 if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(write, batch, written))
+                    await asyncio.shield(pending)
+                pending = loop.run_in_executor(None, write, batch, written)
                 written += batched
                 batch, batched = [], 0
-        if pending is not None:
-            await pending
         if batch:
-            await asyncio.to_thread(write, batch, written)
+            if pending is not None:
+                await asyncio.shield(pending)
+            pending = loop.run_in_executor(None, write, batch, written)
             written += batched
+        if pending is not None:
+            await asyncio.shield(pending)
         return written
     finally:
         if pending is not None:
             await _settled(pending)
+
+
+async def run_to_completion(function: Callable[[], None]) -> None:
+    """``function`` in a worker thread, awaited so that a cancellation waits for it to end
+    (and is re-raised then): a caller that cleans up when cancelled never races the thread."""
+    future = asyncio.get_running_loop().run_in_executor(None, function)
+    await _settled(future)
+    future.result()
 
 
 async def _settled(future: asyncio.Future[None]) -> None:

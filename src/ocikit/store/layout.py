@@ -42,6 +42,7 @@ from .files import (
     open_regular,
     pwrite_all,
     replace_file,
+    run_to_completion,
     write_batched,
 )
 from .layout_check import validate_layout
@@ -443,7 +444,7 @@ class LayoutDestination:
         writer = self.layout.blob_writer(descriptor)
         try:
             await write_batched(chunks, writer.write_many)
-            await asyncio.to_thread(writer.commit)
+            await run_to_completion(writer.commit)
         except BaseException:
             writer.abort()
             raise
