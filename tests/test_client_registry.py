@@ -538,8 +538,8 @@ def test_liar_manifest_with_conflicting_media_type(liar: LyingRegistry) -> None:
     _expect(liar, lambda s: s.fetch_manifest(descriptor), VerificationError, "declares mediaType")
 
 
-def test_liar_manifest_that_is_not_json(liar: LyingRegistry) -> None:
-    garbage = b"{not json"
+@pytest.mark.parametrize("garbage", [b"{not json", b"[" * 100_000], ids=["broken", "100000-deep"])
+def test_liar_manifest_that_is_not_json(liar: LyingRegistry, garbage: bytes) -> None:
     descriptor = Descriptor(media_type=mediatype.OCI_MANIFEST, digest=sha256(garbage), size=len(garbage))
     liar.routes[("GET", _manifest_path(descriptor.digest))] = fixed(
         200, garbage, {"Content-Type": mediatype.OCI_MANIFEST}
@@ -809,3 +809,44 @@ def test_liar_chunk_size_of_minus_one(liar: LyingRegistry) -> None:
 
     liar.routes[("GET", "/v2/lies/repo/tags/list")] = endless_chunk
     _expect(liar, lambda s: s.tags(), TransportError, "malformed chunk size")
+
+
+def test_liar_index_whose_child_digest_is_a_path(liar: LyingRegistry, tmp_path: Path) -> None:
+    """``sha256:/../../../../v2/other/manifests/latest`` resolves to another path of the
+    registry: a copy refuses the document before any request is built from it."""
+    hostile_digest = "sha256:/../../../../v2/other/manifests/latest"
+    hostile = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mediatype.OCI_INDEX,
+            "manifests": [{"mediaType": mediatype.OCI_MANIFEST, "digest": hostile_digest, "size": 5}],
+        }
+    ).encode()
+    headers = {
+        "Content-Type": mediatype.OCI_INDEX,
+        "Docker-Content-Digest": sha256(hostile),
+        "Content-Length": str(len(hostile)),
+    }
+    liar.routes[("HEAD", _manifest_path("v1"))] = fixed(200, b"", headers)
+    liar.routes[("GET", _manifest_path("v1"))] = fixed(200, hostile, headers)
+    liar.routes[("GET", _manifest_path(sha256(hostile)))] = fixed(200, hostile, headers)
+    reached: list[str] = []
+
+    def record(handler: Any) -> None:
+        reached.append(handler.path)
+        handler.reply(404, b"")
+
+    liar.routes[("GET", "/v2/other/manifests/latest")] = record
+
+    async def copy() -> None:
+        source = _source(liar)
+        destination = OCILayout.open(tmp_path / "layout", create=True).destination(owned=True)
+        try:
+            await copy_image(source, destination, "v1", tags=["v1"])
+        finally:
+            await destination.close()
+            await source.close()
+
+    with pytest.raises(Exception, match=r"manifests\[0\]"):
+        run(copy())
+    assert reached == []

@@ -262,7 +262,7 @@ class Authenticator:
     def _parse_token(self, raw: bytes) -> _Token:
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise TransportError(
                 f"{self.registry}: the token service answered something that is not JSON"
             ) from None

@@ -46,7 +46,7 @@ class AuthenticationError(RegistryError):
 def _summarise(body: bytes) -> tuple[str, tuple[str, ...]]:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         data = None
     if isinstance(data, dict) and isinstance(data.get("errors"), list):
         parts, codes = [], []

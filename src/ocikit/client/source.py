@@ -19,9 +19,9 @@ from urllib.parse import urlencode
 import msgspec
 
 from ..spec import Descriptor, Digest, Reference, VerificationError, digest_of, mediatype
-from ..spec.digest import DigestError, verify_bytes
+from ..spec.digest import DigestError, digest_error, verify_bytes
 from ..spec.models import ImageIndex
-from ..spec.reference import referrers_tag
+from ..spec.reference import is_valid_tag, referrers_tag
 from ..store.transport import TransportError
 from .endpoint import RepositoryEndpoint
 from .http import ConnectionFailed, IncompleteBody
@@ -69,7 +69,7 @@ def check_manifest(raw: bytes, descriptor: Descriptor, where: str, content_type:
         )
     try:
         document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise VerificationError(f"{where}: the manifest is not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise VerificationError(f"{where}: the manifest is not a JSON object")
@@ -101,6 +101,10 @@ class RegistrySource(RepositoryEndpoint):
         self._manifests: dict[str, tuple[bytes, str | None]] = {}
 
     def _path(self, kind: str, identifier: str) -> str:
+        """Security decision: only a digest or a tag goes into the path, never what a hostile
+        document calls a digest (``sha256:/../../v2/other/...`` resolves to another path)."""
+        if digest_error(identifier) is not None and not is_valid_tag(identifier):
+            raise VerificationError(f"{identifier[:80]!r} is neither a digest nor a tag")
         return f"/v2/{self.repository}/{kind}/{identifier}"
 
     async def resolve(self, reference: str | None = None) -> Descriptor:
@@ -147,7 +151,7 @@ class RegistrySource(RepositoryEndpoint):
         if media_type not in mediatype.IMAGE_DOCUMENT_TYPES:
             try:
                 declared = json.loads(raw).get("mediaType")
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError):
                 raise VerificationError(f"{what}: the manifest is not a JSON object") from None
             if declared not in mediatype.IMAGE_DOCUMENT_TYPES:
                 raise TransportError(f"{what}: unsupported manifest media type {media_type or declared!r}")
@@ -296,7 +300,7 @@ class RegistrySource(RepositoryEndpoint):
             try:
                 data = json.loads(await response.read(MAX_MANIFEST_SIZE))
                 tags += [str(tag) for tag in data.get("tags") or []]
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError, TypeError):
                 raise TransportError(
                     f"list tags of {self.reference.name}: the answer is not the expected JSON"
                 ) from None

@@ -29,7 +29,7 @@ import msgspec
 
 from ..spec import Descriptor, ImageIndex, ImageManifest, Platform
 from ..spec import mediatype as mt
-from ..spec.digest import verify_bytes
+from ..spec.digest import digest_error, verify_bytes
 from .transport import (
     BlobFileDestination,
     BlobFileSource,
@@ -139,9 +139,16 @@ def _descriptors(node: dict[str, Any], key: str) -> list[Descriptor]:
     if not isinstance(items, list):
         return []
     try:
-        return [msgspec.convert(item, Descriptor) for item in items]
+        descriptors = [msgspec.convert(item, Descriptor) for item in items]
     except msgspec.ValidationError as exc:
         raise CopyError(f"$.{key}: {exc}") from None
+    for index, descriptor in enumerate(descriptors):
+        # Security decision: a digest goes into URLs and paths; a hostile document's
+        # "sha256:/../../v2/other/manifests/x" must never reach a request.
+        problem = digest_error(descriptor.digest) or ("a negative size" if descriptor.size < 0 else None)
+        if problem:
+            raise CopyError(f"$.{key}[{index}]: {problem}")
+    return descriptors
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
