@@ -483,7 +483,7 @@ class LyingRegistry:
                 else:
                     route(self)
 
-            do_GET = do_HEAD = _dispatch
+            do_GET = do_HEAD = do_POST = do_PATCH = do_PUT = do_DELETE = _dispatch
 
         self.server = serve_in_thread(Handler)
         return self

@@ -850,3 +850,25 @@ def test_liar_index_whose_child_digest_is_a_path(liar: LyingRegistry, tmp_path: 
     with pytest.raises(Exception, match=r"manifests\[0\]"):
         run(copy())
     assert reached == []
+
+
+def test_liar_asks_for_chunks_larger_than_memory(liar: LyingRegistry) -> None:
+    """The chunk in flight is kept until the registry takes it: an OCI-Chunk-Min-Length of
+    10^17 would hold a whole layer in memory. The push stops with a clear error instead."""
+    upload = {"Location": "/v2/lies/repo/blobs/uploads/u1", "OCI-Chunk-Min-Length": str(10**17)}
+    liar.routes[("POST", "/v2/lies/repo/blobs/uploads/")] = fixed(202, b"", upload)
+    data = os.urandom(2 * MiB)
+    descriptor = layer_descriptor(data)
+
+    async def source() -> AsyncIterator[bytes]:
+        yield data
+
+    async def push() -> None:
+        destination = RegistryDestination(parse_reference(f"{liar.host}/lies/repo:v1"), monolithic_limit=0)
+        try:
+            await destination.put_blob(descriptor, source())
+        finally:
+            await destination.close()
+
+    with pytest.raises(TransportError, match="chunks of at least 100000000000000000 bytes"):
+        run(push())

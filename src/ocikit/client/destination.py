@@ -42,6 +42,10 @@ MONOLITHIC_LIMIT: Final = 4 << 20
 DEFAULT_CHUNK_SIZE: Final = 32 << 20
 
 
+#: The largest ``OCI-Chunk-Min-Length`` honoured: the chunk in flight is kept in memory.
+MAX_CHUNK_MIN_LENGTH: Final = 256 << 20
+
+
 class _Feed:
     """Bytes of the source in exact-length pieces, each kept until it has been accepted."""
 
@@ -259,7 +263,13 @@ class RegistryDestination(RepositoryEndpoint):
         location = response.headers.get("location")
         if not location:
             raise TransportError(f"{where}: the registry started an upload without a Location")
-        return location, _int_header(response.headers.get("oci-chunk-min-length"))
+        smallest = _int_header(response.headers.get("oci-chunk-min-length"))
+        if smallest > MAX_CHUNK_MIN_LENGTH:  # a chunk is held in memory until the registry takes it
+            raise TransportError(
+                f"{where}: the registry asks for chunks of at least {smallest} bytes; "
+                f"this client holds at most {MAX_CHUNK_MIN_LENGTH} in memory"
+            )
+        return location, smallest
 
     async def _upload_chunks(self, upload: _Upload, feed: _Feed, size: int, chunk: int, where: str) -> None:
         offset = 0
