@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import lzma
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,36 @@ def test_a_decompression_bomb_is_stopped_at_the_limit(tmp_path: Path) -> None:
         ArchiveSource(tmp_path / "bomb.tar.gz", max_size=1 << 20)
     source = ArchiveSource(tmp_path / "bomb.tar.gz")  # within the default limit it reads
     asyncio.run(source.close())
+
+
+@pytest.mark.parametrize("header", ["gnu-long-name", "pax"])
+def test_a_header_claiming_megabytes_is_refused_not_read(tmp_path: Path, header: str) -> None:
+    """A GNU long name or PAX header is read whole by tarfile: 16 MiB of one compress to 16 KiB,
+    and gigabytes to a few megabytes. The scan refuses it instead of holding it in memory."""
+    member = tarfile.TarInfo("x" * (16 << 20) if header == "gnu-long-name" else "x")
+    member.pax_headers = {} if header == "gnu-long-name" else {"comment": "y" * (16 << 20)}
+    buffer = io.BytesIO()
+    form = tarfile.GNU_FORMAT if header == "gnu-long-name" else tarfile.PAX_FORMAT
+    with tarfile.open(fileobj=buffer, mode="w", format=form) as tar:
+        tar.addfile(member, io.BytesIO(b""))
+        layout = tarfile.TarInfo("oci-layout")
+        tar.addfile(layout, io.BytesIO(b""))
+    (tmp_path / "bomb.tar.gz").write_bytes(gzip.compress(buffer.getvalue()))
+    with pytest.raises(TransportError, match=r"not a tar archive: a header of \d+ bytes"):
+        ArchiveSource(tmp_path / "bomb.tar.gz")
+
+
+def test_an_export_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    """The temporary archive is created anew under a name nobody can guess: a symlink planted
+    where an earlier version would have written leaves its target untouched."""
+    image = build_image("planted")
+    write_layout(tmp_path / "src", {"v1": image})
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / f".out.tar.{os.getpid()}.tmp").symlink_to(victim)  # the name a pid would give
+    _to_archive(tmp_path / "src", "v1", tmp_path / "out.tar", "v1")
+    assert victim.read_text() == "precious"
+    assert tarfile.is_tarfile(tmp_path / "out.tar")
 
 
 def test_foreign_files_are_refused_clearly(tmp_path: Path) -> None:

@@ -19,8 +19,10 @@ import asyncio
 import bz2
 import contextlib
 import gzip
+import io
 import lzma
 import os
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -108,6 +110,32 @@ def _bounded_copy(plain: BinaryIO, spool: BinaryIO, max_size: int, where: Path) 
         spool.write(chunk)
 
 
+#: Members an archive may have: tarfile keeps every header it read until the archive closes.
+MAX_MEMBERS: Final = 100_000
+#: The largest read of the scan: tarfile reads a PAX or GNU long-name header whole.
+_MAX_HEADER_READ: Final = 1 << 20
+
+
+class _HeaderReads:
+    """The archive as tarfile scans it, skipping members' data by seeking. Security decision:
+    no read above ``_MAX_HEADER_READ``, since a header claiming gigabytes (a few kilobytes
+    once compressed) would otherwise be read into memory whole."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        self._handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        if not 0 <= size <= _MAX_HEADER_READ:
+            raise tarfile.ReadError(f"a header of {size} bytes is more than {_MAX_HEADER_READ} may have")
+        return self._handle.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
 class ArchiveSource(IndexedSource):
     """The images of an ``oci-archive`` file. A plain tar (what skopeo writes) is read in
     place; a compressed one is first decompressed into an anonymous temporary file."""
@@ -137,8 +165,12 @@ class ArchiveSource(IndexedSource):
         with os.fdopen(os.dup(self._fd), "rb") as handle:
             handle.seek(0)
             try:
-                with tarfile.open(fileobj=handle, mode="r:") as tar:
-                    for member in tar:
+                with tarfile.open(fileobj=cast(BinaryIO, _HeaderReads(handle)), mode="r:") as tar:
+                    for count, member in enumerate(tar, 1):
+                        if count > MAX_MEMBERS:
+                            raise TransportError(
+                                f"{self.path}: the archive has more than {MAX_MEMBERS} members"
+                            )
                         if member.isreg() and not member.issparse():
                             members[_member_name(member.name)] = (member.offset_data, member.size)
             except tarfile.TarError as exc:
@@ -295,8 +327,11 @@ def write_archive(layout: OCILayout, target: Path, deferred: dict[str, BlobFile]
     rename, fsync of the directory)."""
     deferred = deferred or {}
     parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    temp = f".{target.name}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=parent_fd)
+    # A name nobody can guess, created anew: in a directory others may write, a planted
+    # symlink at a predictable name would make this write through it.
+    temp = f".{target.name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o644, dir_fd=parent_fd)
     try:
         for name in ("oci-layout", "index.json"):
             path = layout.path / name
