@@ -267,3 +267,18 @@ def test_unregistered_algorithm_blobs_are_accepted(layout: Layout) -> None:
 def test_unreadable_layout_entries_do_not_crash(layout: Layout) -> None:
     os.mkfifo(layout.root / "blobs" / "sha256" / digest_of(b"fifo").encoded)
     assert "not a regular file" in rules(validate_layout(layout.root))
+
+
+def test_a_chain_of_two_thousand_indexes_is_checked_not_crashed_on(layout: Layout) -> None:
+    """Each index lists the next: deeper than Python's recursion limit, so the check walks it
+    with a loop; the image at the bottom is still checked (a broken layer is reported)."""
+    image = layout.image()
+    layer_digest = json.loads(layout.blob_path(image["digest"]).read_bytes())["layers"][0]["digest"]
+    layout.blob_path(layer_digest).write_bytes(b"tampered")
+    child = image
+    for _ in range(2000):
+        index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [child]}
+        child = layout.descriptor(mt.OCI_INDEX, _json(index))
+    layout.write_index(child)
+    violations = validate_layout(layout.root)
+    assert any("layers[0]" in v.path for v in violations), violations[:3]

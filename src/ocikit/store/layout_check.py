@@ -122,42 +122,55 @@ def _may_be_absent(descriptor: dict[str, Any]) -> bool:
     return descriptor.get("mediaType") in mt.NONDISTRIBUTABLE_LAYER_TYPES or bool(descriptor.get("urls"))
 
 
+_Reference = tuple[dict[str, Any], str]  # a descriptor, and where it was found
+
+
 def _check_document(check: _LayoutCheck, descriptor: dict[str, Any], where: str) -> None:
-    """Verify a referenced blob and, when it is a document we understand, its content."""
+    """Verify a referenced blob and everything it references, depth first. A loop rather
+    than recursion: a chain of a thousand indexes is a layout to report on, not a crash."""
+    pending: list[_Reference] = [(descriptor, where)]
+    while pending:
+        current, at = pending.pop()
+        pending.extend(reversed(_check_one(check, current, at)))
+
+
+def _check_one(check: _LayoutCheck, descriptor: dict[str, Any], where: str) -> list[_Reference]:
+    """Verify a referenced blob and, when it is a document we understand, its content; the
+    descriptors it references, to check next."""
     digest, size = descriptor["digest"], _descriptor_size(descriptor)
     media_type = descriptor.get("mediaType")
     kind = kind_of_media_type(media_type) if isinstance(media_type, str) else None
     if kind is None or kind in ("layout", "descriptor"):
         if not (_may_be_absent(descriptor) and check._open_blob(digest) is None):
             check.verify_blob(digest, size, where)
-        return
+        return []
     if not check.verify_blob(digest, size, where) or digest in check._visited:
-        return
+        return []
     check._visited.add(digest)
     raw = check.read_document(digest, size or 0)
     name = f"blobs/{digest.replace(':', '/', 1)}"
     if raw is None:
         check.fail(where, f"the {kind} {name} is larger than {_MAX_DOCUMENT} bytes")
-        return
+        return []
     try:
         node = parse_json(raw)
     except ValidationFailed as exc:
         check.violations.extend(Violation(f"{name}: {v.path}", v.rule) for v in exc.violations)
-        return
+        return []
     check.violations.extend(Violation(f"{name}: {v.path}", v.rule) for v in validate(node, kind))
     own_type = node.get("mediaType") if isinstance(node, dict) else None
     if kind in ("manifest", "index") and own_type is not None and own_type != media_type:
         check.fail(where, f"mediaType conflict: the descriptor says {media_type!r}, {name} says {own_type!r}")
+    referenced: list[_Reference] = []
     if kind == "manifest" and isinstance(node, dict):
         if isinstance(node.get("config"), dict) and isinstance(node["config"].get("digest"), str):
             config = node["config"]
             if not digest_error(config["digest"]):
-                _check_document(check, config, f"{name}: $.config")
-        for i, layer in _descriptors(node, "layers"):
-            _check_document(check, layer, f"{name}: $.layers[{i}]")
+                referenced.append((config, f"{name}: $.config"))
+        referenced += [(layer, f"{name}: $.layers[{i}]") for i, layer in _descriptors(node, "layers")]
     elif kind == "index":
-        for i, child in _descriptors(node, "manifests"):
-            _check_document(check, child, f"{name}: $.manifests[{i}]")
+        referenced += [(child, f"{name}: $.manifests[{i}]") for i, child in _descriptors(node, "manifests")]
+    return referenced
 
 
 def _check_blob_names(check: _LayoutCheck) -> None:
