@@ -872,3 +872,18 @@ def test_liar_asks_for_chunks_larger_than_memory(liar: LyingRegistry) -> None:
 
     with pytest.raises(TransportError, match="chunks of at least 100000000000000000 bytes"):
         run(push())
+
+
+def test_liar_token_that_would_split_a_header(liar: LyingRegistry) -> None:
+    """A token goes into the Authorization header as it is: one with CR/LF in it is refused
+    as the token service's fault, not turned into a header of the liar's choosing."""
+    realm = f"http://{liar.host}/token"
+    challenge = {
+        "WWW-Authenticate": f'Bearer realm="{realm}",service="lies",scope="repository:lies/repo:pull"'
+    }
+    liar.routes[("GET", "/v2/lies/repo/tags/list")] = fixed(401, b"", challenge)
+    token = json.dumps({"token": "abc\r\nX-Injected: yes"}).encode()
+    liar.routes[("GET", "/token?service=lies&scope=repository%3Alies%2Frepo%3Apull")] = fixed(
+        200, token, {"Content-Type": "application/json"}
+    )
+    _expect(liar, lambda s: s.tags(), TransportError, "not printable ASCII")

@@ -273,6 +273,8 @@ class Authenticator:
         value = data.get("token") or data.get("access_token")
         if not isinstance(value, str) or not value:
             raise TransportError(f"{self.registry}: the token service's answer has no token")
+        if not (value.isascii() and value.isprintable()):  # it goes into a header as it is
+            raise TransportError(f"{self.registry}: the token service's token is not printable ASCII")
         lifetime = data.get("expires_in")
         if not isinstance(lifetime, int | float) or lifetime < _MIN_TOKEN_LIFETIME:
             lifetime = _MIN_TOKEN_LIFETIME
