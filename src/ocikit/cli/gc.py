@@ -33,7 +33,8 @@ def register(commands: Any) -> None:
             "the registry there: "
             "manifests that are tagged, recent, or reachable from those (index children, referrers of "
             "a live subject) are kept, and so are the blobs they use; repositories left empty go. "
-            "Anything newer than the grace period is kept, so a push in progress is never broken. "
+            "Anything newer than the grace period is kept, so a push that takes less than the grace "
+            "period is never broken (keep the grace above your longest push). "
             "Safe to run while `ocikit serve` replicas use the same storage. Expired uploads are "
             "purged too."
         ),
