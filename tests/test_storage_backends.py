@@ -770,6 +770,34 @@ def test_a_push_that_stalled_past_its_announcement_is_refused_a_swept_blob(
     run_with(metadata_backend.make, scenario)
 
 
+class ClockAhead:
+    """The ``time`` module of a replica whose clock runs ``seconds`` ahead of the others'."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def time(self) -> float:
+        return time.time() + self.seconds
+
+
+def test_leases_and_announcements_expire_by_the_database_clock(
+    metadata_backend: MetadataBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose clock runs two minutes ahead must neither take a lease that another
+    holds for 30 s more nor collect bytes that a push on another replica announced."""
+    from ocikit.registry.storage import sql
+
+    async def scenario(store: MetadataStore) -> None:
+        assert await store.lease_acquire("gc", "a", 30)
+        assert await store.publish_begin(D[0], "pusher", 30)
+        monkeypatch.setattr(sql, "time", ClockAhead(120))
+        assert not await store.lease_acquire("gc", "b", 30)
+        assert not await store.blob_delete_begin(D[0])
+        assert await store.blobs_being_deleted() == []
+
+    run_with(metadata_backend.make, scenario)
+
+
 def test_empty_repositories_are_removed(metadata_backend: MetadataBackend) -> None:
     async def scenario(store: MetadataStore) -> None:
         await link(store, "empty/soon", D[0], 1)
