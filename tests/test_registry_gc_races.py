@@ -110,6 +110,38 @@ def test_a_collection_frozen_past_its_lease_does_not_delete_a_blob_pushed_again(
     assert pulled.content == second
 
 
+class SlowToDelete(FilesystemBlobStore):
+    """An object store that takes a second to answer a delete."""
+
+    async def delete(self, digest: Digest) -> None:
+        await asyncio.sleep(1)
+        await super().delete(digest)
+
+
+def test_a_delete_that_would_outlive_the_lease_is_cut_off_and_the_lease_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete of bytes still unanswered when the lease would be near its end is cut off,
+    and the collection fails; its lease is not released but left to expire, so no other
+    collection takes over (and lets pushes through) while the delete might still arrive."""
+    monkeypatch.setattr(maintenance, "_DELETE_WITHIN", 0.1)
+    data = os.urandom(3000)
+
+    async def scenario() -> None:
+        async with replica(tmp_path) as client:
+            assert (await push(client, "races/slow", data)).status_code == 201
+            assert (await client.delete(f"/v2/races/slow/blobs/{digest(data)}")).status_code == 202
+        async with collector(tmp_path, SlowToDelete(str(tmp_path))) as reg:
+            with pytest.raises(TimeoutError, match=r"took longer than 0\.1 s"):
+                await maintenance.collect_garbage(reg, grace=0)
+            assert await reg.metadata.blobs_being_deleted() == [digest(data)]
+            assert not await reg.metadata.lease_acquire("gc", "another collection", 30)
+            with pytest.raises(maintenance.GCBusy):
+                await maintenance.collect_garbage(reg, grace=0)
+
+    asyncio.run(scenario())
+
+
 class StallingCommit(FilesystemBlobStore):
     """The blob store of a replica whose publication of ``digest``, once ``armed``, stalls
     after the bytes are published and past the push's announcement, while ``meanwhile`` runs."""
