@@ -349,6 +349,21 @@ def session(name: str, repository: str = "r", client: str = "10.0.0.1") -> Uploa
     return UploadRecord(name, repository, client, 0, b"", b"", now, now)
 
 
+async def link(store: MetadataStore, repository: str, digest: Digest, size: int) -> None:
+    """Link a blob as a push does: under an announcement of its publication."""
+    assert await store.publish_begin(digest, "pusher", 30)
+    try:
+        assert await store.link_blob(repository, digest, size, announced_by="pusher")
+    finally:
+        await store.publish_end(digest, "pusher")
+
+
+async def bytes_deleted(store: MetadataStore, digest: Digest) -> None:
+    """Finish a deletion as a collection does once the bytes are gone: under the ``gc`` lease."""
+    assert await store.blob_delete_fence(digest, "gc", "collector", 30)
+    assert await store.blob_deleted(digest, "gc", "collector")
+
+
 def test_open_creates_the_schema_and_migrate_is_idempotent(metadata_backend: MetadataBackend) -> None:
     async def scenario(store: MetadataStore) -> None:
         assert await store.migrate() == (CURRENT_VERSION, CURRENT_VERSION)
@@ -361,7 +376,7 @@ def test_blob_links_and_repositories(metadata_backend: MetadataBackend) -> None:
     async def scenario(store: MetadataStore) -> None:
         assert not await store.repository_exists("a/x")
         for name in ("b", "a/x", "a/y", "c"):
-            await store.link_blob(name, D[0], 7)
+            await link(store, name, D[0], 7)
         assert await store.repository_exists("a/x")
         assert await store.linked_blob_size("a/x", D[0]) == 7
         assert await store.linked_blob_size("a/x", D[1]) is None
@@ -385,7 +400,7 @@ def test_a_refused_manifest_leaves_no_trace(metadata_backend: MetadataBackend) -
         missing = await store.put_manifest("ghost/repo", record, blobs=[D[0], D[1]], children=[], tags=["t"])
         assert sorted(missing) == sorted([D[0], D[1]])
         assert not await store.repository_exists("ghost/repo")
-        await store.link_blob("real", D[0], 1)
+        await link(store, "real", D[0], 1)
         missing = await store.put_manifest("real", record, blobs=[D[0], D[1]], children=[D[2]], tags=["t"])
         assert sorted(missing) == sorted([D[1], D[2]])
         assert await store.manifest("real", record.digest) is None
@@ -398,7 +413,7 @@ def test_manifests_tags_and_pagination(metadata_backend: MetadataBackend) -> Non
     first, second = manifest(b"first"), manifest(b"second")
 
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("r", D[0], 1)
+        await link(store, "r", D[0], 1)
         assert await store.put_manifest("r", first, blobs=[D[0]], children=[], tags=["b", "a"]) == []
         assert await store.put_manifest("r", second, blobs=[D[0], D[0]], children=[], tags=["c"]) == []
         stored = await store.manifest("r", first.digest)
@@ -437,7 +452,7 @@ def test_sparse_manifests_record_absent_references(metadata_backend: MetadataBac
         )
         assert await store.tag_target("s", "t") == record.digest
         # The reference is recorded: a blob pushed later is used by this manifest.
-        await store.link_blob("s", D[0], 1)
+        await link(store, "s", D[0], 1)
         outcome = await store.unlink_blob("s", D[0], refuse_if_used=True)
         assert outcome == DeleteOutcome(False, [record.digest])
 
@@ -449,7 +464,7 @@ def test_deletes_refused_while_referenced(metadata_backend: MetadataBackend) -> 
     index = ManifestRecord(digest_of(b"index"), "application/vnd.oci.image.index.v1+json", b"index")
 
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("r", D[0], 1)
+        await link(store, "r", D[0], 1)
         await store.put_manifest("r", image, blobs=[D[0]], children=[], tags=["image"])
         await store.put_manifest("r", index, blobs=[], children=[image.digest], tags=["index"])
         assert await store.unlink_blob("r", D[0], refuse_if_used=True) == DeleteOutcome(False, [image.digest])
@@ -473,7 +488,7 @@ def test_permissive_deletes(metadata_backend: MetadataBackend) -> None:
     image = manifest(b"image")
 
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("r", D[0], 1)
+        await link(store, "r", D[0], 1)
         await store.put_manifest("r", image, blobs=[D[0]], children=[], tags=["t"])
         assert await store.unlink_blob("r", D[0], refuse_if_used=False) == DeleteOutcome(True)
         assert await store.delete_manifest("r", image.digest, refuse_if_listed=False) == DeleteOutcome(True)
@@ -488,7 +503,7 @@ def test_referrers(metadata_backend: MetadataBackend) -> None:
     ]
 
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("r", D[0], 1)
+        await link(store, "r", D[0], 1)
         await store.put_manifest("r", subject, blobs=[D[0]], children=[], tags=[])
         for referrer in referrers:
             await store.put_manifest("r", referrer, blobs=[D[0]], children=[], tags=[])
@@ -588,7 +603,7 @@ def test_garbage_collection_marks_and_sweeps(metadata_backend: MetadataBackend) 
 
     async def scenario(store: MetadataStore) -> None:
         for blob in D[:4]:
-            await store.link_blob("r", blob, 10)
+            await link(store, "r", blob, 10)
         await store.put_manifest("r", tagged, blobs=[D[0]], children=[], tags=["keep"])
         await store.put_manifest("r", untagged, blobs=[D[1]], children=[], tags=[])
         await store.put_manifest("r", child, blobs=[D[2]], children=[], tags=[])
@@ -617,12 +632,12 @@ def test_garbage_collection_marks_and_sweeps(metadata_backend: MetadataBackend) 
 
 def test_publishing_waits_for_a_deletion(metadata_backend: MetadataBackend) -> None:
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("r", D[0], 1)
+        await link(store, "r", D[0], 1)
         await store.unlink_blob("r", D[0], refuse_if_used=False)
         report = await store.collect_garbage(time.time() + FUTURE, dry_run=False)
         assert report.blobs == [D[0]]
         assert not await store.publish_begin(D[0], "pusher", 30)  # its bytes are being deleted
-        await store.blob_deleted(D[0])
+        await bytes_deleted(store, D[0])
         assert await store.blobs_being_deleted() == []
         assert await store.publish_begin(D[0], "pusher", 30)
         await store.publish_end(D[0], "pusher")
@@ -632,7 +647,7 @@ def test_publishing_waits_for_a_deletion(metadata_backend: MetadataBackend) -> N
 
 def test_announced_blobs_are_not_collected(metadata_backend: MetadataBackend) -> None:
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("r", D[0], 1)
+        await link(store, "r", D[0], 1)
         await store.unlink_blob("r", D[0], refuse_if_used=False)
         assert await store.publish_begin(D[0], "pusher", 30)
         report = await store.collect_garbage(time.time() + FUTURE, dry_run=False)
@@ -643,8 +658,8 @@ def test_announced_blobs_are_not_collected(metadata_backend: MetadataBackend) ->
         report = await store.collect_garbage(time.time() + FUTURE, dry_run=False)
         assert report.blobs == [D[0]]
         # An announcement whose holder died (expired) protects nothing.
-        await store.blob_deleted(D[0])
-        await store.link_blob("r", D[1], 1)
+        await bytes_deleted(store, D[0])
+        await link(store, "r", D[1], 1)
         await store.unlink_blob("r", D[1], refuse_if_used=False)
         assert await store.publish_begin(D[1], "dead", 0.01)
         await asyncio.sleep(0.05)
@@ -655,23 +670,138 @@ def test_announced_blobs_are_not_collected(metadata_backend: MetadataBackend) ->
 
 def test_stray_bytes_are_entered_as_being_deleted(metadata_backend: MetadataBackend) -> None:
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("r", D[0], 1)
+        await link(store, "r", D[0], 1)
         assert not await store.blob_delete_begin(D[0])  # recorded: not a stray
         assert await store.publish_begin(D[2], "pusher", 30)
         assert not await store.blob_delete_begin(D[2])  # announced
         assert await store.blob_delete_begin(D[1])
         assert await store.blobs_being_deleted() == [D[1]]
         assert not await store.publish_begin(D[1], "pusher", 30)
-        await store.blob_deleted(D[1])
+        await bytes_deleted(store, D[1])
         assert await store.publish_begin(D[1], "pusher", 30)
+
+    run_with(metadata_backend.make, scenario)
+
+
+def test_a_stalled_collection_does_not_delete_a_digest_pushed_again(
+    metadata_backend: MetadataBackend,
+) -> None:
+    """Collection 1 read D[0] as being deleted, then stalled past its lease; another took the
+    lease, finished the deletion and released it, and a push published D[0] again. Collection
+    1, back with its stale list, may take the free lease again, but the fence tells it that
+    D[0] is no longer being deleted: it must not delete the bytes pushed again."""
+
+    async def scenario(store: MetadataStore) -> None:
+        await link(store, "old", D[0], 1)
+        await store.unlink_blob("old", D[0], refuse_if_used=False)
+        assert (await store.collect_garbage(time.time() + FUTURE, dry_run=False)).blobs == [D[0]]
+        stale = await store.blobs_being_deleted()
+        assert await store.lease_acquire("gc", "first", 0.2)
+        await asyncio.sleep(0.3)  # collection 1 stalls past its lease
+        assert await store.blob_delete_fence(D[0], "gc", "second", 30)  # taken over
+        assert not await store.blob_delete_fence(D[0], "gc", "first", 30)  # while second holds it
+        assert await store.blob_deleted(D[0], "gc", "second")
+        await store.lease_release("gc", "second")
+        await link(store, "new", D[0], 1)  # the push that was waiting
+        assert stale == [D[0]]
+        assert not await store.blob_delete_fence(D[0], "gc", "first", 30)
+        assert await store.lease_acquire("gc", "first", 30)  # the lease is first's: D[0] is done
+        assert not await store.blob_deleted(D[0], "gc", "first")
+        assert await store.linked_blob_size("new", D[0]) == 1
+
+    run_with(metadata_backend.make, scenario)
+
+
+def test_a_collection_that_lost_its_lease_cannot_let_pushes_through(
+    metadata_backend: MetadataBackend,
+) -> None:
+    """Collection 1 passed the fence, then stalled past its lease while another took it over:
+    its late report that the bytes are gone must not end the deletion (the new holder has yet
+    to delete them), so a push of the digest still waits."""
+
+    async def scenario(store: MetadataStore) -> None:
+        await link(store, "r", D[0], 1)
+        await store.unlink_blob("r", D[0], refuse_if_used=False)
+        await store.collect_garbage(time.time() + FUTURE, dry_run=False)
+        assert await store.blob_delete_fence(D[0], "gc", "first", 0.2)
+        await asyncio.sleep(0.3)
+        assert await store.blob_delete_fence(D[0], "gc", "second", 30)
+        assert not await store.blob_deleted(D[0], "gc", "first")
+        assert await store.blobs_being_deleted() == [D[0]]
+        assert not await store.publish_begin(D[0], "pusher", 30)
+        assert await store.blob_deleted(D[0], "gc", "second")
+        assert await store.publish_begin(D[0], "pusher", 30)
+
+    run_with(metadata_backend.make, scenario)
+
+
+def test_a_push_that_stalled_past_its_announcement_is_refused_a_swept_blob(
+    metadata_backend: MetadataBackend,
+) -> None:
+    """D[0] is linked only in "a", unused. A push of it to "b" announces it, then stalls past
+    the announcement; a collection removes the link and sweeps D[0], whose bytes are deleted.
+    The push's link must be refused (it would record a blob with no bytes), whether the
+    deletion is under way or done; the same for bytes entered as strays. A push that stalled
+    as long but whose digest nobody collected still links."""
+
+    async def scenario(store: MetadataStore) -> None:
+        await link(store, "a", D[0], 1)
+        assert await store.publish_begin(D[0], "slow", 0.05)
+        await asyncio.sleep(0.1)
+        report = await store.collect_garbage(time.time() + FUTURE, dry_run=False)
+        assert (report.blob_links, report.blobs) == ([("a", D[0])], [D[0]])
+        assert not await store.link_blob("b", D[0], 1, announced_by="slow")  # being deleted
+        await bytes_deleted(store, D[0])
+        assert not await store.link_blob("b", D[0], 1, announced_by="slow")  # deleted
+        await store.publish_end(D[0], "slow")
+        assert not await store.blob_is_recorded(D[0])
+        assert await store.linked_blob_size("b", D[0]) is None
+        assert await store.publish_begin(D[1], "slow", 0.05)  # bytes of a push that crashed...
+        await asyncio.sleep(0.1)
+        assert await store.blob_delete_begin(D[1])  # ...entered as strays
+        await bytes_deleted(store, D[1])
+        assert not await store.link_blob("b", D[1], 1, announced_by="slow")
+        assert await store.publish_begin(D[2], "slow", 0.05)
+        await asyncio.sleep(0.1)
+        await store.collect_garbage(time.time() + FUTURE, dry_run=False)
+        assert await store.link_blob("b", D[2], 1, announced_by="slow")
+        assert await store.linked_blob_size("b", D[2]) == 1
+
+    run_with(metadata_backend.make, scenario)
+
+
+class ClockAhead:
+    """The ``time`` module of a replica whose clock runs ``seconds`` ahead of the others'."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def time(self) -> float:
+        return time.time() + self.seconds
+
+
+def test_leases_and_announcements_expire_by_the_database_clock(
+    metadata_backend: MetadataBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose clock runs two minutes ahead must neither take a lease that another
+    holds for 30 s more nor collect bytes that a push on another replica announced."""
+    from ocikit.registry.storage import sql
+
+    async def scenario(store: MetadataStore) -> None:
+        assert await store.lease_acquire("gc", "a", 30)
+        assert await store.publish_begin(D[0], "pusher", 30)
+        monkeypatch.setattr(sql, "time", ClockAhead(120))
+        assert not await store.lease_acquire("gc", "b", 30)
+        assert not await store.blob_delete_begin(D[0])
+        assert await store.blobs_being_deleted() == []
 
     run_with(metadata_backend.make, scenario)
 
 
 def test_empty_repositories_are_removed(metadata_backend: MetadataBackend) -> None:
     async def scenario(store: MetadataStore) -> None:
-        await store.link_blob("empty/soon", D[0], 1)
-        await store.link_blob("kept", D[1], 1)
+        await link(store, "empty/soon", D[0], 1)
+        await link(store, "kept", D[1], 1)
         await store.put_manifest("kept", manifest(b"k"), blobs=[D[1]], children=[], tags=["t"])
         assert (await store.collect_garbage(time.time() - FUTURE, dry_run=False)).repositories == []
         report = await store.collect_garbage(time.time() + FUTURE, dry_run=False)
@@ -832,7 +962,7 @@ def test_pushes_racing_collections_and_deletes_leave_no_dangling_manifest(
             for blob in blobs_of(i):
                 while not await store.publish_begin(blob, f"pusher{i}", 30):
                     await asyncio.sleep(0.001)  # its old bytes are being deleted
-                await store.link_blob("race", blob, 1)
+                assert await store.link_blob("race", blob, 1, announced_by=f"pusher{i}")
                 await store.publish_end(blob, f"pusher{i}")
             record = manifest(f"m{i}".encode())
             if not await store.put_manifest("race", record, blobs=blobs_of(i)[::-1], children=[], tags=tags):
@@ -841,8 +971,9 @@ def test_pushes_racing_collections_and_deletes_leave_no_dangling_manifest(
     async def collect(store: MetadataStore) -> None:
         for _ in range(3):  # no grace period: anything linked before now and unused goes
             report = await store.collect_garbage(time.time(), dry_run=False)
-            for blob in report.blobs:
-                await store.blob_deleted(blob)  # as if its bytes were gone
+            for blob in report.blobs:  # as if its bytes were gone
+                if await store.blob_delete_fence(blob, "gc", "collector", 30):
+                    await store.blob_deleted(blob, "gc", "collector")
 
     async def scenario(store: MetadataStore) -> None:
         for start in range(0, 24, 6):

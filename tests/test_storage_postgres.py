@@ -38,6 +38,13 @@ async def _remove_silently(url: str, digest: Digest) -> None:
     )
 
 
+async def _link(store: PostgresMetadataStore, digest: Digest, size: int) -> None:
+    """Link a blob into REPOSITORY as a push does, under an announcement."""
+    assert await store.publish_begin(digest, "pusher", 30)
+    assert await store.link_blob(REPOSITORY, digest, size, announced_by="pusher")
+    await store.publish_end(digest, "pusher")
+
+
 async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -67,7 +74,7 @@ def test_a_link_removed_anywhere_is_forgotten_by_every_replica(postgres: Any) ->
 
     async def scenario(first: PostgresMetadataStore, second: PostgresMetadataStore) -> None:
         for digest, size in ((KEPT, 10), (REMOVED, 20), (BY_HAND, 30), (SWEPT, 40)):
-            await first.link_blob(REPOSITORY, digest, size)
+            await _link(first, digest, size)
             assert await second.linked_blob_size(REPOSITORY, digest) == size
         await _remove_silently(url, KEPT)
         assert await second.linked_blob_size(REPOSITORY, KEPT) == 10  # remembered
@@ -100,7 +107,7 @@ def test_nothing_is_remembered_while_the_listening_connection_is_gone(postgres: 
     url = postgres.database()
 
     async def scenario(first: PostgresMetadataStore, second: PostgresMetadataStore) -> None:
-        await first.link_blob(REPOSITORY, KEPT, 10)
+        await _link(first, KEPT, 10)
         assert await second.linked_blob_size(REPOSITORY, KEPT) == 10
         await _raw(
             url,
@@ -108,11 +115,11 @@ def test_nothing_is_remembered_while_the_listening_connection_is_gone(postgres: 
             LISTENER_NAME,
         )
         await _until(lambda: _unlinked(second, KEPT, silently=url))
-        await first.link_blob(REPOSITORY, REMOVED, 20)
+        await _link(first, REMOVED, 20)
         assert await second.linked_blob_size(REPOSITORY, REMOVED) == 20  # read, not remembered
         await _remove_silently(url, REMOVED)
         assert await second.linked_blob_size(REPOSITORY, REMOVED) is None
-        await first.link_blob(REPOSITORY, REMOVED, 20)
+        await _link(first, REMOVED, 20)
         await _until(lambda: _remembers(url, second, REMOVED))  # listening again
 
     _run(url, scenario)

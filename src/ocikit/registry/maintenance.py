@@ -13,7 +13,10 @@ deleted* before it deletes their bytes, and a push of the same digest announces 
 before publishing (``publish_begin``), so the two cannot interleave: the push waits until the
 old bytes are gone, and blobs announced by a push are never collected. A collection that
 crashed leaves its deletions recorded; the housekeeping replica finishes them once its lease
-has expired, or the next collection does, first.
+has expired, or the next collection does, first. Since a collection may also merely stall,
+every delete of bytes is fenced by the ``gc`` lease (:func:`_delete_bytes`), and a push whose
+announcement expired while it stalled is refused its link if a collection swept the digest
+meanwhile (``link_blob``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ log = logging.getLogger("ocikit.registry.maintenance")
 _TICK: Final = 60.0
 _GC_LEASE: Final = "gc"
 _GC_LEASE_TTL: Final = 60.0
+#: A delete of bytes is cut off after this long, so that it cannot outlive the lease that
+#: fences it: what is left of the lease is the margin for a request already on its way.
+_DELETE_WITHIN: Final = _GC_LEASE_TTL / 2
 _HOUSEKEEPING_LEASE: Final = "housekeeping"
 _ONLINE_GC_LEASE: Final = "online-gc"
 
@@ -68,22 +74,23 @@ async def purge_expired_uploads(reg: Registry, now: float | None = None) -> list
 
 
 class _GCLease:
-    """The ``gc`` lease, renewed while a long collection deletes bytes."""
+    """The ``gc`` lease: it fences the deletion of bytes, renewed before each (see
+    :func:`_delete_bytes`)."""
 
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
         self.holder = uuid.uuid4().hex
-        self._renewed = 0.0
+        #: A delete of bytes was cut off by its deadline: it may still reach the blob store,
+        #: so the lease is left to expire rather than handed over at once.
+        self.in_doubt = False
 
     async def renew(self) -> None:
-        if time.monotonic() - self._renewed < _GC_LEASE_TTL / 3:
-            return
         if not await self.reg.metadata.lease_acquire(_GC_LEASE, self.holder, _GC_LEASE_TTL):
             raise GCBusy("another garbage collection is running")
-        self._renewed = time.monotonic()
 
     async def release(self) -> None:
-        await self.reg.metadata.lease_release(_GC_LEASE, self.holder)
+        if not self.in_doubt:
+            await self.reg.metadata.lease_release(_GC_LEASE, self.holder)
 
 
 async def collect_garbage(reg: Registry, *, dry_run: bool = False, grace: float | None = None) -> GCReport:
@@ -134,9 +141,31 @@ async def _finish_deletions(reg: Registry, lease: _GCLease) -> int:
 
 
 async def _delete_bytes(reg: Registry, lease: _GCLease, digest: Digest) -> None:
-    await lease.renew()
-    await reg.blobs.delete(digest)
-    await reg.metadata.blob_deleted(digest)
+    """Delete a blob's bytes if it is still being deleted, fenced by the ``gc`` lease.
+
+    The digest comes from a list read earlier. Had this collection stalled for longer than
+    its lease, another one may have taken the lease, deleted the same bytes, let a push
+    publish the digest again and released the lease: deleting from the stale list would then
+    lose the new bytes. So, right before deleting, the store renews the lease and confirms
+    that the digest is still being deleted (pushes of it wait meanwhile), and the delete must
+    finish well within the lease, counted from before that check on this replica's monotonic
+    clock; only then may the digest be released to pushes, and only while the lease is still
+    this collection's. (What no check here can stop: a process frozen after it handed the
+    request to the network and woken after the lease; no object store fences a delete.)"""
+    deadline = time.monotonic() + _DELETE_WITHIN
+    if not await reg.metadata.blob_delete_fence(digest, _GC_LEASE, lease.holder, _GC_LEASE_TTL):
+        await lease.renew()  # GCBusy if the lease is another's; else the deletion is done
+        return
+    try:
+        async with asyncio.timeout(deadline - time.monotonic()):
+            await reg.blobs.delete(digest)
+    except TimeoutError:
+        lease.in_doubt = True
+        raise TimeoutError(
+            f"deleting the bytes of {digest} took longer than {_DELETE_WITHIN:g} s; "
+            "the next collection deletes them"
+        ) from None
+    await reg.metadata.blob_deleted(digest, _GC_LEASE, lease.holder)
 
 
 async def _delete_strays(reg: Registry, lease: _GCLease, report: GCReport, cutoff: float) -> None:

@@ -363,15 +363,27 @@ async def _commit(
     await _announce(reg, digest, holder)
     try:
         await reg.blobs.stage_commit(record.id, appended.stage, size, digest)
-        await reg.metadata.link_blob(name, digest, size)
+        linked = await reg.metadata.link_blob(name, digest, size, announced_by=holder)
     finally:
         await reg.metadata.publish_end(digest, holder)
     await writer.stop()
     await reg.metadata.upload_delete(record.id)
+    if not linked:
+        raise _collected_meanwhile(digest)
     await reg.emit(Event("push", name, "blob", digest=digest, size=size))
     return Response(
         status=201,
         headers=[("location", f"/v2/{name}/blobs/{digest}"), ("docker-content-digest", digest)],
+    )
+
+
+def _collected_meanwhile(digest: Digest) -> RegistryError:
+    """The push stalled past its announcement and a collection swept the digest meanwhile:
+    the bytes just published may be deleted, so the blob is not linked (see
+    ``MetadataStore.link_blob``). The upload is spent; the client pushes the blob again."""
+    return RegistryError(
+        "UNAVAILABLE",
+        f"blob {digest} was garbage-collected while this upload published it; push it again",
     )
 
 
@@ -393,7 +405,8 @@ async def _mount(reg: Registry, request: Request, name: str, digest: Digest) -> 
         try:
             if await reg.blobs.stat(digest) is None:
                 continue
-            await reg.metadata.link_blob(name, digest, size)
+            if not await reg.metadata.link_blob(name, digest, size, announced_by=holder):
+                return None  # collected meanwhile: the client uploads it again
         finally:
             await reg.metadata.publish_end(digest, holder)
         await reg.emit(Event("mount", name, "blob", digest=digest, size=size))

@@ -257,10 +257,15 @@ class MetadataStore(Protocol):
 
     async def blob_is_recorded(self, digest: Digest) -> bool: ...
 
-    async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
-        """Record a blob (creating the repository) and stamp it as just pushed. Callers hold a
-        :meth:`publish_begin` announcement of the digest meanwhile, so that no collection is
-        deleting its bytes."""
+    async def link_blob(self, repository: str, digest: Digest, size: int, *, announced_by: str) -> bool:
+        """Record a blob (creating the repository) and stamp it as just pushed, once its bytes
+        are published under the :meth:`publish_begin` announcement of ``announced_by``.
+
+        False, and nothing changes, when that announcement is gone or the digest is being
+        deleted: a collection has entered the digest as being deleted since the announcement
+        was made (it had expired while its publisher stalled), so the bytes just published may
+        be gone. Linking them anyway would record a blob with no bytes; the publisher fails
+        instead, and the client pushes again once the deletion is done."""
         ...
 
     async def unlink_blob(self, repository: str, digest: Digest, *, refuse_if_used: bool) -> DeleteOutcome:
@@ -349,8 +354,10 @@ class MetadataStore(Protocol):
     # push-vs-sweep coordination -------------------------------------------------------
     async def publish_begin(self, digest: Digest, holder: str, ttl: float) -> bool:
         """Announce that ``digest``'s bytes are about to be published and recorded; garbage
-        collection leaves announced digests alone. False while a collection is deleting that
-        digest's bytes: wait and try again (the bytes must be published after they are gone)."""
+        collection leaves announced digests alone for ``ttl`` seconds (by the database's clock),
+        after which it may collect the digest and remove the announcement. False while a
+        collection is deleting that digest's bytes: wait and try again (the bytes must be
+        published after they are gone)."""
         ...
 
     async def publish_end(self, digest: Digest, holder: str) -> None: ...
@@ -363,7 +370,7 @@ class MetadataStore(Protocol):
         ``report.blobs`` lists blobs no repository holds any more and that no publisher has
         announced: their records are removed and they are entered as *being deleted*, so that
         :meth:`publish_begin` waits until the caller has removed their bytes and called
-        :meth:`blob_deleted`.
+        :meth:`blob_deleted`. Their expired announcements are removed (see :meth:`link_blob`).
         """
         ...
 
@@ -380,12 +387,30 @@ class MetadataStore(Protocol):
         """Deletions a collection started and did not finish (it crashed): finish them."""
         ...
 
-    async def blob_deleted(self, digest: Digest) -> None: ...
+    async def blob_delete_fence(self, digest: Digest, lease: str, holder: str, ttl: float) -> bool:
+        """Before deleting the bytes of a blob being deleted: renew (or take, when expired) the
+        lease ``lease`` for ``holder`` for ``ttl`` seconds, and check that ``digest`` is still
+        being deleted; True when both hold.
+
+        The bytes may then be deleted, within ``ttl`` seconds: meanwhile nobody else holds the
+        lease, and pushes of the digest wait (:meth:`publish_begin`). A caller working from a
+        list read earlier learns here that another holder has finished the deletion, after
+        which the digest may have been pushed again: deleting its bytes then would lose them.
+        False when either does not hold (:meth:`lease_acquire` tells which)."""
+        ...
+
+    async def blob_deleted(self, digest: Digest, lease: str, holder: str) -> bool:
+        """The bytes of ``digest`` are gone: pushes of it may go on. Only while ``holder``
+        still holds ``lease`` (False otherwise, and nothing changes): a holder that lost the
+        lease may have deleted late, and the new holder deletes the bytes again before it
+        lets pushes through."""
+        ...
 
     # leases -------------------------------------------------------------------------
     async def lease_acquire(self, name: str, holder: str, ttl: float) -> bool:
-        """Hold the named lease (e.g. the housekeeping leader) for ``ttl`` seconds; True when
-        ``holder`` has it now (renewing its own lease is an acquire)."""
+        """Hold the named lease (e.g. the housekeeping leader) for ``ttl`` seconds by the
+        database's clock (replicas' clocks may disagree); True when ``holder`` has it now
+        (renewing its own lease is an acquire)."""
         ...
 
     async def lease_release(self, name: str, holder: str) -> None: ...

@@ -43,6 +43,18 @@ Work = Callable[["Transaction"], Coroutine[Any, Any, T]]
 _GC_KEY: Final = "ocikit:gc"
 _MIGRATE_KEY: Final = "ocikit:migrate"
 
+#: The database's clock in seconds since the epoch, as an SQL expression. Leases and publish
+#: announcements are written by one replica and judged by another: judged by each replica's
+#: own clock, a replica whose clock runs ahead would take a lease that is still held.
+_CLOCK: Final = {
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+    "postgresql": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
+}
+#: An expired announcement is still kept this long unless its digest is collected: its
+#: publisher, stalled past its expiry, may still link the blob as long as the announcement is
+#: there (see :meth:`SQLMetadataStore.link_blob`); after a day, it is surely dead.
+_FORGET_ANNOUNCEMENTS: Final = 86400.0
+
 _UPLOAD_COLUMNS: Final = (
     "id, repository, client, size, hash_state, stage, created_at, updated_at"  # UploadRecord order
 )
@@ -306,9 +318,17 @@ class SQLMetadataStore(ABC):
 
         return await self._read(work)
 
-    async def link_blob(self, repository: str, digest: Digest, size: int) -> None:
-        async def work(tx: Transaction) -> None:
+    async def link_blob(self, repository: str, digest: Digest, size: int, *, announced_by: str) -> bool:
+        async def work(tx: Transaction) -> bool:
             await tx.shared(_GC_KEY)
+            # Under the shared key no collection runs: if the announcement is still there, no
+            # collection has entered the digest as being deleted since it was made, as that
+            # removes the digest's announcements in the same transaction.
+            announced = "SELECT 1 FROM publishing WHERE digest = ? AND holder = ?"
+            if await tx.row(announced, digest, announced_by) is None:
+                return False
+            if await tx.row("SELECT 1 FROM deleting WHERE digest = ?", digest) is not None:
+                return False
             now = time.time()
             repository_id = await self._repository_id(tx, repository, create=True)
             await tx.run(
@@ -325,8 +345,9 @@ class SQLMetadataStore(ABC):
                 digest,
                 now,
             )
+            return True
 
-        await self._write(work)
+        return await self._write(work)
 
     async def unlink_blob(self, repository: str, digest: Digest, *, refuse_if_used: bool) -> DeleteOutcome:
         async def work(tx: Transaction) -> DeleteOutcome:
@@ -671,11 +692,11 @@ class SQLMetadataStore(ABC):
             if await tx.row("SELECT 1 FROM deleting WHERE digest = ?", digest) is not None:
                 return False
             await tx.run(
-                "INSERT INTO publishing (digest, holder, expires) VALUES (?, ?, ?) "
+                f"INSERT INTO publishing (digest, holder, expires) VALUES (?, ?, {_CLOCK[tx.dialect]} + ?) "
                 "ON CONFLICT (digest, holder) DO UPDATE SET expires = excluded.expires",
                 digest,
                 holder,
-                time.time() + ttl,
+                ttl,
             )
             return True
 
@@ -737,7 +758,7 @@ class SQLMetadataStore(ABC):
 
     @staticmethod
     async def _sweep_blobs(tx: Transaction, report: GCReport, older_than: float) -> None:
-        now = time.time()
+        now = await _value(tx, f"SELECT {_CLOCK[tx.dialect]}")
         orphans = await tx.rows(
             "SELECT digest, size FROM blobs b WHERE pushed_at < ? "
             "AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest) "
@@ -748,26 +769,31 @@ class SQLMetadataStore(ABC):
         )
         report.blobs = [Digest(digest) for digest, _ in orphans]
         report.freed_bytes = sum(int(size) for _, size in orphans)
-        await tx.run_many("DELETE FROM blobs WHERE digest = ?", [(digest,) for digest, _ in orphans])
+        swept = [(digest,) for digest, _ in orphans]
+        await tx.run_many("DELETE FROM blobs WHERE digest = ?", swept)
+        await SQLMetadataStore._enter_deleting(tx, swept)
+        await tx.run("DELETE FROM publishing WHERE expires < ?", now - _FORGET_ANNOUNCEMENTS)
+
+    @staticmethod
+    async def _enter_deleting(tx: Transaction, digests: list[tuple[str]]) -> None:
+        """Enter blobs as being deleted, and drop their announcements (all expired: a live one
+        keeps a blob from being collected), so that a publisher that announced one of them
+        before it stalled is refused when it comes to link it (:meth:`link_blob`)."""
+        await tx.run_many("DELETE FROM publishing WHERE digest = ?", digests)
         await tx.run_many(
             "INSERT INTO deleting (digest, since) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(digest, now) for digest, _ in orphans],
+            [(digest, time.time()) for (digest,) in digests],
         )
-        await tx.run("DELETE FROM publishing WHERE expires < ?", now)
 
     async def blob_delete_begin(self, digest: Digest) -> bool:
         async def work(tx: Transaction) -> bool:
             await tx.exclusive(_GC_KEY)
             if await tx.row("SELECT 1 FROM blobs WHERE digest = ?", digest) is not None:
                 return False
-            announced = "SELECT 1 FROM publishing WHERE digest = ? AND expires >= ?"
-            if await tx.row(announced, digest, time.time()) is not None:
+            announced = f"SELECT 1 FROM publishing WHERE digest = ? AND expires >= {_CLOCK[tx.dialect]}"
+            if await tx.row(announced, digest) is not None:
                 return False
-            await tx.run(
-                "INSERT INTO deleting (digest, since) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                digest,
-                time.time(),
-            )
+            await self._enter_deleting(tx, [(digest,)])
             return True
 
         return await self._write(work)
@@ -778,28 +804,47 @@ class SQLMetadataStore(ABC):
 
         return [Digest(row[0]) for row in await self._read(work)]
 
-    async def blob_deleted(self, digest: Digest) -> None:
-        async def work(tx: Transaction) -> None:
-            await tx.run("DELETE FROM deleting WHERE digest = ?", digest)
+    async def blob_delete_fence(self, digest: Digest, lease: str, holder: str, ttl: float) -> bool:
+        async def work(tx: Transaction) -> bool:
+            if not await self._take_lease(tx, lease, holder, ttl):
+                return False
+            return await tx.row("SELECT 1 FROM deleting WHERE digest = ?", digest) is not None
 
-        await self._write(work)
+        return await self._write(work)
+
+    async def blob_deleted(self, digest: Digest, lease: str, holder: str) -> bool:
+        async def work(tx: Transaction) -> bool:
+            # The lease row is locked first: a holder taking the lease over either waits for
+            # this removal (then finds the digest no longer being deleted) or has taken it
+            # (then this removes nothing).
+            current = await _value(tx, "SELECT holder FROM leases WHERE name = ?" + tx.for_update, lease)
+            if current != holder:
+                return False
+            return await tx.run("DELETE FROM deleting WHERE digest = ?", digest) > 0
+
+        return await self._write(work)
 
     # ------------------------------------------------------------------ leases
 
-    async def lease_acquire(self, name: str, holder: str, ttl: float) -> bool:
-        now = time.time()
+    @staticmethod
+    async def _take_lease(tx: Transaction, name: str, holder: str, ttl: float) -> bool:
+        """Renew or take the lease, by the database's clock; whether ``holder`` has it now.
+        The row stays locked until the transaction ends (PostgreSQL locks it whether the
+        upsert changes it or not)."""
+        now = _CLOCK[tx.dialect]
+        await tx.run(
+            f"INSERT INTO leases (name, holder, expires) VALUES (?, ?, {now} + ?) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires "
+            f"WHERE leases.holder = excluded.holder OR leases.expires < {now}",
+            name,
+            holder,
+            ttl,
+        )
+        return bool(await _value(tx, "SELECT holder FROM leases WHERE name = ?", name) == holder)
 
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> bool:
         async def work(tx: Transaction) -> bool:
-            await tx.run(
-                "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                "SET holder = excluded.holder, expires = excluded.expires "
-                "WHERE leases.holder = excluded.holder OR leases.expires < ?",
-                name,
-                holder,
-                now + ttl,
-                now,
-            )
-            return bool(await _value(tx, "SELECT holder FROM leases WHERE name = ?", name) == holder)
+            return await self._take_lease(tx, name, holder, ttl)
 
         return await self._write(work)
 
