@@ -784,16 +784,21 @@ def test_leases_and_announcements_expire_by_the_database_clock(
     metadata_backend: MetadataBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A replica whose clock runs two minutes ahead must neither take a lease that another
-    holds for 30 s more nor collect bytes that a push on another replica announced."""
+    holds for 30 s more (the gc lease, an upload's writer lease), nor purge an upload being
+    written, nor collect bytes that a push on another replica announced."""
     from ocikit.registry.storage import sql
 
     async def scenario(store: MetadataStore) -> None:
         assert await store.lease_acquire("gc", "a", 30)
         assert await store.publish_begin(D[0], "pusher", 30)
+        assert await store.upload_create(session("written", "r", "a"), per_repository=0, per_client=0)
+        assert await store.upload_claim("written", "writer", 30) is not None
         monkeypatch.setattr(sql, "time", ClockAhead(120))
         assert not await store.lease_acquire("gc", "b", 30)
         assert not await store.blob_delete_begin(D[0])
         assert await store.blobs_being_deleted() == []
+        assert await store.upload_claim("written", "intruder", 30) is None
+        assert await store.uploads_older_than(time.time() + FUTURE) == []
 
     run_with(metadata_backend.make, scenario)
 

@@ -618,18 +618,16 @@ class SQLMetadataStore(ABC):
         return None if row is None else _upload(row)
 
     async def upload_claim(self, upload_id: str, holder: str, ttl: float) -> UploadRecord | None:
-        now = time.time()
-
         async def work(tx: Transaction) -> Sequence[Sequence[Any]]:
+            now = _CLOCK[tx.dialect]  # another replica judges the lease: by the same clock
             return await tx.rows(
-                "UPDATE uploads SET lease_holder = ?, lease_expires = ? WHERE id = ? AND "
-                "(lease_holder IS NULL OR lease_holder = ? OR lease_expires < ?) "
+                f"UPDATE uploads SET lease_holder = ?, lease_expires = {now} + ? WHERE id = ? AND "
+                f"(lease_holder IS NULL OR lease_holder = ? OR lease_expires < {now}) "
                 f"RETURNING {_UPLOAD_COLUMNS}",
                 holder,
-                now + ttl,
+                ttl,
                 upload_id,
                 holder,
-                now,
             )
 
         rows = await self._write(work)
@@ -671,15 +669,12 @@ class SQLMetadataStore(ABC):
         await self._write(work)
 
     async def uploads_older_than(self, timestamp: float) -> list[UploadRecord]:
-        now = time.time()
-
         async def work(tx: Transaction) -> Sequence[Sequence[Any]]:
             # A session whose lease is live is being written to, however old its last change.
             return await tx.rows(
                 f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE updated_at < ? "
-                "AND (lease_expires IS NULL OR lease_expires < ?) ORDER BY id",
+                f"AND (lease_expires IS NULL OR lease_expires < {_CLOCK[tx.dialect]}) ORDER BY id",
                 timestamp,
-                now,
             )
 
         return [_upload(row) for row in await self._read(work)]
