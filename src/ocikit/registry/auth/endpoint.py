@@ -134,8 +134,7 @@ class TokenEndpoint:
             "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "scope": " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access),
         }
-        credential = self._credential(user) if refresh and user is not None else None
-        if user is not None and credential is not None:
+        if refresh and user is not None and (credential := self._credential(user)) is not None:
             body["refresh_token"] = self.issuer.refresh_token(user, credential)
         return Response.json(body, headers=[("cache-control", "no-store"), ("pragma", "no-cache")])
 

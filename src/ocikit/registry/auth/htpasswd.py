@@ -57,9 +57,6 @@ class HtpasswdFile:
         hashes = self._file.value.values()
         return _cost(next(iter(hashes))) if hashes else 5
 
-    def exists(self, user: str) -> bool:
-        return user in self._file.value
-
     def fingerprint(self, user: str) -> str | None:
         """A digest of the user's current password hash (None: no such user), which changes
         with the password: what a refresh token is bound to. It tells nothing of the hash."""
