@@ -288,18 +288,28 @@ async def _append(
     )
     if appended.disconnected:
         return appended
-    declared_size = None if span is None else span[1] - span[0] + 1
-    length = request.content_length
-    if declared_size is not None and written != declared_size:
+    mismatch = _length_mismatch(request, declared, span, written)
+    if mismatch is not None:
         await _discard_direct(reg, record.id, appended)
-        raise RegistryError(
-            "BLOB_UPLOAD_INVALID",
-            f"the chunk has {written} bytes but Content-Range {declared!r} says {declared_size}",
-        )
-    if span is None and length is not None and written != length:
-        await _discard_direct(reg, record.id, appended)
-        raise RegistryError("SIZE_INVALID", f"received {written} bytes, Content-Length says {length}")
+        raise mismatch
     return appended
+
+
+def _length_mismatch(
+    request: Request, declared: str | None, span: tuple[int, int] | None, written: int
+) -> RegistryError | None:
+    """The error when the body's length is not what its Content-Range (or else its
+    Content-Length) said."""
+    if span is not None:
+        promised = span[1] - span[0] + 1
+        if written == promised:
+            return None
+        message = f"the chunk has {written} bytes but Content-Range {declared!r} says {promised}"
+        return RegistryError("BLOB_UPLOAD_INVALID", message)
+    length = request.content_length
+    if length is None or written == length:
+        return None
+    return RegistryError("SIZE_INVALID", f"received {written} bytes, Content-Length says {length}")
 
 
 async def _advance(reg: Registry, writer: _Writer, appended: _Appended) -> None:
