@@ -131,6 +131,11 @@ async def _value(tx: Transaction, sql: str, *args: Any) -> Any:
     return None if row is None else row[0]
 
 
+async def _being_deleted(tx: Transaction, digest: Digest) -> bool:
+    """Whether a collection has entered ``digest`` as being deleted and not yet deleted it."""
+    return await tx.row("SELECT 1 FROM deleting WHERE digest = ?", digest) is not None
+
+
 _MANIFEST_COLUMNS: Final = (
     "m.digest, m.media_type, m.content, m.artifact_type, m.subject, m.annotations, m.config_media_type"
 )
@@ -327,7 +332,7 @@ class SQLMetadataStore(ABC):
             announced = "SELECT 1 FROM publishing WHERE digest = ? AND holder = ?"
             if await tx.row(announced, digest, announced_by) is None:
                 return False
-            if await tx.row("SELECT 1 FROM deleting WHERE digest = ?", digest) is not None:
+            if await _being_deleted(tx, digest):
                 return False
             now = time.time()
             repository_id = await self._repository_id(tx, repository, create=True)
@@ -684,7 +689,7 @@ class SQLMetadataStore(ABC):
     async def publish_begin(self, digest: Digest, holder: str, ttl: float) -> bool:
         async def work(tx: Transaction) -> bool:
             await tx.shared(_GC_KEY)
-            if await tx.row("SELECT 1 FROM deleting WHERE digest = ?", digest) is not None:
+            if await _being_deleted(tx, digest):
                 return False
             await tx.run(
                 f"INSERT INTO publishing (digest, holder, expires) VALUES (?, ?, {_CLOCK[tx.dialect]} + ?) "
@@ -803,7 +808,7 @@ class SQLMetadataStore(ABC):
         async def work(tx: Transaction) -> bool:
             if not await self._take_lease(tx, lease, holder, ttl):
                 return False
-            return await tx.row("SELECT 1 FROM deleting WHERE digest = ?", digest) is not None
+            return await _being_deleted(tx, digest)
 
         return await self._write(work)
 
