@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -775,8 +776,23 @@ def test_catalog_is_sorted_and_paginated(client: httpx.Client) -> None:
 def _referrer(
     client: httpx.Client, repo: str, subject: tuple[str, bytes], **extra: object
 ) -> tuple[str, bytes]:
-    subject_descriptor = {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": len(subject[1])}
-    return push_image(client, repo, subject=subject_descriptor, layers=1, **extra)
+    return push_image(client, repo, subject=_subject(subject), layers=1, **extra)
+
+
+def _subject(subject: tuple[str, bytes]) -> dict[str, Any]:
+    return {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": len(subject[1])}
+
+
+def _index_referrer(subject: tuple[str, bytes], **extra: object) -> bytes:
+    """An index with no manifests whose ``subject`` is ``subject``."""
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [],
+        "subject": _subject(subject),
+        **extra,
+    }
+    return json.dumps(index).encode()
 
 
 def test_referrers_of_unknown_subject_is_an_empty_index(client: httpx.Client) -> None:
@@ -825,13 +841,7 @@ def test_referrer_pushed_before_its_subject(client: httpx.Client, repo: str) -> 
 
 def test_index_referrer_without_artifact_type_omits_it(client: httpx.Client, repo: str) -> None:
     subject = push_image(client, repo)
-    index = {
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": len(subject[1])},
-    }
-    body = json.dumps(index).encode()
+    body = _index_referrer(subject)
     response = put_manifest(client, repo, digest(body), body, OCI_INDEX)
     assert response.headers["oci-subject"] == subject[0]
     manifests = client.get(f"/v2/{repo}/referrers/{subject[0]}").json()["manifests"]
@@ -865,14 +875,7 @@ def test_a_referrers_tag_index_lends_nothing_to_the_referrers_api(client: httpx.
 
 def test_an_index_has_no_config_to_lend_an_artifact_type(client: httpx.Client, repo: str) -> None:
     subject = push_image(client, repo)
-    index = {
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": subject[0], "size": len(subject[1])},
-        "config": {"mediaType": "application/x-stray"},
-    }
-    body = json.dumps(index).encode()
+    body = _index_referrer(subject, config={"mediaType": "application/x-stray"})
     assert put_manifest(client, repo, digest(body), body, OCI_INDEX).status_code == 201
     listed = client.get(f"/v2/{repo}/referrers/{subject[0]}").json()["manifests"]
     assert listed == [{"mediaType": OCI_INDEX, "digest": digest(body), "size": len(body)}]
@@ -881,8 +884,7 @@ def test_an_index_has_no_config_to_lend_an_artifact_type(client: httpx.Client, r
     )
     assert filtered.json()["manifests"] == []
     for stray in ({}, 123, ["x"]):  # not even a string: still no 500
-        index["config"] = {"mediaType": stray}
-        odd = json.dumps(index).encode()
+        odd = _index_referrer(subject, config={"mediaType": stray})
         assert put_manifest(client, repo, digest(odd), odd, OCI_INDEX).status_code == 201
 
 
