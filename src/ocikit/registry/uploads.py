@@ -160,10 +160,8 @@ class _Writer:
             await self._holding
 
     async def release(self) -> None:
-        self._stopping.set()
         with contextlib.suppress(Exception):  # the lease expires anyway
-            if self._holding is not None:
-                await self._holding
+            await self.stop()
             await self.reg.metadata.upload_release(self.upload_id, self.holder)
 
 
